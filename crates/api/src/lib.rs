@@ -1,1 +1,142 @@
+//! `pedidos-api`: validates orders and publishes them as versioned events to SNS.
+//!
+//! # Layout
+//! - [`config`]: environment, validated once.
+//! - [`bus`]: the `EventBus` port and its SNS adapter.
+//! - [`routes`]: handlers; [`order_input`] turns bodies into valid orders; [`extract`] reads JSON bodies.
+//! - [`error`]: `ApiError` and its problem+json mapping.
+//! - [`openapi`]: the generated OpenAPI document.
+//! - this file: [`router`], [`run`] and [`start`], so tests can drive the real app.
 
+pub mod bus;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod openapi;
+pub mod order_input;
+pub mod routes;
+
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post, put};
+use axum::Router;
+use platform::metrics::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
+use tracing::Level;
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::bus::{EventBus, SnsBus};
+use crate::config::Config;
+
+/// How long in-flight requests may take to finish after a shutdown signal.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Shared by all handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub bus: Arc<dyn EventBus>,
+    pub metrics: PrometheusHandle,
+    /// Last readiness answer and when it was taken.
+    pub readiness: Arc<Mutex<Option<(Instant, bool)>>>,
+}
+
+impl AppState {
+    pub fn new(bus: Arc<dyn EventBus>) -> Self {
+        Self { bus, metrics: platform::metrics::handle(), readiness: Arc::new(Mutex::new(None)) }
+    }
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    let x_request_id = axum::http::HeaderName::from_static("x-request-id");
+    Router::new()
+        .route("/api/pedidos", post(routes::orders::create))
+        .route("/api/pedidos/{pedido_id}", put(routes::orders::update))
+        .route("/api/suscripcion", post(routes::subscriptions::subscribe))
+        .route("/api/suscripcion/estado/{email}", get(routes::subscriptions::status))
+        .route("/health", get(routes::ops::health))
+        .route("/status", get(routes::ops::status))
+        .route("/ready", get(routes::ops::ready))
+        .route("/metrics", get(routes::ops::metrics))
+        .route("/", get(routes::ops::root))
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
+        .fallback(routes::ops::not_found)
+        .method_not_allowed_fallback(routes::ops::method_not_allowed)
+        .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
+        .layer(middleware::from_fn(record_http_metrics))
+        // Outermost first: set the id, open a span carrying it, echo it on the response.
+        .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
+                    tracing::info_span!("request", method = %req.method(), uri = %req.uri().path(), request_id)
+                })
+                .on_request(())
+                .on_response(DefaultOnResponse::new().level(Level::INFO))
+                // 503s during an SNS outage are expected; ApiError logs the cause once.
+                .on_failure(DefaultOnFailure::new().level(Level::WARN)),
+        )
+        .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
+        .with_state(state)
+}
+
+async fn record_http_metrics(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().to_string();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("pedidos_api_http_requests_total", "method" => method, "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!("pedidos_api_http_request_duration_seconds", "route" => route).record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Serves until `shutdown` is cancelled, then lets in-flight requests finish for up to [`DRAIN_TIMEOUT`].
+///
+/// # Errors
+/// I/O errors from the listener.
+pub async fn run(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
+    let stop = shutdown.clone();
+    let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move { stop.cancelled().await });
+    let mut server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        result = &mut server => return result,
+        () = shutdown.cancelled() => {}
+    }
+    match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!(timeout = ?DRAIN_TIMEOUT, "in-flight requests did not finish in time; exiting anyway");
+            Ok(())
+        }
+    }
+}
+
+/// Builds the SNS-backed state from `config`, binds the port and serves until `shutdown`.
+///
+/// # Errors
+/// Binding the port or serving failed.
+pub async fn start(config: Config, shutdown: CancellationToken) -> std::io::Result<()> {
+    let sdk = platform::aws::load(&config.common.region, platform::aws::CallBudget::INTERACTIVE, Duration::ZERO).await;
+    let bus = SnsBus::new(aws_sdk_sns::Client::new(&sdk), config.topic.clone());
+    let listener = TcpListener::bind(("0.0.0.0", config.common.port)).await?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        topic = %config.topic,
+        endpoint = config.common.endpoint_url.as_deref().unwrap_or("aws"),
+        region = %config.common.region,
+        "pedidos-api listening"
+    );
+    run(listener, AppState::new(Arc::new(bus)), shutdown).await
+}

@@ -1,1 +1,78 @@
-fn main() {}
+//! `pedidos-api` entry point: `serve` (default), `healthcheck` or `topology`.
+
+use std::process::ExitCode;
+
+use platform::config::{process_env, Common};
+
+fn main() -> ExitCode {
+    let command = std::env::args().nth(1);
+    match command.as_deref() {
+        None | Some("serve") => block_on(serve()),
+        Some("healthcheck") => health_check(),
+        Some("topology") => block_on(topology()),
+        Some(other) => {
+            eprintln!("unknown command {other:?}; usage: pedidos-api [serve|healthcheck|topology]");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn block_on(task: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(task),
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve() -> ExitCode {
+    let config = match pedidos_api::config::Config::from_env(&process_env) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("configuration error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    platform::telemetry::init(config.common.log_format, "info,pedidos_api=info");
+    let shutdown = platform::shutdown::on_signal();
+    match pedidos_api::start(config, shutdown).await {
+        Ok(()) => {
+            tracing::info!("pedidos-api stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "pedidos-api failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn health_check() -> ExitCode {
+    let port = Common::from_env(&process_env, pedidos_api::config::DEFAULT_PORT).map_or(pedidos_api::config::DEFAULT_PORT, |c| c.port);
+    ExitCode::from(u8::try_from(platform::probe::run(port)).unwrap_or(1))
+}
+
+/// Creates the topic, queues, DLQs and subscriptions (idempotent) and prints their ids as `KEY=value` lines.
+async fn topology() -> ExitCode {
+    let common = match Common::from_env(&process_env, 0) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("configuration error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let sdk = platform::aws::load(&common.region, platform::aws::CallBudget::INTERACTIVE, std::time::Duration::ZERO).await;
+    let names = platform::topology::Names::default();
+    match platform::topology::ensure(&aws_sdk_sns::Client::new(&sdk), &aws_sdk_sqs::Client::new(&sdk), &names).await {
+        Ok(topology) => {
+            print!("{}", topology.env_lines());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("topology failed at {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The port to the message bus: a trait so router tests run with a fake, and SNS behind it in production.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use aws_sdk_sns::error::{DisplayErrorContext, SdkError};
+use aws_sdk_sns::types::MessageAttributeValue;
+use aws_sdk_sns::Client;
+use domain::OrderEvent;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why the bus could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// Worth retrying later: unreachable, throttled, timed out, 5xx.
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+    /// The bus refused the request itself (bad ARN, missing permission).
+    #[error("bus rejected the request: {0}")]
+    Rejected(String),
+}
+
+/// An email subscription's state, as the seed reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriptionStatus {
+    Confirmado,
+    Pendiente,
+}
+
+/// What the API needs from the bus.
+pub trait EventBus: Send + Sync + 'static {
+    /// Publishes the event and returns the bus's message id only once the bus has accepted it.
+    fn publish<'a>(&'a self, event: &'a OrderEvent, request_id: &'a str) -> BoxFuture<'a, Result<String, BusError>>;
+    /// Cheap call proving the topic exists and answers (readiness).
+    fn check(&self) -> BoxFuture<'_, Result<(), BusError>>;
+    /// The status of an email subscription, if any.
+    fn email_status<'a>(&'a self, email: &'a str) -> BoxFuture<'a, Result<Option<SubscriptionStatus>, BusError>>;
+    /// Starts an email subscription (the recipient must confirm it).
+    fn subscribe_email<'a>(&'a self, email: &'a str) -> BoxFuture<'a, Result<(), BusError>>;
+}
+
+/// [`EventBus`] on an SNS topic.
+pub struct SnsBus {
+    client: Client,
+    /// As configured: an ARN, or a bare name resolved on first use.
+    topic: String,
+    /// Resolved lazily so the API starts (and stays live) while SNS is unreachable.
+    topic_arn: tokio::sync::OnceCell<String>,
+}
+
+impl SnsBus {
+    pub fn new(client: Client, topic: String) -> Self {
+        Self { client, topic, topic_arn: tokio::sync::OnceCell::new() }
+    }
+
+    async fn topic_arn(&self) -> Result<&str, BusError> {
+        self.topic_arn
+            .get_or_try_init(|| async {
+                platform::topology::resolve_topic_arn(&self.client, &self.topic).await.map_err(|e| BusError::Unavailable(e.to_string()))
+            })
+            .await
+            .map(String::as_str)
+    }
+}
+
+fn classify<E, R>(err: SdkError<E, R>) -> BusError
+where
+    E: std::error::Error + aws_sdk_sns::error::ProvideErrorMetadata + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let retryable = match &err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
+        SdkError::ServiceError(service) => {
+            let code = service.err().code().unwrap_or_default();
+            code.contains("Throttl") || code.contains("InternalError") || code.contains("ServiceUnavailable") || code.is_empty()
+        }
+        _ => false,
+    };
+    let text = DisplayErrorContext(err).to_string();
+    if retryable {
+        BusError::Unavailable(text)
+    } else {
+        BusError::Rejected(text)
+    }
+}
+
+fn string_attribute(value: &str) -> Result<MessageAttributeValue, BusError> {
+    MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(value)
+        .build()
+        .map_err(|e| BusError::Rejected(e.to_string()))
+}
+
+impl EventBus for SnsBus {
+    fn publish<'a>(&'a self, event: &'a OrderEvent, request_id: &'a str) -> BoxFuture<'a, Result<String, BusError>> {
+        Box::pin(async move {
+            let topic_arn = self.topic_arn().await?;
+            let body = event.to_json().map_err(|e| BusError::Rejected(e.to_string()))?;
+            let mut request = self
+                .client
+                .publish()
+                .topic_arn(topic_arn)
+                .subject(event.event_type.subject())
+                .message(body)
+                // Attributes let subscribers filter (SNS filter policies) and correlate logs across services.
+                .message_attributes("eventType", string_attribute(event.event_type.as_str())?)
+                .message_attributes(
+                    "version",
+                    MessageAttributeValue::builder()
+                        .data_type("Number")
+                        .string_value(event.version.to_string())
+                        .build()
+                        .map_err(|e| BusError::Rejected(e.to_string()))?,
+                )
+                .message_attributes("pedidoId", string_attribute(&event.order.pedido_id.to_string())?)
+                .message_attributes("requestId", string_attribute(request_id)?);
+            // FIFO topics need a group (per order, so versions stay ordered) and a dedup id.
+            if topic_arn.ends_with(".fifo") {
+                request = request
+                    .message_group_id(event.order.pedido_id.to_string())
+                    .message_deduplication_id(event.dedup_key().to_string());
+            }
+            let output = request.send().await.map_err(classify)?;
+            output.message_id.ok_or_else(|| BusError::Unavailable("SNS answered without a MessageId".into()))
+        })
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move {
+            let topic_arn = self.topic_arn().await?;
+            self.client.get_topic_attributes().topic_arn(topic_arn).send().await.map_err(classify)?;
+            Ok(())
+        })
+    }
+
+    fn email_status<'a>(&'a self, email: &'a str) -> BoxFuture<'a, Result<Option<SubscriptionStatus>, BusError>> {
+        Box::pin(async move {
+            let topic_arn = self.topic_arn().await?;
+            let mut pages = self.client.list_subscriptions_by_topic().topic_arn(topic_arn).into_paginator().send();
+            while let Some(page) = pages.next().await {
+                for sub in page.map_err(classify)?.subscriptions.unwrap_or_default() {
+                    let same = sub.protocol.as_deref() == Some("email")
+                        && sub.endpoint.as_deref().is_some_and(|e| e.eq_ignore_ascii_case(email));
+                    if same {
+                        let pending = sub.subscription_arn.as_deref().is_none_or(|arn| !arn.starts_with("arn:"));
+                        return Ok(Some(if pending { SubscriptionStatus::Pendiente } else { SubscriptionStatus::Confirmado }));
+                    }
+                }
+            }
+            Ok(None)
+        })
+    }
+
+    fn subscribe_email<'a>(&'a self, email: &'a str) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            let topic_arn = self.topic_arn().await?;
+            self.client.subscribe().topic_arn(topic_arn).protocol("email").endpoint(email).send().await.map_err(classify)?;
+            Ok(())
+        })
+    }
+}

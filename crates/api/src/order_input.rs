@@ -1,0 +1,264 @@
+//! Turning a request body into a validated order, reporting every problem per field.
+//!
+//! Field names match case-insensitively, so the seed's PascalCase (`PedidoId`, `ClienteId`, `Fecha`, `Total`) works as
+//! ASP.NET's binder did. Unknown fields are rejected by name. Money is parsed from the JSON text, never via f64.
+
+use std::str::FromStr;
+
+use chrono::{DateTime, FixedOffset, Utc};
+use domain::validation::{check_order, FieldErrors};
+use domain::{Item, OrderState};
+use rust_decimal::Decimal;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// What the route allows in the body.
+#[derive(Debug, Clone, Copy)]
+pub enum Mode {
+    /// `POST /api/pedidos`: `pedidoId` optional, no `version`.
+    Create,
+    /// `PUT /api/pedidos/{pedidoId}`: `version` (>= 2) required; a body `pedidoId` must match the path.
+    Update { pedido_id: Uuid },
+}
+
+/// A valid order and, for updates, its version.
+#[derive(Debug)]
+pub struct OrderInput {
+    pub order: OrderState,
+    pub version: Option<u64>,
+}
+
+const FIELDS: [&str; 6] = ["pedidoId", "clienteId", "fecha", "total", "items", "version"];
+const ITEM_FIELDS: [&str; 3] = ["productoId", "cantidad", "precioUnitario"];
+
+/// Parses and validates `body`.
+///
+/// # Errors
+/// Every problem, keyed by the canonical (camelCase) field name.
+pub fn parse(body: Map<String, Value>, mode: Mode, now: DateTime<Utc>) -> Result<OrderInput, FieldErrors> {
+    let mut errors = FieldErrors::default();
+    let fields = canonical_fields(body, &FIELDS, "", &mut errors);
+    let get = |name: &str| fields.iter().find(|(k, _)| *k == name).map(|(_, v)| v);
+
+    let pedido_id = match (mode, get("pedidoId")) {
+        (Mode::Create, None) => Some(Uuid::new_v4()),
+        (Mode::Create, Some(v)) => uuid(v, "pedidoId", &mut errors),
+        (Mode::Update { pedido_id }, None) => Some(pedido_id),
+        (Mode::Update { pedido_id }, Some(v)) => {
+            let body_id = uuid(v, "pedidoId", &mut errors);
+            if body_id.is_some_and(|id| id != pedido_id) {
+                errors.add("pedidoId", "must match the pedidoId in the path");
+            }
+            Some(pedido_id)
+        }
+    };
+    let cliente_id = match get("clienteId") {
+        Some(v) => uuid(v, "clienteId", &mut errors),
+        None => missing("clienteId", &mut errors),
+    };
+    let fecha = match get("fecha") {
+        Some(v) => timestamp(v, "fecha", &mut errors),
+        None => Some(now.fixed_offset()),
+    };
+    let total = match get("total") {
+        Some(v) => decimal(v, "total", &mut errors),
+        None => missing("total", &mut errors),
+    };
+    let items = get("items").and_then(|v| items(v, &mut errors));
+    let version = match (mode, get("version")) {
+        (Mode::Create, Some(_)) => {
+            errors.add("version", "is set by the server on creation (always 1); use PUT to publish a new version");
+            None
+        }
+        (Mode::Create, None) => None,
+        (Mode::Update { .. }, None) => missing("version", &mut errors),
+        (Mode::Update { .. }, Some(v)) => match v.as_u64() {
+            Some(n) if n >= 2 => Some(n),
+            _ => {
+                errors.add("version", "must be an integer >= 2 (version 1 is the creation)");
+                None
+            }
+        },
+    };
+
+    match (pedido_id, cliente_id, fecha, total) {
+        (Some(pedido_id), Some(cliente_id), Some(fecha), Some(total)) => {
+            let order = OrderState { pedido_id, cliente_id, fecha, total, items };
+            check_order(&order, &mut errors);
+            errors.into_result().map(|()| OrderInput { order, version })
+        }
+        _ => Err(errors),
+    }
+}
+
+/// Maps keys case-insensitively onto `known`, reporting unknown and repeated ones.
+fn canonical_fields(
+    body: Map<String, Value>,
+    known: &[&'static str],
+    prefix: &str,
+    errors: &mut FieldErrors,
+) -> Vec<(&'static str, Value)> {
+    let mut out: Vec<(&'static str, Value)> = Vec::with_capacity(body.len());
+    for (key, value) in body {
+        match known.iter().find(|k| k.eq_ignore_ascii_case(&key)) {
+            Some(name) if out.iter().any(|(k, _)| k == name) => errors.add(format!("{prefix}{name}"), "given more than once"),
+            Some(name) => out.push((name, value)),
+            None => errors.add(format!("{prefix}{}", truncate(&key)), "unknown field"),
+        }
+    }
+    out
+}
+
+fn truncate(key: &str) -> String {
+    key.chars().take(64).collect()
+}
+
+fn missing<T>(field: &str, errors: &mut FieldErrors) -> Option<T> {
+    errors.add(field, "is required");
+    None
+}
+
+fn uuid(value: &Value, field: &str, errors: &mut FieldErrors) -> Option<Uuid> {
+    match value.as_str().map(Uuid::from_str) {
+        Some(Ok(id)) => Some(id),
+        _ => {
+            errors.add(field, "must be a UUID string");
+            None
+        }
+    }
+}
+
+fn timestamp(value: &Value, field: &str, errors: &mut FieldErrors) -> Option<DateTime<FixedOffset>> {
+    match value.as_str().map(DateTime::parse_from_rfc3339) {
+        Some(Ok(t)) => Some(t),
+        _ => {
+            errors.add(field, "must be an RFC 3339 date-time string, e.g. 2026-11-21T10:30:00-03:00");
+            None
+        }
+    }
+}
+
+/// A decimal from a JSON number (its exact text, thanks to serde_json's arbitrary_precision) or a string.
+fn decimal(value: &Value, field: &str, errors: &mut FieldErrors) -> Option<Decimal> {
+    let text = match value {
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.trim().to_owned(),
+        _ => String::new(),
+    };
+    // Only plain decimal notation: no NaN/Infinity, no exponents, no hex, no thousands separators.
+    let plain = !text.is_empty()
+        && text.len() <= 40
+        && text.trim_start_matches(['-', '+']).chars().all(|c| c.is_ascii_digit() || c == '.')
+        && text.chars().filter(|c| *c == '.').count() <= 1;
+    match plain.then(|| Decimal::from_str(&text)) {
+        Some(Ok(d)) => Some(d),
+        _ => {
+            errors.add(field, "must be a decimal number (JSON number or string), e.g. 59.98");
+            None
+        }
+    }
+}
+
+fn items(value: &Value, errors: &mut FieldErrors) -> Option<Vec<Item>> {
+    let Some(array) = value.as_array() else {
+        errors.add("items", "must be an array of {productoId, cantidad, precioUnitario}");
+        return None;
+    };
+    let mut out = Vec::with_capacity(array.len());
+    for (i, raw) in array.iter().enumerate() {
+        let Some(object) = raw.as_object() else {
+            errors.add(format!("items[{i}]"), "must be an object");
+            continue;
+        };
+        let prefix = format!("items[{i}].");
+        let fields = canonical_fields(object.clone(), &ITEM_FIELDS, &prefix, errors);
+        let get = |name: &str| fields.iter().find(|(k, _)| *k == name).map(|(_, v)| v);
+        let producto_id = match get("productoId") {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => {
+                errors.add(format!("{prefix}productoId"), "must be a string");
+                None
+            }
+            None => missing(&format!("{prefix}productoId"), errors),
+        };
+        let cantidad = match get("cantidad").map(|v| v.as_u64().and_then(|n| u32::try_from(n).ok())) {
+            Some(Some(n)) => Some(n),
+            Some(None) => {
+                errors.add(format!("{prefix}cantidad"), "must be a whole number between 1 and 4294967295");
+                None
+            }
+            None => missing(&format!("{prefix}cantidad"), errors),
+        };
+        let precio = match get("precioUnitario") {
+            Some(v) => decimal(v, &format!("{prefix}precioUnitario"), errors),
+            None => missing(&format!("{prefix}precioUnitario"), errors),
+        };
+        if let (Some(producto_id), Some(cantidad), Some(precio_unitario)) = (producto_id, cantidad, precio) {
+            out.push(Item { producto_id, cantidad, precio_unitario });
+        }
+    }
+    (out.len() == array.len()).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn object(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    fn create(v: Value) -> Result<OrderInput, FieldErrors> {
+        parse(object(v), Mode::Create, Utc::now())
+    }
+
+    const CLIENTE: &str = "6f1c2a0e-9a51-4c1e-8d0b-0c8f4f1a2b3c";
+
+    #[test]
+    fn accepts_camel_and_pascal_case_numbers_and_strings() {
+        let a = create(json!({"clienteId": CLIENTE, "total": 59.98})).map(|o| o.order.total.to_string());
+        assert_eq!(a.ok().as_deref(), Some("59.98"));
+        let b = create(json!({"ClienteId": CLIENTE, "Total": "59.98", "PedidoId": CLIENTE, "Fecha": "2026-01-01T00:00:00Z"}));
+        assert!(b.is_ok(), "{b:?}");
+    }
+
+    #[test]
+    fn reports_every_problem_by_field() {
+        let Err(errors) = create(json!({"total": "abc", "extra": 1, "fecha": "yesterday", "pedidoId": 5})) else {
+            panic!("must fail")
+        };
+        let fields: Vec<&str> = errors.fields().collect();
+        assert_eq!(fields, ["clienteId", "extra", "fecha", "pedidoId", "total"]);
+        assert_eq!(errors.get("extra"), Some(&["unknown field".to_owned()][..]));
+    }
+
+    #[test]
+    fn rejects_non_plain_numbers() {
+        for bad in [json!("NaN"), json!("Infinity"), json!("1e3"), json!("0x10"), json!("1,000.00"), json!(true), json!(null), json!("")] {
+            let result = create(json!({"clienteId": CLIENTE, "total": bad}));
+            assert!(result.as_ref().err().and_then(|e| e.get("total")).is_some(), "{bad}: {result:?}");
+        }
+    }
+
+    #[test]
+    fn items_must_add_up_exactly() {
+        let items = json!([{"productoId": "A", "cantidad": 3, "precioUnitario": 0.10}, {"productoId": "B", "cantidad": 1, "precioUnitario": "0.20"}]);
+        assert!(create(json!({"clienteId": CLIENTE, "total": 0.50, "items": items})).is_ok());
+        let wrong = create(json!({"clienteId": CLIENTE, "total": 0.51, "items": items}));
+        assert!(wrong.err().and_then(|e| e.get("total").map(|m| m[0].clone())).unwrap_or_default().contains("0.50"));
+    }
+
+    #[test]
+    fn update_rules() {
+        let id = Uuid::new_v4();
+        let ok = parse(object(json!({"clienteId": CLIENTE, "total": 1, "version": 2})), Mode::Update { pedido_id: id }, Utc::now());
+        assert_eq!(ok.map(|o| (o.order.pedido_id, o.version)).ok(), Some((id, Some(2))));
+        for bad in [json!({"clienteId": CLIENTE, "total": 1}), json!({"clienteId": CLIENTE, "total": 1, "version": 1})] {
+            let r = parse(object(bad), Mode::Update { pedido_id: id }, Utc::now());
+            assert!(r.err().and_then(|e| e.get("version").map(<[String]>::len)).is_some());
+        }
+        let other = parse(object(json!({"clienteId": CLIENTE, "total": 1, "version": 3, "pedidoId": CLIENTE})), Mode::Update { pedido_id: id }, Utc::now());
+        assert!(other.err().and_then(|e| e.get("pedidoId").map(<[String]>::len)).is_some());
+    }
+}

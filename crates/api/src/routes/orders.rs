@@ -1,0 +1,153 @@
+//! `POST /api/pedidos` and `PUT /api/pedidos/{pedidoId}`: validate, publish, answer 202 only after SNS accepted.
+
+use std::time::Instant;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use chrono::Utc;
+use domain::{FieldErrors, OrderEvent};
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::bus::BusError;
+use crate::error::{ApiError, Problem};
+use crate::extract::JsonObject;
+use crate::order_input::{self, Mode};
+use crate::AppState;
+
+/// Body of `POST /api/pedidos` (documentation only; the handler validates field by field to report every problem).
+/// Field names are matched case-insensitively, so the seed's `PedidoId`, `ClienteId`, `Fecha`, `Total` work too.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(rename_all = "camelCase")]
+pub struct CrearPedido {
+    /// Optional; generated when absent. A client retrying with its own id produces a duplicate the workers drop.
+    pedido_id: Option<Uuid>,
+    cliente_id: Uuid,
+    /// RFC 3339; defaults to now.
+    fecha: Option<chrono::DateTime<chrono::FixedOffset>>,
+    /// Decimal as a JSON number or string: > 0, at most 2 decimals, at most 999999999.99.
+    #[schema(value_type = String, example = "59.98")]
+    total: String,
+    /// When present, `total` must equal the sum of `cantidad * precioUnitario` exactly.
+    items: Option<Vec<ItemInput>>,
+}
+
+/// Body of `PUT /api/pedidos/{pedidoId}`: the full new state and its version.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(rename_all = "camelCase")]
+pub struct ActualizarPedido {
+    /// Must equal the path's pedidoId when given.
+    pedido_id: Option<Uuid>,
+    cliente_id: Uuid,
+    fecha: Option<chrono::DateTime<chrono::FixedOffset>>,
+    #[schema(value_type = String, example = "64.50")]
+    total: String,
+    items: Option<Vec<ItemInput>>,
+    /// The order's new version, >= 2 (1 is the creation).
+    #[schema(minimum = 2)]
+    version: u64,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(rename_all = "camelCase")]
+pub struct ItemInput {
+    producto_id: String,
+    #[schema(minimum = 1)]
+    cantidad: u32,
+    #[schema(value_type = String, example = "19.99")]
+    precio_unitario: String,
+}
+
+/// The answer once SNS has accepted the event.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Publicado {
+    /// Always `publicado`.
+    pub status: &'static str,
+    pub pedido_id: Uuid,
+    pub version: u64,
+    /// The SNS MessageId.
+    pub message_id: String,
+}
+
+/// Publish a new order (`PedidoCreado`, version 1).
+#[utoipa::path(
+    post, path = "/api/pedidos", tag = "pedidos",
+    request_body(content = CrearPedido, content_type = "application/json"),
+    params(("x-request-id" = Option<String>, Header, description = "Correlation id; generated when absent")),
+    responses(
+        (status = 202, description = "Published to SNS", body = Publicado),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "SNS unavailable; retry with the same pedidoId", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create(State(state): State<AppState>, headers: HeaderMap, JsonObject(body): JsonObject) -> Result<(StatusCode, Json<Publicado>), ApiError> {
+    let now = Utc::now();
+    let input = order_input::parse(body, Mode::Create, now).map_err(ApiError::Validation)?;
+    publish(&state, &headers, OrderEvent::created(input.order, now)).await
+}
+
+/// Publish the full new state of an order (`PedidoActualizado`, version >= 2).
+#[utoipa::path(
+    put, path = "/api/pedidos/{pedidoId}", tag = "pedidos",
+    request_body(content = ActualizarPedido, content_type = "application/json"),
+    params(("pedidoId" = Uuid, Path), ("x-request-id" = Option<String>, Header, description = "Correlation id")),
+    responses(
+        (status = 202, description = "Published to SNS", body = Publicado),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn update(
+    State(state): State<AppState>,
+    Path(pedido_id): Path<String>,
+    headers: HeaderMap,
+    JsonObject(body): JsonObject,
+) -> Result<(StatusCode, Json<Publicado>), ApiError> {
+    let Ok(pedido_id) = Uuid::parse_str(&pedido_id) else {
+        let mut errors = FieldErrors::default();
+        errors.add("pedidoId", "path segment must be a UUID");
+        return Err(ApiError::Validation(errors));
+    };
+    let now = Utc::now();
+    let input = order_input::parse(body, Mode::Update { pedido_id }, now).map_err(ApiError::Validation)?;
+    let version = input.version.unwrap_or(2);
+    publish(&state, &headers, OrderEvent::updated(input.order, version, now)).await
+}
+
+async fn publish(state: &AppState, headers: &HeaderMap, event: OrderEvent) -> Result<(StatusCode, Json<Publicado>), ApiError> {
+    let request_id = super::request_id(headers);
+    let started = Instant::now();
+    let result = state.bus.publish(&event, &request_id).await;
+    metrics::histogram!("pedidos_api_publish_duration_seconds").record(started.elapsed().as_secs_f64());
+    let event_type = event.event_type.as_str();
+    match result {
+        Ok(message_id) => {
+            metrics::counter!("pedidos_api_events_published_total", "type" => event_type).increment(1);
+            tracing::info!(pedido_id = %event.order.pedido_id, version = event.version, %message_id, r#type = event_type, "event published");
+            Ok((StatusCode::ACCEPTED, Json(Publicado { status: "publicado", pedido_id: event.order.pedido_id, version: event.version, message_id })))
+        }
+        Err(err) => {
+            let reason = match err {
+                BusError::Unavailable(_) => "unavailable",
+                BusError::Rejected(_) => "rejected",
+            };
+            metrics::counter!("pedidos_api_publish_failures_total", "reason" => reason).increment(1);
+            tracing::warn!(pedido_id = %event.order.pedido_id, version = event.version, error = %err, "publish failed");
+            // A rejected publish (wrong ARN, missing permission) is still not the client's fault, and retrying may
+            // work once operators fix it: 503, never a leak of the cause.
+            Err(ApiError::Unavailable(err.to_string()))
+        }
+    }
+}

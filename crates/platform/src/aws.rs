@@ -1,0 +1,44 @@
+//! The AWS SDK configuration both binaries use.
+
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+
+/// How long one API call may take in total, retries included, before the caller gives up.
+#[derive(Debug, Clone, Copy)]
+pub struct CallBudget {
+    pub connect: Duration,
+    pub attempt: Duration,
+    pub total: Duration,
+    pub max_attempts: u32,
+}
+
+impl CallBudget {
+    /// For request paths: a client is waiting, so fail fast (a 503 within a few seconds beats a hang).
+    pub const INTERACTIVE: Self = Self {
+        connect: Duration::from_secs(1),
+        attempt: Duration::from_secs(2),
+        total: Duration::from_secs(6),
+        max_attempts: 3,
+    };
+}
+
+/// Loads region, credentials and endpoint from the standard sources (`AWS_ENDPOINT_URL` included) and applies `budget`.
+///
+/// `extra_attempt_time` widens the per-attempt timeout for long polls (`WaitTimeSeconds`).
+pub async fn load(region: &str, budget: CallBudget, extra_attempt_time: Duration) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(region.to_owned()))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(budget.connect)
+                .operation_attempt_timeout(budget.attempt + extra_attempt_time)
+                .operation_timeout(budget.total + extra_attempt_time)
+                .build(),
+        )
+        .retry_config(RetryConfig::standard().with_max_attempts(budget.max_attempts).with_initial_backoff(Duration::from_millis(100)))
+        .load()
+        .await
+}

@@ -1,0 +1,279 @@
+"""Consistency checks across the deployment artifacts that no linter sees as a whole:
+Dockerfiles <-> docker-compose.yml <-> ecs.yaml <-> Elastic Beanstalk bundles.
+Nothing here needs Docker or AWS.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import ROOT, TEMPLATES, load_cfn, load_yaml
+
+BINARIES = {"api": ("pedidos-api", 8080), "worker": ("pedidos-worker", 8081)}
+WORKER_SHUTDOWN_GRACE_SECONDS = 25
+
+
+def dockerfile(kind: str) -> str:
+    return (ROOT / f"Dockerfile.{kind}").read_text(encoding="utf-8")
+
+
+def instructions(text: str, keyword: str) -> list[str]:
+    joined = re.sub(r"\\\n\s*", " ", text)  # line continuations
+    return [line.split(None, 1)[1] for line in joined.splitlines() if line.upper().startswith(keyword + " ")]
+
+
+def duration_seconds(value: str) -> int:
+    match = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", value)
+    assert match and value, f"unsupported duration {value!r}"
+    return int(match.group(1) or 0) * 60 + int(match.group(2) or 0)
+
+
+# ---------------------------------------------------------------- Dockerfiles
+@pytest.mark.parametrize("kind", sorted(BINARIES))
+def test_dockerfile_contract(kind: str) -> None:
+    binary, port = BINARIES[kind]
+    text = dockerfile(kind)
+    froms = instructions(text, "FROM")
+    assert froms[-1].startswith("gcr.io/distroless/cc-debian13:nonroot")
+    rust_images = {f.split()[0] for f in froms if f.startswith("rust:")}
+    assert len(rust_images) == 1, "one Rust toolchain image for every build stage"
+    assert not any(":latest" in f or f.split()[0].count(":") == 0 and "/" in f for f in froms)
+    assert f"--locked --bin {binary}" in text.replace("\\\n", " ")
+    assert instructions(text, "EXPOSE") == [str(port)]
+    assert instructions(text, "USER") == ["65532:65532"]
+    assert instructions(text, "ENTRYPOINT") == [f'["/usr/local/bin/{binary}"]']
+    healthcheck = instructions(text, "HEALTHCHECK")
+    assert len(healthcheck) == 1 and healthcheck[0].endswith(f'CMD ["/usr/local/bin/{binary}", "healthcheck"]')
+
+
+def test_dockerignore_keeps_context_small() -> None:
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    assert {"target", ".venv", ".git", ".env"} <= ignored
+    # The workspace members must stay in the build context.
+    for needed in ("crates", "tests", "Cargo.toml", "Cargo.lock"):
+        assert needed not in ignored
+
+
+# ---------------------------------------------------------------- docker-compose.yml
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return load_yaml(ROOT / "docker-compose.yml")
+
+
+def test_compose_emulators_are_pinned_and_exclusive(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert services["localstack"]["image"] == "localstack/localstack:${LOCALSTACK_VERSION:-4.14.0}"
+    assert re.fullmatch(r"motoserver/moto:5\.\d+\.\d+@sha256:[0-9a-f]{64}", services["moto"]["image"])
+    assert services["localstack"]["profiles"] == ["localstack"]
+    assert services["moto"]["profiles"] == ["moto"]
+    env = services["localstack"]["environment"]
+    assert env["LOCALSTACK_AUTH_TOKEN"] == "${LOCALSTACK_AUTH_TOKEN:-}"
+    assert env["LOCALSTACK_HOST"] == "emulator:4566"
+    for name in ("localstack", "moto"):
+        assert services[name]["networks"]["default"]["aliases"] == ["emulator"]
+        assert "healthcheck" in services[name]
+    # Without a --profile flag, .env selects LocalStack.
+    dotenv = (ROOT / ".env").read_text(encoding="utf-8")
+    assert re.search(r"^COMPOSE_PROFILES=localstack$", dotenv, re.M)
+
+
+def test_compose_startup_order(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    topo = services["topology"]
+    assert topo["command"] == ["topology"]
+    assert topo["depends_on"] == {
+        "localstack": {"condition": "service_healthy", "required": False},
+        "moto": {"condition": "service_healthy", "required": False},
+    }
+    for name in ("api", "worker-process", "worker-logistics"):
+        assert services[name]["depends_on"] == {"topology": {"condition": "service_completed_successfully"}}
+        assert services[name]["environment"]["AWS_ENDPOINT_URL"] == "http://emulator:4566"
+        assert services[name]["environment"]["AWS_ACCESS_KEY_ID"] == "test"
+
+
+def test_compose_app_services(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    api = services["api"]
+    assert api["ports"] == ["127.0.0.1:8080:8080"]
+    assert api["environment"]["SNS_TOPIC_ARN"] == "ecomexpress-sns-orders-events"
+    assert api["healthcheck"]["test"] == ["CMD", "/usr/local/bin/pedidos-api", "healthcheck"]
+    for service in services.values():
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), f"port {port} must be published on loopback only"
+
+    proc, logi = services["worker-process"], services["worker-logistics"]
+    assert proc["environment"].pop("SQS_QUEUE_URL") == "ecomexpress-sqs-orders-process"
+    assert logi["environment"].pop("SQS_QUEUE_URL") == "ecomexpress-sqs-logistics"
+    assert proc == logi, "the two workers may differ only in SQS_QUEUE_URL"
+    assert proc["healthcheck"]["test"] == ["CMD", "/usr/local/bin/pedidos-worker", "healthcheck"]
+    assert duration_seconds(proc["stop_grace_period"]) >= WORKER_SHUTDOWN_GRACE_SECONDS + 5
+    assert int(proc["environment"]["SHUTDOWN_GRACE_SECONDS"]) == WORKER_SHUTDOWN_GRACE_SECONDS
+
+
+# ---------------------------------------------------------------- ecs.yaml
+@pytest.fixture(scope="module")
+def ecs() -> dict[str, Any]:
+    return load_cfn(TEMPLATES / "ecs.yaml")["Resources"]
+
+
+def _statements(role: dict[str, Any]) -> list[dict[str, Any]]:
+    return [s for p in role["Properties"]["Policies"] for s in p["PolicyDocument"]["Statement"]]
+
+
+def test_ecs_task_definitions(ecs: dict[str, Any]) -> None:
+    tasks = {k: v["Properties"] for k, v in ecs.items() if v["Type"] == "AWS::ECS::TaskDefinition"}
+    assert set(tasks) == {"ApiTaskDefinition", "WorkerProcessTaskDefinition", "WorkerLogisticsTaskDefinition"}
+    for name, task in tasks.items():
+        kind = "api" if name.startswith("Api") else "worker"
+        binary, port = BINARIES[kind]
+        assert task["RequiresCompatibilities"] == ["FARGATE"] and task["NetworkMode"] == "awsvpc"
+        assert task["ExecutionRoleArn"] != task["TaskRoleArn"]
+        (container,) = task["ContainerDefinitions"]
+        assert container["ReadonlyRootFilesystem"] is True
+        assert container["HealthCheck"]["Command"] == ["CMD", f"/usr/local/bin/{binary}", "healthcheck"]
+        assert container["PortMappings"][0]["ContainerPort"] == port
+        assert container["LogConfiguration"]["LogDriver"] == "awslogs"
+        env = {e["Name"]: e["Value"] for e in container["Environment"]}
+        if kind == "worker":
+            assert 30 <= container["StopTimeout"] <= 120
+            assert container["StopTimeout"] >= int(env["SHUTDOWN_GRACE_SECONDS"]) + int(env["WAIT_TIME_SECONDS"])
+            assert "SQS_QUEUE_URL" in env
+        else:
+            assert "SNS_TOPIC_ARN" in env
+
+
+def test_ecs_least_privilege(ecs: dict[str, Any]) -> None:
+    api = _statements(ecs["ApiTaskRole"])
+    assert sorted(a for s in api for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])) == sorted(
+        ["sns:Publish", "sns:GetTopicAttributes", "sns:Subscribe", "sns:ListSubscriptionsByTopic", "sns:ListTopics"]
+    )
+    wildcard = [s for s in api if s["Resource"] == "*"]
+    assert [s["Action"] for s in wildcard] == ["sns:ListTopics"]
+    for role, queue in (("WorkerProcessTaskRole", "Process"), ("WorkerLogisticsTaskRole", "Logistics")):
+        statements = _statements(ecs[role])
+        by_resource = {json.dumps(s["Resource"]): s["Action"] for s in statements}
+        own_queue = json.dumps({"Fn::ImportValue": {"Fn::Sub": f"${{MessagingStackName}}-{queue}QueueArn"}})
+        own_dlq = json.dumps({"Fn::ImportValue": {"Fn::Sub": f"${{MessagingStackName}}-{queue}DeadLetterQueueArn"}})
+        assert set(by_resource) == {own_queue, own_dlq}
+        assert sorted(by_resource[own_queue]) == sorted([
+            "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
+            "sqs:GetQueueAttributes", "sqs:GetQueueUrl",
+        ])  # fmt: skip
+        assert by_resource[own_dlq] == "sqs:SendMessage"
+
+
+def test_ecs_no_ssh_and_cluster_insights(ecs: dict[str, Any]) -> None:
+    for res in ecs.values():
+        if res["Type"] == "AWS::EC2::SecurityGroup":
+            for rule in res["Properties"].get("SecurityGroupIngress", []):
+                if isinstance(rule, dict) and "Fn::If" in rule:
+                    rule = rule["Fn::If"][1]
+                assert rule["FromPort"] != 22 and rule["ToPort"] != 22
+    settings = ecs["Cluster"]["Properties"]["ClusterSettings"]
+    assert {"Name": "containerInsights", "Value": "enabled"} in settings
+    tg = ecs["ApiTargetGroup"]["Properties"]
+    assert tg["HealthCheckPath"] == "/health" and tg["Port"] == 8080
+
+
+@pytest.mark.parametrize("worker", ["WorkerProcess", "WorkerLogistics"])
+def test_ecs_backlog_per_task_scaling(ecs: dict[str, Any], worker: str) -> None:
+    policy = ecs[f"{worker}BacklogScaling"]["Properties"]
+    assert policy["PolicyType"] == "TargetTrackingScaling"
+    metrics = {m["Id"]: m for m in policy["TargetTrackingScalingPolicyConfiguration"]["CustomizedMetricSpecification"]["Metrics"]}
+    assert metrics["m1"]["MetricStat"]["Metric"]["MetricName"] == "ApproximateNumberOfMessagesVisible"
+    assert metrics["m1"]["MetricStat"]["Metric"]["Namespace"] == "AWS/SQS"
+    assert metrics["m2"]["MetricStat"]["Metric"]["MetricName"] == "RunningTaskCount"
+    assert metrics["m2"]["MetricStat"]["Metric"]["Namespace"] == "ECS/ContainerInsights"
+    assert metrics["e1"]["Expression"] == "m1 / m2" and metrics["e1"]["ReturnData"] is True
+    assert [m["ReturnData"] for m in (metrics["m1"], metrics["m2"])] == [False, False]
+
+
+# ---------------------------------------------------------------- Elastic Beanstalk bundles
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("eb")
+    registry = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/ecomexpress"
+    result = subprocess.run(  # noqa: S603
+        ["bash", str(ROOT / "deploy/eb/build-bundles.sh"), f"{registry}/pedidos-api:1.2.3",
+         f"{registry}/pedidos-worker:1.2.3", str(out)],
+        env={"PATH": "/usr/bin:/bin", "AWS_REGION": "eu-west-1"},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return {"api": out / "pedidos-api-eb.zip", "worker": out / "pedidos-worker-eb.zip"}
+
+
+@pytest.mark.parametrize("kind", sorted(BINARIES))
+def test_eb_bundle(bundles: dict[str, Path], kind: str) -> None:
+    binary, port = BINARIES[kind]
+    with zipfile.ZipFile(bundles[kind]) as zf:
+        names = set(zf.namelist())
+        assert "Dockerrun.aws.json" in names, "Dockerrun must sit at the root of the zip"
+        assert not names & {"Dockerfile", "docker-compose.yml", "compose.yaml"}
+        run = json.loads(zf.read("Dockerrun.aws.json"))
+        config = load_yaml_bytes(zf.read(f".ebextensions/01-{binary}.config"))
+        assert ".platform/nginx/conf.d/elasticbeanstalk/10-deny-metrics.conf" in names
+    assert run["AWSEBDockerrunVersion"] == "1"
+    assert run["Image"]["Name"].endswith(f"/ecomexpress/{binary}:1.2.3")
+    assert run["Ports"][0]["ContainerPort"] == port
+    assert instructions(dockerfile(kind), "EXPOSE") == [str(port)]
+    options = config["option_settings"]
+    assert options["aws:elasticbeanstalk:application"]["Application Healthcheck URL"] == "/health"
+    assert options["aws:elasticbeanstalk:environment:process:default"]["HealthCheckPath"] == "/health"
+    assert options["aws:elasticbeanstalk:healthreporting:system"]["SystemType"] == "enhanced"
+    env = options["aws:elasticbeanstalk:application:environment"]
+    assert env["AWS_REGION"] == "eu-west-1"
+    assert env["PORT"] == str(port)
+    if kind == "api":
+        assert env["SNS_TOPIC_ARN"] == "ecomexpress-sns-orders-events"
+    else:
+        assert "SQS_QUEUE_URL" not in env  # set per environment: one bundle, two queues
+
+
+def test_eb_script_rejects_bad_input(tmp_path: Path) -> None:
+    result = subprocess.run(  # noqa: S603
+        ["bash", str(ROOT / "deploy/eb/build-bundles.sh"), "only-one-arg"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0 and "usage" in result.stderr
+    result = subprocess.run(  # noqa: S603
+        ["bash", str(ROOT / "deploy/eb/build-bundles.sh"), 'bad"image', "ok/image:1", str(tmp_path)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0 and "not an image reference" in result.stderr
+
+
+def load_yaml_bytes(data: bytes) -> Any:
+    import yaml
+
+    return yaml.safe_load(data)
+
+
+def test_eb_script_works_without_zip(tmp_path: Path) -> None:
+    """Machines without `zip` get the same bundles through Python's zipfile."""
+    import shutil
+    import sys
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("awk", "mktemp", "rm", "mkdir", "cat", "dirname"):
+        found = shutil.which(tool)
+        assert found, f"{tool} not found"
+        (bin_dir / tool).symlink_to(found)
+    (bin_dir / "python3").symlink_to(sys.executable)
+    out = tmp_path / "out"
+    result = subprocess.run(  # noqa: S603
+        [shutil.which("bash") or "/bin/bash", str(ROOT / "deploy/eb/build-bundles.sh"), "r/api:1", "r/worker:1", str(out)],
+        env={"PATH": str(bin_dir)}, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with zipfile.ZipFile(out / "pedidos-worker-eb.zip") as zf:
+        assert zf.testzip() is None
+        assert {"Dockerrun.aws.json", ".ebextensions/01-pedidos-worker.config"} <= set(zf.namelist())
