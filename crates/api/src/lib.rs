@@ -130,7 +130,7 @@ pub async fn run(listener: TcpListener, state: AppState, shutdown: CancellationT
 pub async fn start(config: Config, shutdown: CancellationToken) -> std::io::Result<()> {
     let sdk = platform::aws::load(&config.common.region, platform::aws::CallBudget::INTERACTIVE, Duration::ZERO).await;
     let bus = SnsBus::new(aws_sdk_sns::Client::new(&sdk), config.topic.clone());
-    let listener = TcpListener::bind(("0.0.0.0", config.common.port)).await?;
+    let listener = TcpListener::bind((config.bind_addr, config.common.port)).await?;
     tracing::info!(
         addr = %listener.local_addr()?,
         topic = %config.topic,

@@ -1,1 +1,52 @@
-fn main() {}
+//! `pedidos-worker` entry point: `serve` (default) or `healthcheck`.
+
+use std::process::ExitCode;
+
+use platform::config::{process_env, Common};
+use pedidos_worker::config::{Config, DEFAULT_PORT};
+
+fn main() -> ExitCode {
+    match std::env::args().nth(1).as_deref() {
+        None | Some("serve") => serve(),
+        Some("healthcheck") => {
+            let port = Common::from_env(&process_env, DEFAULT_PORT).map_or(DEFAULT_PORT, |c| c.port);
+            ExitCode::from(u8::try_from(platform::probe::run(port)).unwrap_or(1))
+        }
+        Some(other) => {
+            eprintln!("unknown command {other:?}; usage: pedidos-worker [serve|healthcheck]");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve() -> ExitCode {
+    let config = match Config::from_env(&process_env) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("configuration error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    platform::telemetry::init(config.common.log_format, "info");
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let shutdown = platform::shutdown::on_signal();
+        match pedidos_worker::start(config, shutdown).await {
+            Ok(()) => {
+                tracing::info!("pedidos-worker stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "pedidos-worker failed to start");
+                eprintln!("pedidos-worker: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
