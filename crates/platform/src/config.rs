@@ -87,6 +87,8 @@ impl FromStr for LogFormat {
 #[derive(Debug, Clone)]
 pub struct Common {
     pub region: String,
+    /// Interface to listen on: `0.0.0.0` in containers; tests and the local run use `127.0.0.1`.
+    pub bind_addr: std::net::IpAddr,
     pub port: u16,
     pub log_format: LogFormat,
     /// `AWS_ENDPOINT_URL`, only for logging: the SDK reads the variable itself.
@@ -112,6 +114,7 @@ impl Common {
         }
         Ok(Self {
             region: env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")).unwrap_or_else(|| "us-east-1".into()),
+            bind_addr: parsed(env, "BIND_ADDR", std::net::IpAddr::from([0, 0, 0, 0]))?,
             port: parsed(env, "PORT", default_port)?,
             log_format: parsed(env, "LOG_FORMAT", default_format)?,
             endpoint_url,

@@ -5,10 +5,29 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::queue::{BatchFailure, Queue};
+use crate::handler::BoxFuture;
+use crate::queue::{BatchFailure, Queue, SqsError};
+
+/// Where batches go: the real [`Queue`], or a recording fake in tests.
+pub trait BatchSink: Send + Sync + 'static {
+    fn delete_batch<'a>(&'a self, handles: &'a [String]) -> BoxFuture<'a, Result<Vec<BatchFailure>, SqsError>>;
+    fn change_visibility_batch<'a>(&'a self, entries: &'a [(String, Duration)]) -> BoxFuture<'a, Result<Vec<BatchFailure>, SqsError>>;
+}
+
+impl BatchSink for Queue {
+    fn delete_batch<'a>(&'a self, handles: &'a [String]) -> BoxFuture<'a, Result<Vec<BatchFailure>, SqsError>> {
+        Box::pin(Queue::delete_batch(self, handles))
+    }
+
+    fn change_visibility_batch<'a>(&'a self, entries: &'a [(String, Duration)]) -> BoxFuture<'a, Result<Vec<BatchFailure>, SqsError>> {
+        Box::pin(Queue::change_visibility_batch(self, entries))
+    }
+}
 
 /// SQS batch limit.
 pub const MAX_BATCH: usize = 10;
@@ -33,9 +52,9 @@ pub struct Batcher {
 
 impl Batcher {
     /// Spawns the task; await the returned handle after dropping every `Batcher` to be sure all was flushed.
-    pub fn spawn(queue: Queue) -> (Self, tokio::task::JoinHandle<()>) {
+    pub fn spawn(sink: Arc<dyn BatchSink>) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Self { tx }, tokio::spawn(run(queue, rx)))
+        (Self { tx }, tokio::spawn(run(sink, rx)))
     }
 
     pub fn submit(&self, action: Action) {
@@ -46,7 +65,7 @@ impl Batcher {
     }
 }
 
-async fn run(queue: Queue, mut rx: mpsc::UnboundedReceiver<Action>) {
+async fn run(queue: Arc<dyn BatchSink>, mut rx: mpsc::UnboundedReceiver<Action>) {
     let mut deletes: Vec<(String, u32)> = Vec::new();
     let mut changes: Vec<(String, Duration, u32)> = Vec::new();
     let mut open = true;
@@ -68,11 +87,11 @@ async fn run(queue: Queue, mut rx: mpsc::UnboundedReceiver<Action>) {
         }
         if !deletes.is_empty() {
             let batch: Vec<(String, u32)> = deletes.drain(..deletes.len().min(MAX_BATCH)).collect();
-            flush_deletes(&queue, batch, &mut deletes).await;
+            flush_deletes(queue.as_ref(), batch, &mut deletes).await;
         }
         if !changes.is_empty() {
             let batch: Vec<(String, Duration, u32)> = changes.drain(..changes.len().min(MAX_BATCH)).collect();
-            flush_changes(&queue, batch, &mut changes).await;
+            flush_changes(queue.as_ref(), batch, &mut changes).await;
         }
     }
 }
@@ -84,7 +103,7 @@ fn push(action: Action, deletes: &mut Vec<(String, u32)>, changes: &mut Vec<(Str
     }
 }
 
-async fn flush_deletes(queue: &Queue, batch: Vec<(String, u32)>, retry: &mut Vec<(String, u32)>) {
+async fn flush_deletes(queue: &dyn BatchSink, batch: Vec<(String, u32)>, retry: &mut Vec<(String, u32)>) {
     let handles: Vec<String> = batch.iter().map(|(h, _)| h.clone()).collect();
     let failed = outcome(queue.delete_batch(&handles).await, &handles, "delete");
     for failure in failed {
@@ -98,7 +117,7 @@ async fn flush_deletes(queue: &Queue, batch: Vec<(String, u32)>, retry: &mut Vec
     }
 }
 
-async fn flush_changes(queue: &Queue, batch: Vec<(String, Duration, u32)>, retry: &mut Vec<(String, Duration, u32)>) {
+async fn flush_changes(queue: &dyn BatchSink, batch: Vec<(String, Duration, u32)>, retry: &mut Vec<(String, Duration, u32)>) {
     let entries: Vec<(String, Duration)> = batch.iter().map(|(h, d, _)| (h.clone(), *d)).collect();
     let handles: Vec<String> = batch.iter().map(|(h, _, _)| h.clone()).collect();
     let failed = outcome(queue.change_visibility_batch(&entries).await, &handles, "change_visibility");
@@ -113,7 +132,7 @@ async fn flush_changes(queue: &Queue, batch: Vec<(String, Duration, u32)>, retry
 }
 
 /// A failed call fails every entry (transiently); a backoff keeps a dead endpoint from spinning the retries.
-fn outcome(result: Result<Vec<BatchFailure>, crate::queue::SqsError>, handles: &[String], operation: &'static str) -> Vec<BatchFailure> {
+fn outcome(result: Result<Vec<BatchFailure>, SqsError>, handles: &[String], operation: &'static str) -> Vec<BatchFailure> {
     match result {
         Ok(failed) => {
             for f in &failed {
@@ -126,6 +145,112 @@ fn outcome(result: Result<Vec<BatchFailure>, crate::queue::SqsError>, handles: &
             metrics::counter!("pedidos_worker_sqs_errors_total", "operation" => operation).increment(1);
             tracing::warn!(error = %e, operation, entries = handles.len(), "batch call failed");
             handles.iter().map(|h| BatchFailure { receipt_handle: h.clone(), reason: e.to_string(), permanent: false }).collect()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::Mutex;
+
+    /// Records every call; fails the first `fail_first` delete calls as a whole.
+    #[derive(Default)]
+    struct Recorder {
+        deletes: Mutex<Vec<Vec<String>>>,
+        changes: Mutex<Vec<Vec<(String, Duration)>>>,
+        fail_first: Mutex<usize>,
+    }
+
+    impl BatchSink for Recorder {
+        fn delete_batch<'a>(&'a self, handles: &'a [String]) -> BoxFuture<'a, Result<Vec<BatchFailure>, SqsError>> {
+            Box::pin(async move {
+                let mut fail = self.fail_first.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if *fail > 0 {
+                    *fail -= 1;
+                    return Err(SqsError("connection refused".into()));
+                }
+                self.deletes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(handles.to_vec());
+                Ok(Vec::new())
+            })
+        }
+
+        fn change_visibility_batch<'a>(&'a self, entries: &'a [(String, Duration)]) -> BoxFuture<'a, Result<Vec<BatchFailure>, SqsError>> {
+            Box::pin(async move {
+                self.changes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(entries.to_vec());
+                Ok(Vec::new())
+            })
+        }
+    }
+
+    fn delete(n: usize) -> Action {
+        Action::Delete { receipt_handle: format!("h{n}") }
+    }
+
+    /// 25 deletes submitted at once go out as 10 + 10 + 5.
+    #[tokio::test(start_paused = true)]
+    async fn fills_batches_of_ten() {
+        let sink = Arc::new(Recorder::default());
+        let (batcher, task) = Batcher::spawn(sink.clone());
+        for n in 0..25 {
+            batcher.submit(delete(n));
+        }
+        drop(batcher);
+        let _ = task.await;
+        let sizes: Vec<usize> = sink.deletes.lock().map(|d| d.iter().map(Vec::len).collect()).unwrap_or_default();
+        assert_eq!(sizes, [10, 10, 5]);
+    }
+
+    /// A lone delete is not held back longer than the linger time.
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_entry_waits_at_most_the_linger() {
+        let sink = Arc::new(Recorder::default());
+        let (batcher, _task) = Batcher::spawn(sink.clone());
+        let started = Instant::now();
+        batcher.submit(delete(1));
+        while sink.deletes.lock().map(|d| d.is_empty()).unwrap_or(true) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(started.elapsed() <= LINGER + Duration::from_millis(2), "{:?}", started.elapsed());
+    }
+
+    /// A failed call is retried, so nothing is silently dropped.
+    #[tokio::test(start_paused = true)]
+    async fn failed_calls_are_retried() {
+        let sink = Arc::new(Recorder { fail_first: Mutex::new(2), ..Recorder::default() });
+        let (batcher, task) = Batcher::spawn(sink.clone());
+        batcher.submit(delete(1));
+        drop(batcher);
+        let _ = task.await;
+        assert_eq!(sink.deletes.lock().map(|d| d.concat()).unwrap_or_default(), ["h1"]);
+    }
+
+    proptest! {
+        /// Whatever the mix, every action is sent exactly once, in batches of at most 10.
+        #[test]
+        fn every_action_sent_once(kinds in proptest::collection::vec(any::<bool>(), 0..60)) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let sink = Arc::new(Recorder::default());
+            runtime.block_on(async {
+                let (batcher, task) = Batcher::spawn(sink.clone());
+                for (n, is_delete) in kinds.iter().enumerate() {
+                    batcher.submit(if *is_delete { delete(n) } else { Action::Visibility { receipt_handle: format!("h{n}"), after: Duration::ZERO } });
+                }
+                drop(batcher);
+                let _ = task.await;
+            });
+            let deletes = sink.deletes.lock().map(|d| d.clone()).unwrap_or_default();
+            let changes = sink.changes.lock().map(|d| d.clone()).unwrap_or_default();
+            prop_assert!(deletes.iter().all(|b| !b.is_empty() && b.len() <= MAX_BATCH));
+            prop_assert!(changes.iter().all(|b| !b.is_empty() && b.len() <= MAX_BATCH));
+            let mut sent: Vec<String> = deletes.concat();
+            sent.extend(changes.concat().into_iter().map(|(h, _)| h));
+            sent.sort();
+            let mut expected: Vec<String> = (0..kinds.len()).map(|n| format!("h{n}")).collect();
+            expected.sort();
+            prop_assert_eq!(sent, expected);
         }
     }
 }

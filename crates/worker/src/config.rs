@@ -29,6 +29,8 @@ pub struct Config {
     pub retry_base: Duration,
     /// Cap on the retry delay (SQS allows up to 12 h).
     pub retry_max: Duration,
+    /// SQS failing continuously for this long turns `/health` to 503.
+    pub unhealthy_after: Duration,
 }
 
 impl Config {
@@ -54,6 +56,7 @@ impl Config {
             dedup_ttl: Duration::from_secs(in_range(env, "DEDUP_TTL_SECONDS", 86_400, 1, 30 * 86_400)?),
             retry_base,
             retry_max: retry_max.max(retry_base),
+            unhealthy_after: Duration::from_secs(in_range(env, "HEALTH_FAILURE_SECONDS", 60, 1, 3600)?),
         })
     }
 }

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::backoff::{receive_backoff, retry_visibility};
+use crate::backoff::{retry_visibility, ReceiveBackoff};
 use crate::batcher::{Action, Batcher, MAX_BATCH};
 use crate::dedup::{Claim, DedupStore};
 use crate::handler::{Handler, MessageContext};
@@ -76,12 +76,12 @@ impl Consumer {
     /// and flushes pending deletes.
     pub async fn run(self, shutdown: CancellationToken) {
         let this = Arc::new(self);
-        let (batcher, batcher_task) = Batcher::spawn(this.queue.clone());
+        let (batcher, batcher_task) = Batcher::spawn(Arc::new(this.queue.clone()));
         let slots = Arc::new(Semaphore::new(this.settings.concurrency));
         let tracker = TaskTracker::new();
         // Cancelled when the grace period ends: handlers still running are abandoned and their messages released.
         let abandon = CancellationToken::new();
-        let mut backoff = receive_backoff();
+        let mut backoff = ReceiveBackoff::default();
         let mut failing_since: Option<Instant> = None;
 
         while !shutdown.is_cancelled() {
@@ -97,7 +97,7 @@ impl Consumer {
                     if let Some(since) = failing_since.take() {
                         tracing::info!(down_for = ?since.elapsed(), "SQS reachable again; receiving");
                     }
-                    backoff = receive_backoff();
+                    backoff = ReceiveBackoff::default();
                     this.health.received_ok();
                     let mut permits = permits;
                     for message in messages {
@@ -117,7 +117,7 @@ impl Consumer {
                 Err(error) => {
                     drop(permits);
                     this.health.receive_failed();
-                    let delay = backoff.next().unwrap_or(crate::backoff::RECEIVE_BACKOFF_MAX);
+                    let delay = backoff.next_delay();
                     if failing_since.is_none() {
                         failing_since = Some(Instant::now());
                         tracing::warn!(%error, "SQS receive failing; backing off until it answers");

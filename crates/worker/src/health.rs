@@ -12,9 +12,6 @@ use axum::{Json, Router};
 use platform::metrics::PrometheusHandle;
 use serde_json::json;
 
-/// SQS failing for longer than this makes `/health` answer 503.
-pub const UNHEALTHY_AFTER: Duration = Duration::from_secs(60);
-
 /// Shared between the consumer and the HTTP endpoint.
 pub struct Health {
     pub role: &'static str,
@@ -25,6 +22,8 @@ pub struct Health {
     failing_since: AtomicU64,
     in_flight: AtomicUsize,
     started: u64,
+    /// Receives failing continuously for this long make the worker unhealthy.
+    unhealthy_after: Duration,
 }
 
 fn now_ms() -> u64 {
@@ -42,8 +41,16 @@ impl Drop for InFlight<'_> {
 }
 
 impl Health {
-    pub fn new(role: &'static str, queue: String) -> Self {
-        Self { role, queue, last_ok: AtomicU64::new(0), failing_since: AtomicU64::new(0), in_flight: AtomicUsize::new(0), started: now_ms() }
+    pub fn new(role: &'static str, queue: String, unhealthy_after: Duration) -> Self {
+        Self {
+            role,
+            queue,
+            last_ok: AtomicU64::new(0),
+            failing_since: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            started: now_ms(),
+            unhealthy_after,
+        }
     }
 
     pub fn received_ok(&self) {
@@ -65,10 +72,10 @@ impl Health {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Healthy unless receives have failed continuously for [`UNHEALTHY_AFTER`].
+    /// Healthy unless receives have failed continuously for `unhealthy_after`.
     pub fn healthy(&self) -> bool {
         let since = self.failing_since.load(Ordering::Relaxed);
-        since == 0 || now_ms().saturating_sub(since) < UNHEALTHY_AFTER.as_millis() as u64
+        since == 0 || u128::from(now_ms().saturating_sub(since)) < self.unhealthy_after.as_millis()
     }
 
     fn report(&self) -> serde_json::Value {

@@ -60,8 +60,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<(), St
         tracing::warn!("queue has no redrive policy: poison messages will be redelivered forever");
     }
     let port = config.common.port;
-    let listener = TcpListener::bind(("0.0.0.0", port)).await.map_err(|source| StartError::Bind { port, source })?;
-    let health = Arc::new(Health::new(config.role.as_str(), settings.url.clone()));
+    let listener = TcpListener::bind((config.common.bind_addr, port)).await.map_err(|source| StartError::Bind { port, source })?;
+    let health = Arc::new(Health::new(config.role.as_str(), settings.url.clone(), config.unhealthy_after));
     let consumer = Consumer {
         queue: Queue::new(client, settings),
         handler: config.role.handler(),
