@@ -58,9 +58,9 @@ pub struct Settings {
     pub retry_max: Duration,
 }
 
-/// Delay before a copy received while another is being handled is seen again; by then the other has usually finished
-/// and this one is a plain duplicate.
-const IN_PROGRESS_RETRY: Duration = Duration::from_secs(5);
+/// Delay before a message whose order is being handled is seen again; by then the other has usually finished and this
+/// one is a duplicate, a stale version or the next version.
+const IN_PROGRESS_RETRY: Duration = Duration::from_secs(2);
 
 /// Everything a message task needs.
 pub struct Consumer {
@@ -209,7 +209,7 @@ impl Consumer {
             }
             Claim::InProgress => {
                 set_visibility(batcher, message, IN_PROGRESS_RETRY);
-                fields.log(Outcome::Released, "another copy is being handled; retrying later");
+                fields.log(Outcome::Released, "this order is being handled; retrying later");
                 return Outcome::Released;
             }
             Claim::Acquired => {}

@@ -22,7 +22,8 @@ pub enum Claim {
     Duplicate,
     /// A higher version of the order was completed already.
     Stale { latest: u64 },
-    /// Another copy is being handled right now; try again later.
+    /// This order (this or another version) is being handled right now; try again later. Serialising per order is
+    /// what keeps versions applied in order when a batch holds two of them.
     InProgress,
 }
 
@@ -38,8 +39,8 @@ pub trait DedupStore: Send + Sync + 'static {
 pub struct MemoryDedup {
     /// Latest completed version per order. Covers duplicates (same version) and stale versions (lower).
     latest: Cache<Uuid, u64>,
-    /// Keys being handled now; small (at most the worker's concurrency).
-    in_progress: Mutex<HashSet<DedupKey>>,
+    /// Orders being handled now; small (at most the worker's concurrency).
+    in_progress: Mutex<HashSet<Uuid>>,
 }
 
 impl MemoryDedup {
@@ -55,7 +56,7 @@ impl MemoryDedup {
             Some(latest) if latest > key.version => return Claim::Stale { latest },
             _ => {}
         }
-        if in_progress.insert(key) {
+        if in_progress.insert(key.pedido_id) {
             Claim::Acquired
         } else {
             Claim::InProgress
@@ -68,11 +69,11 @@ impl MemoryDedup {
         if newer {
             self.latest.insert(key.pedido_id, key.version);
         }
-        in_progress.remove(&key);
+        in_progress.remove(&key.pedido_id);
     }
 
     fn release_now(&self, key: DedupKey) {
-        self.in_progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key);
+        self.in_progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key.pedido_id);
     }
 }
 
@@ -106,6 +107,7 @@ mod tests {
         let store = MemoryDedup::new(100, Duration::from_secs(60));
         assert_eq!(store.claim_now(key(1)), Claim::Acquired);
         assert_eq!(store.claim_now(key(1)), Claim::InProgress, "a concurrent copy must not be handled");
+        assert_eq!(store.claim_now(key(2)), Claim::InProgress, "nor another version of the same order");
         store.release_now(key(1));
         assert_eq!(store.claim_now(key(1)), Claim::Acquired, "released claims can be retried");
         store.complete_now(key(1));
