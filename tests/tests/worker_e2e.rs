@@ -467,3 +467,90 @@ async fn grace_expiry_releases_in_flight_messages() {
     expected.sort();
     assert_eq!(handled, expected);
 }
+
+/// Notes when a handler future is dropped before finishing (cancelled).
+struct DropFlag(Arc<Mutex<Option<Instant>>>, bool);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        if !self.1 {
+            if let Ok(mut at) = self.0.lock() {
+                *at = Some(Instant::now());
+            }
+        }
+    }
+}
+
+/// Takes `delay`, recording completions and cancellations.
+struct Watched {
+    delay: Duration,
+    done: Arc<Mutex<Vec<Uuid>>>,
+    cancelled: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Handler for Watched {
+    fn handles(&self, _: domain::EventType) -> bool {
+        true
+    }
+    fn handle<'a>(&'a self, event: &'a OrderEvent, _: &'a MessageContext) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let mut flag = DropFlag(Arc::clone(&self.cancelled), false);
+            tokio::time::sleep(self.delay).await;
+            flag.1 = true;
+            if let Ok(mut done) = self.done.lock() {
+                done.push(event.order.pedido_id);
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A handler running past half the visibility timeout keeps its message invisible: nobody else receives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_keeps_long_handlers_invisible() {
+    let (moto, topo, sqs) = setup().await;
+    let url = topo.queues[0].url.clone();
+    set_visibility_timeout(&sqs, &url, 2).await;
+    let id = Uuid::new_v4();
+    send(&sqs, &url, &event_json(id, 1)).await;
+    let done = Arc::new(Mutex::new(Vec::new()));
+    let cancelled = Arc::new(Mutex::new(None));
+    let handler = Watched { delay: Duration::from_secs(5), done: Arc::clone(&done), cancelled: Arc::clone(&cancelled) };
+    let (consumer, health) = consumer(&moto, &url, Box::new(handler), settings(Duration::from_secs(10))).await;
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(consumer.run(stop.clone()));
+    eventually(SETTLE, Duration::from_millis(20), || async { (health.in_flight() == 1).then_some(()) }).await;
+    // A competing consumer polls for 4 s (twice the visibility timeout): the heartbeat must keep the message hidden.
+    let competitor = drain(&sqs, &url, 1, Duration::from_secs(4)).await;
+    assert!(competitor.is_empty(), "message became visible while its handler ran");
+    eventually(SETTLE, Duration::from_millis(50), || async { done.lock().ok().filter(|d| d.len() == 1).map(|_| ()) }).await;
+    wait_empty(&sqs, &url, SETTLE).await;
+    stop.cancel();
+    let _ = task.await;
+    assert_eq!(done.lock().map(|d| d.clone()).unwrap_or_default(), [id]);
+    assert!(cancelled.lock().map(|c| c.is_none()).unwrap_or(false));
+}
+
+/// When extending visibility fails (SQS unreachable), the handler is cancelled rather than racing a redelivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_heartbeat_cancels_the_handler() {
+    let (moto, topo, sqs) = setup().await;
+    let url = topo.queues[0].url.clone();
+    set_visibility_timeout(&sqs, &url, 2).await;
+    send(&sqs, &url, &event_json(Uuid::new_v4(), 1)).await;
+    let done = Arc::new(Mutex::new(Vec::new()));
+    let cancelled = Arc::new(Mutex::new(None));
+    let handler = Watched { delay: Duration::from_secs(120), done: Arc::clone(&done), cancelled: Arc::clone(&cancelled) };
+    let (consumer, health) = consumer(&moto, &url, Box::new(handler), settings(Duration::from_secs(1))).await;
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(consumer.run(stop.clone()));
+    eventually(SETTLE, Duration::from_millis(20), || async { (health.in_flight() == 1).then_some(()) }).await;
+    moto.pause();
+    let paused = Instant::now();
+    let at = eventually(Duration::from_secs(60), Duration::from_millis(100), || async { cancelled.lock().ok().and_then(|c| *c) }).await;
+    moto.resume();
+    stop.cancel();
+    let _ = task.await;
+    assert!(at.duration_since(paused) < Duration::from_secs(40), "cancelled {:?} after the outage began", at.duration_since(paused));
+    assert!(done.lock().map(|d| d.is_empty()).unwrap_or(false), "the handler never completed");
+}

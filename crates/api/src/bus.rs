@@ -57,7 +57,9 @@ impl SnsBus {
     async fn topic_arn(&self) -> Result<&str, BusError> {
         self.topic_arn
             .get_or_try_init(|| async {
-                platform::topology::resolve_topic_arn(&self.client, &self.topic).await.map_err(|e| BusError::Unavailable(e.to_string()))
+                platform::topology::resolve_topic_arn(&self.client, &self.topic)
+                    .await
+                    .map_err(|e| BusError::Unavailable(e.to_string()))
             })
             .await
             .map(String::as_str)
@@ -73,7 +75,10 @@ where
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
         SdkError::ServiceError(service) => {
             let code = service.err().code().unwrap_or_default();
-            code.contains("Throttl") || code.contains("InternalError") || code.contains("ServiceUnavailable") || code.is_empty()
+            code.contains("Throttl")
+                || code.contains("InternalError")
+                || code.contains("ServiceUnavailable")
+                || code.is_empty()
         }
         _ => false,
     };
@@ -145,7 +150,11 @@ impl EventBus for SnsBus {
                         && sub.endpoint.as_deref().is_some_and(|e| e.eq_ignore_ascii_case(email));
                     if same {
                         let pending = sub.subscription_arn.as_deref().is_none_or(|arn| !arn.starts_with("arn:"));
-                        return Ok(Some(if pending { SubscriptionStatus::Pendiente } else { SubscriptionStatus::Confirmado }));
+                        return Ok(Some(if pending {
+                            SubscriptionStatus::Pendiente
+                        } else {
+                            SubscriptionStatus::Confirmado
+                        }));
                     }
                 }
             }
@@ -156,7 +165,14 @@ impl EventBus for SnsBus {
     fn subscribe_email<'a>(&'a self, email: &'a str) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
             let topic_arn = self.topic_arn().await?;
-            self.client.subscribe().topic_arn(topic_arn).protocol("email").endpoint(email).send().await.map_err(classify)?;
+            self.client
+                .subscribe()
+                .topic_arn(topic_arn)
+                .protocol("email")
+                .endpoint(email)
+                .send()
+                .await
+                .map_err(classify)?;
             Ok(())
         })
     }

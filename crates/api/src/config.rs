@@ -24,7 +24,11 @@ impl Config {
         // TOPIC_ARN is what the seed's ECS task definition and compose file used.
         let (var, topic) = required(env, &["SNS_TOPIC_ARN", "TOPIC_ARN"])?;
         if topic.starts_with("arn:") && topic.split(':').count() != 6 {
-            return Err(ConfigError::Invalid { var, value: topic, reason: "not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)".into() });
+            return Err(ConfigError::Invalid {
+                var,
+                value: topic,
+                reason: "not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)".into(),
+            });
         }
         Ok(Self {
             common: Common::from_env(env, DEFAULT_PORT)?,

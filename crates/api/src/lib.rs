@@ -21,8 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
 use platform::metrics::PrometheusHandle;
@@ -37,6 +38,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::bus::{EventBus, SnsBus};
 use crate::config::Config;
+use crate::error::ApiError;
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -69,7 +71,10 @@ pub fn router(state: AppState) -> Router {
         .route("/ready", get(routes::ops::ready))
         .route("/metrics", get(routes::ops::metrics))
         .route("/", get(routes::ops::root))
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
+        .merge(
+            Router::from(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
+                .layer(middleware::map_response(docs_not_found)),
+        )
         .fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
@@ -79,7 +84,8 @@ pub fn router(state: AppState) -> Router {
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request| {
-                    let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
+                    let request_id =
+                        req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
                     tracing::info_span!("request", method = %req.method(), uri = %req.uri().path(), request_id)
                 })
                 .on_request(())
@@ -88,18 +94,58 @@ pub fn router(state: AppState) -> Router {
                 .on_failure(DefaultOnFailure::new().level(Level::WARN)),
         )
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
+        .layer(middleware::from_fn(drop_unusable_request_id))
         .with_state(state)
+}
+
+/// Longest client `x-request-id` kept as is.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Removes a client `x-request-id` that is empty, repeated, longer than [`MAX_REQUEST_ID_LEN`] or not printable ASCII,
+/// so a fresh one is generated: the id goes into every log line and into an SNS message attribute, and SNS refuses
+/// an empty one (which turned a client's header into a 503).
+async fn drop_unusable_request_id(mut request: Request, next: Next) -> Response {
+    let mut ids = request.headers().get_all("x-request-id").iter();
+    let usable = match (ids.next(), ids.next()) {
+        (None, _) => true,
+        (Some(id), None) => {
+            !id.is_empty() && id.len() <= MAX_REQUEST_ID_LEN && id.as_bytes().iter().all(u8::is_ascii_graphic)
+        }
+        (Some(_), Some(_)) => false,
+    };
+    if !usable {
+        request.headers_mut().remove("x-request-id");
+    }
+    next.run(request).await
+}
+
+/// Swagger UI answers an unknown file under /docs with a bare 404; every error here is problem+json.
+async fn docs_not_found(response: Response) -> Response {
+    if response.status() == StatusCode::NOT_FOUND {
+        ApiError::NotFound("no such documentation file".into()).into_response()
+    } else {
+        response
+    }
 }
 
 async fn record_http_metrics(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().to_string();
+    let route =
+        request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = method_label(request.method());
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
     metrics::counter!("pedidos_api_http_requests_total", "method" => method, "route" => route.clone(), "status" => status).increment(1);
-    metrics::histogram!("pedidos_api_http_request_duration_seconds", "route" => route).record(started.elapsed().as_secs_f64());
+    metrics::histogram!("pedidos_api_http_request_duration_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// The method as a metric label. Clients may send any token as a method, and each distinct label is a new time series
+/// kept forever, so anything beyond the standard methods is counted as `OTHER`.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    const STANDARD: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"];
+    STANDARD.into_iter().find(|known| *known == method.as_str()).unwrap_or("OTHER")
 }
 
 /// Serves until `shutdown` is cancelled, then lets in-flight requests finish for up to [`DRAIN_TIMEOUT`].

@@ -7,22 +7,12 @@ use platform::config::{process_env, Common};
 fn main() -> ExitCode {
     let command = std::env::args().nth(1);
     match command.as_deref() {
-        None | Some("serve") => block_on(serve()),
+        None | Some("serve") => platform::block_on(serve()),
         Some("healthcheck") => health_check(),
-        Some("topology") => block_on(topology()),
+        Some("topology") => platform::block_on(topology()),
         Some(other) => {
             eprintln!("unknown command {other:?}; usage: pedidos-api [serve|healthcheck|topology]");
             ExitCode::from(2)
-        }
-    }
-}
-
-fn block_on(task: impl std::future::Future<Output = ExitCode>) -> ExitCode {
-    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime.block_on(task),
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            ExitCode::FAILURE
         }
     }
 }
@@ -50,7 +40,8 @@ async fn serve() -> ExitCode {
 }
 
 fn health_check() -> ExitCode {
-    let port = Common::from_env(&process_env, pedidos_api::config::DEFAULT_PORT).map_or(pedidos_api::config::DEFAULT_PORT, |c| c.port);
+    let port = Common::from_env(&process_env, pedidos_api::config::DEFAULT_PORT)
+        .map_or(pedidos_api::config::DEFAULT_PORT, |c| c.port);
     ExitCode::from(u8::try_from(platform::probe::run(port)).unwrap_or(1))
 }
 
@@ -63,7 +54,8 @@ async fn topology() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let sdk = platform::aws::load(&common.region, platform::aws::CallBudget::INTERACTIVE, std::time::Duration::ZERO).await;
+    let sdk =
+        platform::aws::load(&common.region, platform::aws::CallBudget::INTERACTIVE, std::time::Duration::ZERO).await;
     let names = platform::topology::Names::default();
     match platform::topology::ensure(&aws_sdk_sns::Client::new(&sdk), &aws_sdk_sqs::Client::new(&sdk), &names).await {
         Ok(topology) => {

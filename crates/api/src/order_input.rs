@@ -101,7 +101,9 @@ fn canonical_fields(
     let mut out: Vec<(&'static str, Value)> = Vec::with_capacity(body.len());
     for (key, value) in body {
         match known.iter().find(|k| k.eq_ignore_ascii_case(&key)) {
-            Some(name) if out.iter().any(|(k, _)| k == name) => errors.add(format!("{prefix}{name}"), "given more than once"),
+            Some(name) if out.iter().any(|(k, _)| k == name) => {
+                errors.add(format!("{prefix}{name}"), "given more than once")
+            }
             Some(name) => out.push((name, value)),
             None => errors.add(format!("{prefix}{}", truncate(&key)), "unknown field"),
         }
@@ -219,7 +221,9 @@ mod tests {
     fn accepts_camel_and_pascal_case_numbers_and_strings() {
         let a = create(json!({"clienteId": CLIENTE, "total": 59.98})).map(|o| o.order.total.to_string());
         assert_eq!(a.ok().as_deref(), Some("59.98"));
-        let b = create(json!({"ClienteId": CLIENTE, "Total": "59.98", "PedidoId": CLIENTE, "Fecha": "2026-01-01T00:00:00Z"}));
+        let b = create(
+            json!({"ClienteId": CLIENTE, "Total": "59.98", "PedidoId": CLIENTE, "Fecha": "2026-01-01T00:00:00Z"}),
+        );
         assert!(b.is_ok(), "{b:?}");
     }
 
@@ -235,7 +239,16 @@ mod tests {
 
     #[test]
     fn rejects_non_plain_numbers() {
-        for bad in [json!("NaN"), json!("Infinity"), json!("1e3"), json!("0x10"), json!("1,000.00"), json!(true), json!(null), json!("")] {
+        for bad in [
+            json!("NaN"),
+            json!("Infinity"),
+            json!("1e3"),
+            json!("0x10"),
+            json!("1,000.00"),
+            json!(true),
+            json!(null),
+            json!(""),
+        ] {
             let result = create(json!({"clienteId": CLIENTE, "total": bad}));
             assert!(result.as_ref().err().and_then(|e| e.get("total")).is_some(), "{bad}: {result:?}");
         }
@@ -252,13 +265,22 @@ mod tests {
     #[test]
     fn update_rules() {
         let id = Uuid::new_v4();
-        let ok = parse(object(json!({"clienteId": CLIENTE, "total": 1, "version": 2})), Mode::Update { pedido_id: id }, Utc::now());
+        let ok = parse(
+            object(json!({"clienteId": CLIENTE, "total": 1, "version": 2})),
+            Mode::Update { pedido_id: id },
+            Utc::now(),
+        );
         assert_eq!(ok.map(|o| (o.order.pedido_id, o.version)).ok(), Some((id, Some(2))));
-        for bad in [json!({"clienteId": CLIENTE, "total": 1}), json!({"clienteId": CLIENTE, "total": 1, "version": 1})] {
+        for bad in [json!({"clienteId": CLIENTE, "total": 1}), json!({"clienteId": CLIENTE, "total": 1, "version": 1})]
+        {
             let r = parse(object(bad), Mode::Update { pedido_id: id }, Utc::now());
             assert!(r.err().and_then(|e| e.get("version").map(<[String]>::len)).is_some());
         }
-        let other = parse(object(json!({"clienteId": CLIENTE, "total": 1, "version": 3, "pedidoId": CLIENTE})), Mode::Update { pedido_id: id }, Utc::now());
+        let other = parse(
+            object(json!({"clienteId": CLIENTE, "total": 1, "version": 3, "pedidoId": CLIENTE})),
+            Mode::Update { pedido_id: id },
+            Utc::now(),
+        );
         assert!(other.err().and_then(|e| e.get("pedidoId").map(<[String]>::len)).is_some());
     }
 }

@@ -62,10 +62,7 @@ impl FakeBus {
     }
 
     fn not_ready() -> Self {
-        Self {
-            ready: false,
-            ..Self::new(PublishMode::Accept)
-        }
+        Self { ready: false, ..Self::new(PublishMode::Accept) }
     }
 
     fn with_email(self, email: &str, status: SubscriptionStatus) -> Self {
@@ -75,29 +72,17 @@ impl FakeBus {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|e| panic!("fake bus mutex poisoned: {e}"))
+    mutex.lock().unwrap_or_else(|e| panic!("fake bus mutex poisoned: {e}"))
 }
 
 impl EventBus for FakeBus {
-    fn publish<'a>(
-        &'a self,
-        event: &'a OrderEvent,
-        request_id: &'a str,
-    ) -> BoxFuture<'a, Result<String, BusError>> {
+    fn publish<'a>(&'a self, event: &'a OrderEvent, request_id: &'a str) -> BoxFuture<'a, Result<String, BusError>> {
         Box::pin(async move {
             match self.mode {
                 PublishMode::Accept => {
-                    let json = event
-                        .to_json()
-                        .map_err(|e| BusError::Rejected(e.to_string()))?;
+                    let json = event.to_json().map_err(|e| BusError::Rejected(e.to_string()))?;
                     let mut published = lock(&self.published);
-                    published.push(Published {
-                        event: event.clone(),
-                        json,
-                        request_id: request_id.to_owned(),
-                    });
+                    published.push(Published { event: event.clone(), json, request_id: request_id.to_owned() });
                     Ok(format!("fake-message-{}", published.len()))
                 }
                 PublishMode::Unavailable => Err(BusError::Unavailable(INTERNAL.to_owned())),
@@ -117,10 +102,7 @@ impl EventBus for FakeBus {
         })
     }
 
-    fn email_status<'a>(
-        &'a self,
-        email: &'a str,
-    ) -> BoxFuture<'a, Result<Option<SubscriptionStatus>, BusError>> {
+    fn email_status<'a>(&'a self, email: &'a str) -> BoxFuture<'a, Result<Option<SubscriptionStatus>, BusError>> {
         Box::pin(async move { Ok(lock(&self.emails).get(email).copied()) })
     }
 
@@ -143,10 +125,7 @@ impl App {
     fn new(bus: FakeBus) -> Self {
         let bus = Arc::new(bus);
         let state = AppState::new(bus.clone());
-        Self {
-            router: router(state),
-            bus,
-        }
+        Self { router: router(state), bus }
     }
 
     fn accepting() -> Self {
@@ -154,48 +133,27 @@ impl App {
     }
 
     async fn send(&self, request: Request<Body>) -> Reply {
-        let response = self
-            .router
-            .clone()
-            .oneshot(request)
-            .await
-            .unwrap_or_else(|e| panic!("router failed (Infallible): {e}"));
+        let response =
+            self.router.clone().oneshot(request).await.unwrap_or_else(|e| panic!("router failed (Infallible): {e}"));
         let status = response.status();
         let headers = response.headers().clone();
         let body = axum::body::to_bytes(response.into_body(), 16 * 1024 * 1024)
             .await
             .unwrap_or_else(|e| panic!("reading the response body: {e}"))
             .to_vec();
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        Reply { status, headers, body }
     }
 
     async fn get(&self, uri: &str) -> Reply {
-        self.send(request(Method::GET, uri, None, Body::empty()))
-            .await
+        self.send(request(Method::GET, uri, None, Body::empty())).await
     }
 
     async fn post_json(&self, uri: &str, body: &Value) -> Reply {
-        self.send(request(
-            Method::POST,
-            uri,
-            Some("application/json"),
-            Body::from(body.to_string()),
-        ))
-        .await
+        self.send(request(Method::POST, uri, Some("application/json"), Body::from(body.to_string()))).await
     }
 
     async fn put_json(&self, uri: &str, body: &Value) -> Reply {
-        self.send(request(
-            Method::PUT,
-            uri,
-            Some("application/json"),
-            Body::from(body.to_string()),
-        ))
-        .await
+        self.send(request(Method::PUT, uri, Some("application/json"), Body::from(body.to_string()))).await
     }
 
     fn published(&self) -> MutexGuard<'_, Vec<Published>> {
@@ -208,9 +166,7 @@ fn request(method: Method, uri: &str, content_type: Option<&str>, body: Body) ->
     if let Some(content_type) = content_type {
         builder = builder.header(header::CONTENT_TYPE, content_type);
     }
-    builder
-        .body(body)
-        .unwrap_or_else(|e| panic!("building request {uri}: {e}"))
+    builder.body(body).unwrap_or_else(|e| panic!("building request {uri}: {e}"))
 }
 
 struct Reply {
@@ -236,23 +192,12 @@ impl Reply {
     /// Asserts an RFC 9457 problem with `status` and returns its body.
     fn problem(&self, status: StatusCode) -> Value {
         assert_eq!(self.status, status, "body: {}", self.text());
-        assert_eq!(
-            self.header("content-type"),
-            Some("application/problem+json"),
-            "body: {}",
-            self.text()
-        );
+        assert_eq!(self.header("content-type"), Some("application/problem+json"), "body: {}", self.text());
         let body = self.json();
         assert_eq!(body["status"], json!(status.as_u16()), "{body}");
         assert_eq!(body["type"], json!("about:blank"), "{body}");
-        assert!(
-            body["title"].as_str().is_some_and(|t| !t.is_empty()),
-            "{body}"
-        );
-        assert!(
-            body["detail"].as_str().is_some_and(|t| !t.is_empty()),
-            "{body}"
-        );
+        assert!(body["title"].as_str().is_some_and(|t| !t.is_empty()), "{body}");
+        assert!(body["detail"].as_str().is_some_and(|t| !t.is_empty()), "{body}");
         body
     }
 
@@ -260,10 +205,7 @@ impl Reply {
     fn field_errors(&self, field: &str) -> Vec<String> {
         let body = self.problem(StatusCode::UNPROCESSABLE_ENTITY);
         match body["errors"].get(field) {
-            Some(Value::Array(messages)) => messages
-                .iter()
-                .filter_map(|m| m.as_str().map(str::to_owned))
-                .collect(),
+            Some(Value::Array(messages)) => messages.iter().filter_map(|m| m.as_str().map(str::to_owned)).collect(),
             _ => panic!("no errors.{field} in {body}"),
         }
     }
@@ -280,18 +222,10 @@ fn order() -> Value {
 #[tokio::test]
 async fn post_valid_order_returns_202_with_publicado_body() {
     let app = App::accepting();
-    let reply = app
-        .post_json(
-            "/api/pedidos",
-            &json!({"clienteId": CLIENTE, "total": 59.98, "pedidoId": PEDIDO}),
-        )
-        .await;
+    let reply = app.post_json("/api/pedidos", &json!({"clienteId": CLIENTE, "total": 59.98, "pedidoId": PEDIDO})).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text());
     let body = reply.json();
-    assert_eq!(
-        body,
-        json!({"status": "publicado", "pedidoId": PEDIDO, "version": 1, "messageId": "fake-message-1"})
-    );
+    assert_eq!(body, json!({"status": "publicado", "pedidoId": PEDIDO, "version": 1, "messageId": "fake-message-1"}));
     let published = app.published();
     assert_eq!(published.len(), 1);
     assert_eq!(published[0].event.event_type, EventType::PedidoCreado);
@@ -305,12 +239,8 @@ async fn post_without_pedido_id_generates_one() {
     let app = App::accepting();
     let reply = app.post_json("/api/pedidos", &order()).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text());
-    let id = reply.json()["pedidoId"]
-        .as_str()
-        .map(str::to_owned)
-        .unwrap_or_default();
-    let parsed =
-        Uuid::parse_str(&id).unwrap_or_else(|e| panic!("pedidoId {id:?} is not a UUID: {e}"));
+    let id = reply.json()["pedidoId"].as_str().map(str::to_owned).unwrap_or_default();
+    let parsed = Uuid::parse_str(&id).unwrap_or_else(|e| panic!("pedidoId {id:?} is not a UUID: {e}"));
     assert_eq!(app.published()[0].event.order.pedido_id, parsed);
 }
 
@@ -323,10 +253,7 @@ async fn post_accepts_pascal_case_fields() {
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text());
     let published = app.published();
     assert_eq!(published[0].event.order.pedido_id.to_string(), PEDIDO);
-    assert_eq!(
-        published[0].event.order.fecha.to_rfc3339(),
-        "2026-11-21T10:30:00-03:00"
-    );
+    assert_eq!(published[0].event.order.fecha.to_rfc3339(), "2026-11-21T10:30:00-03:00");
 }
 
 /// Money is exact: 0.30 given as a JSON number is published as the JSON number `0.30`, not via f64.
@@ -335,14 +262,7 @@ async fn money_from_a_json_number_is_published_byte_exact() {
     let app = App::accepting();
     let body = r#"{"clienteId":"6f1c2a0e-9a51-4c1e-8d0b-0c8f4f1a2b3c","total":0.30,
         "items":[{"productoId":"SKU-1","cantidad":3,"precioUnitario":0.10}]}"#;
-    let reply = app
-        .send(request(
-            Method::POST,
-            "/api/pedidos",
-            Some("application/json"),
-            Body::from(body),
-        ))
-        .await;
+    let reply = app.send(request(Method::POST, "/api/pedidos", Some("application/json"), Body::from(body))).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text());
     let published = app.published();
     let json = &published[0].json;
@@ -355,12 +275,7 @@ async fn money_from_a_json_number_is_published_byte_exact() {
 #[tokio::test]
 async fn money_from_a_string_is_published_byte_exact() {
     let app = App::accepting();
-    let reply = app
-        .post_json(
-            "/api/pedidos",
-            &json!({"clienteId": CLIENTE, "total": "0.30"}),
-        )
-        .await;
+    let reply = app.post_json("/api/pedidos", &json!({"clienteId": CLIENTE, "total": "0.30"})).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text());
     let json = &app.published()[0].json;
     assert!(json.contains(r#""total":0.30"#), "{json}");
@@ -372,20 +287,10 @@ async fn money_from_a_string_is_published_byte_exact() {
 async fn items_adding_up_are_published() {
     let app = App::accepting();
     let items = json!([{"productoId": "A", "cantidad": 2, "precioUnitario": "19.99"}, {"productoId": "B", "cantidad": 1, "precioUnitario": 20.00}]);
-    let reply = app
-        .post_json(
-            "/api/pedidos",
-            &json!({"clienteId": CLIENTE, "total": "59.98", "items": items}),
-        )
-        .await;
+    let reply = app.post_json("/api/pedidos", &json!({"clienteId": CLIENTE, "total": "59.98", "items": items})).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text());
     let published = app.published();
-    let items = published[0]
-        .event
-        .order
-        .items
-        .as_deref()
-        .unwrap_or_default();
+    let items = published[0].event.order.items.as_deref().unwrap_or_default();
     assert_eq!(items.len(), 2);
     assert_eq!(items[0].precio_unitario.to_string(), "19.99");
 }
@@ -398,12 +303,7 @@ async fn items_adding_up_are_published() {
 async fn malformed_json_is_400() {
     let app = App::accepting();
     let reply = app
-        .send(request(
-            Method::POST,
-            "/api/pedidos",
-            Some("application/json"),
-            Body::from(r#"{"clienteId": "#),
-        ))
+        .send(request(Method::POST, "/api/pedidos", Some("application/json"), Body::from(r#"{"clienteId": "#)))
         .await;
     reply.problem(StatusCode::BAD_REQUEST);
     assert!(app.published().is_empty());
@@ -414,22 +314,9 @@ async fn malformed_json_is_400() {
 async fn non_object_json_is_400() {
     let app = App::accepting();
     for body in ["[]", "\"pedido\"", "42", "null"] {
-        let reply = app
-            .send(request(
-                Method::POST,
-                "/api/pedidos",
-                Some("application/json"),
-                Body::from(body),
-            ))
-            .await;
+        let reply = app.send(request(Method::POST, "/api/pedidos", Some("application/json"), Body::from(body))).await;
         let problem = reply.problem(StatusCode::BAD_REQUEST);
-        assert!(
-            problem["detail"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("object"),
-            "{body}: {problem}"
-        );
+        assert!(problem["detail"].as_str().unwrap_or_default().contains("object"), "{body}: {problem}");
     }
     assert!(app.published().is_empty());
 }
@@ -439,19 +326,16 @@ async fn non_object_json_is_400() {
 async fn invalid_fields_are_422_with_an_errors_map() {
     let app = App::accepting();
     let reply = app
-        .post_json("/api/pedidos", &json!({"clienteId": "not-a-uuid", "total": "abc", "fecha": "yesterday", "pedidoId": 7}))
+        .post_json(
+            "/api/pedidos",
+            &json!({"clienteId": "not-a-uuid", "total": "abc", "fecha": "yesterday", "pedidoId": 7}),
+        )
         .await;
     let body = reply.problem(StatusCode::UNPROCESSABLE_ENTITY);
-    let errors = body["errors"]
-        .as_object()
-        .unwrap_or_else(|| panic!("no errors map: {body}"));
+    let errors = body["errors"].as_object().unwrap_or_else(|| panic!("no errors map: {body}"));
     let mut fields: Vec<&str> = errors.keys().map(String::as_str).collect();
     fields.sort_unstable();
-    assert_eq!(
-        fields,
-        ["clienteId", "fecha", "pedidoId", "total"],
-        "{body}"
-    );
+    assert_eq!(fields, ["clienteId", "fecha", "pedidoId", "total"], "{body}");
     assert!(app.published().is_empty());
 }
 
@@ -468,19 +352,8 @@ async fn missing_fields_are_named() {
 #[tokio::test]
 async fn money_rules_are_422() {
     let app = App::accepting();
-    for total in [
-        json!(1.001),
-        json!("0"),
-        json!(1_000_000_000),
-        json!("1e3"),
-        json!("NaN"),
-    ] {
-        let reply = app
-            .post_json(
-                "/api/pedidos",
-                &json!({"clienteId": CLIENTE, "total": total}),
-            )
-            .await;
+    for total in [json!(1.001), json!("0"), json!(1_000_000_000), json!("1e3"), json!("NaN")] {
+        let reply = app.post_json("/api/pedidos", &json!({"clienteId": CLIENTE, "total": total})).await;
         assert!(!reply.field_errors("total").is_empty(), "{total}");
     }
     assert!(app.published().is_empty());
@@ -493,19 +366,9 @@ async fn items_not_adding_up_are_422() {
     // A raw body: `json!(0.10)` would go through f64 and arrive as `0.1`.
     let body = r#"{"clienteId":"6f1c2a0e-9a51-4c1e-8d0b-0c8f4f1a2b3c","total":0.31,
         "items":[{"productoId":"A","cantidad":3,"precioUnitario":0.10}]}"#;
-    let reply = app
-        .send(request(
-            Method::POST,
-            "/api/pedidos",
-            Some("application/json"),
-            Body::from(body),
-        ))
-        .await;
+    let reply = app.send(request(Method::POST, "/api/pedidos", Some("application/json"), Body::from(body))).await;
     let messages = reply.field_errors("total");
-    assert!(
-        messages.iter().any(|m| m.contains("(0.30)")),
-        "{messages:?}"
-    );
+    assert!(messages.iter().any(|m| m.contains("(0.30)")), "{messages:?}");
     assert!(app.published().is_empty());
 }
 
@@ -514,12 +377,8 @@ async fn items_not_adding_up_are_422() {
 async fn unknown_fields_are_named() {
     let app = App::accepting();
     let items = json!([{"productoId": "A", "cantidad": 1, "precioUnitario": 1, "color": "red"}]);
-    let reply = app
-        .post_json(
-            "/api/pedidos",
-            &json!({"clienteId": CLIENTE, "total": 1, "descuento": 5, "items": items}),
-        )
-        .await;
+    let reply =
+        app.post_json("/api/pedidos", &json!({"clienteId": CLIENTE, "total": 1, "descuento": 5, "items": items})).await;
     assert_eq!(reply.field_errors("descuento"), ["unknown field"]);
     assert_eq!(reply.field_errors("items[0].color"), ["unknown field"]);
     assert!(app.published().is_empty());
@@ -529,12 +388,7 @@ async fn unknown_fields_are_named() {
 #[tokio::test]
 async fn post_with_version_is_422() {
     let app = App::accepting();
-    let reply = app
-        .post_json(
-            "/api/pedidos",
-            &json!({"clienteId": CLIENTE, "total": 1, "version": 1}),
-        )
-        .await;
+    let reply = app.post_json("/api/pedidos", &json!({"clienteId": CLIENTE, "total": 1, "version": 1})).await;
     assert!(!reply.field_errors("version").is_empty());
 }
 
@@ -543,28 +397,12 @@ async fn post_with_version_is_422() {
 async fn wrong_or_missing_content_type_is_415() {
     let app = App::accepting();
     let body = order().to_string();
-    for content_type in [
-        Some("text/plain"),
-        Some("application/x-www-form-urlencoded"),
-        None,
-    ] {
-        let reply = app
-            .send(request(
-                Method::POST,
-                "/api/pedidos",
-                content_type,
-                Body::from(body.clone()),
-            ))
-            .await;
+    for content_type in [Some("text/plain"), Some("application/x-www-form-urlencoded"), None] {
+        let reply = app.send(request(Method::POST, "/api/pedidos", content_type, Body::from(body.clone()))).await;
         reply.problem(StatusCode::UNSUPPORTED_MEDIA_TYPE);
     }
     let charset = app
-        .send(request(
-            Method::POST,
-            "/api/pedidos",
-            Some("application/json; charset=utf-8"),
-            Body::from(body),
-        ))
+        .send(request(Method::POST, "/api/pedidos", Some("application/json; charset=utf-8"), Body::from(body)))
         .await;
     assert_eq!(charset.status, StatusCode::ACCEPTED, "{}", charset.text());
 }
@@ -576,14 +414,7 @@ async fn body_over_64_kib_is_413() {
     let padding = "x".repeat(64 * 1024);
     let body = json!({"clienteId": CLIENTE, "total": 1, "padding": padding}).to_string();
     assert!(body.len() > pedidos_api::extract::BODY_LIMIT);
-    let reply = app
-        .send(request(
-            Method::POST,
-            "/api/pedidos",
-            Some("application/json"),
-            Body::from(body),
-        ))
-        .await;
+    let reply = app.send(request(Method::POST, "/api/pedidos", Some("application/json"), Body::from(body))).await;
     reply.problem(StatusCode::PAYLOAD_TOO_LARGE);
     assert!(app.published().is_empty());
 }
@@ -596,14 +427,7 @@ async fn body_just_under_the_limit_is_read() {
     let padding = "x".repeat(pedidos_api::extract::BODY_LIMIT - skeleton.len());
     let body = json!({"clienteId": CLIENTE, "total": 1, "padding": padding}).to_string();
     assert_eq!(body.len(), pedidos_api::extract::BODY_LIMIT);
-    let reply = app
-        .send(request(
-            Method::POST,
-            "/api/pedidos",
-            Some("application/json"),
-            Body::from(body),
-        ))
-        .await;
+    let reply = app.send(request(Method::POST, "/api/pedidos", Some("application/json"), Body::from(body))).await;
     assert_eq!(reply.field_errors("padding"), ["unknown field"]);
 }
 
@@ -612,29 +436,18 @@ async fn body_just_under_the_limit_is_read() {
 async fn unknown_route_is_404() {
     let app = App::accepting();
     app.get("/api/nope").await.problem(StatusCode::NOT_FOUND);
-    app.post_json("/api/pedidos/extra/segment", &order())
-        .await
-        .problem(StatusCode::NOT_FOUND);
+    app.post_json("/api/pedidos/extra/segment", &order()).await.problem(StatusCode::NOT_FOUND);
 }
 
 /// A known route with the wrong method is a 405 problem.
 #[tokio::test]
 async fn wrong_method_is_405() {
     let app = App::accepting();
-    app.get("/api/pedidos")
+    app.get("/api/pedidos").await.problem(StatusCode::METHOD_NOT_ALLOWED);
+    app.send(request(Method::DELETE, &format!("/api/pedidos/{PEDIDO}"), None, Body::empty()))
         .await
         .problem(StatusCode::METHOD_NOT_ALLOWED);
-    app.send(request(
-        Method::DELETE,
-        &format!("/api/pedidos/{PEDIDO}"),
-        None,
-        Body::empty(),
-    ))
-    .await
-    .problem(StatusCode::METHOD_NOT_ALLOWED);
-    app.post_json("/health", &json!({}))
-        .await
-        .problem(StatusCode::METHOD_NOT_ALLOWED);
+    app.post_json("/health", &json!({})).await.problem(StatusCode::METHOD_NOT_ALLOWED);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -652,10 +465,7 @@ async fn bus_unavailable_is_503_with_retry_after_and_no_internal_text() {
         .unwrap_or_else(|| panic!("no numeric Retry-After: {:?}", reply.headers));
     assert!((1..=10).contains(&retry_after), "Retry-After {retry_after}");
     let text = reply.text();
-    assert!(
-        !text.contains("secret-internal-cause") && !text.contains("arn:aws"),
-        "{text}"
-    );
+    assert!(!text.contains("secret-internal-cause") && !text.contains("arn:aws"), "{text}");
 }
 
 /// A bus that rejects the request (bad ARN, permissions) is still not the client's fault: 503, no internal text.
@@ -665,11 +475,7 @@ async fn bus_rejection_is_503_without_internal_text() {
     let reply = app.post_json("/api/pedidos", &order()).await;
     reply.problem(StatusCode::SERVICE_UNAVAILABLE);
     assert!(reply.header("retry-after").is_some());
-    assert!(
-        !reply.text().contains("secret-internal-cause"),
-        "{}",
-        reply.text()
-    );
+    assert!(!reply.text().contains("secret-internal-cause"), "{}", reply.text());
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -683,9 +489,7 @@ fn update(version: Value) -> Value {
 #[tokio::test]
 async fn put_publishes_pedido_actualizado() {
     let app = App::accepting();
-    let reply = app
-        .put_json(&format!("/api/pedidos/{PEDIDO}"), &update(json!(3)))
-        .await;
+    let reply = app.put_json(&format!("/api/pedidos/{PEDIDO}"), &update(json!(3))).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text());
     assert_eq!(
         reply.json(),
@@ -694,16 +498,8 @@ async fn put_publishes_pedido_actualizado() {
     let published = app.published();
     assert_eq!(published[0].event.event_type, EventType::PedidoActualizado);
     assert_eq!(published[0].event.version, 3);
-    assert!(
-        published[0].json.contains(r#""type":"PedidoActualizado""#),
-        "{}",
-        published[0].json
-    );
-    assert!(
-        published[0].json.contains(r#""total":64.50"#),
-        "{}",
-        published[0].json
-    );
+    assert!(published[0].json.contains(r#""type":"PedidoActualizado""#), "{}", published[0].json);
+    assert!(published[0].json.contains(r#""total":64.50"#), "{}", published[0].json);
 }
 
 /// `version` is required on PUT and must be >= 2.
@@ -713,14 +509,9 @@ async fn put_version_rules() {
     let uri = format!("/api/pedidos/{PEDIDO}");
     for version in [json!(1), json!(0), json!(-2), json!("2"), json!(2.5)] {
         let reply = app.put_json(&uri, &update(version.clone())).await;
-        assert!(
-            !reply.field_errors("version").is_empty(),
-            "version {version}"
-        );
+        assert!(!reply.field_errors("version").is_empty(), "version {version}");
     }
-    let missing = app
-        .put_json(&uri, &json!({"clienteId": CLIENTE, "total": 1}))
-        .await;
+    let missing = app.put_json(&uri, &json!({"clienteId": CLIENTE, "total": 1})).await;
     assert_eq!(missing.field_errors("version"), ["is required"]);
     assert!(app.published().is_empty());
 }
@@ -729,9 +520,7 @@ async fn put_version_rules() {
 #[tokio::test]
 async fn put_path_id_must_be_a_uuid() {
     let app = App::accepting();
-    let reply = app
-        .put_json("/api/pedidos/not-a-uuid", &update(json!(2)))
-        .await;
+    let reply = app.put_json("/api/pedidos/not-a-uuid", &update(json!(2))).await;
     assert!(!reply.field_errors("pedidoId").is_empty());
     assert!(app.published().is_empty());
 }
@@ -757,22 +546,12 @@ async fn put_body_id_must_match_the_path() {
 async fn put_content_type_and_syntax_errors() {
     let app = App::accepting();
     let uri = format!("/api/pedidos/{PEDIDO}");
-    app.send(request(
-        Method::PUT,
-        &uri,
-        Some("text/plain"),
-        Body::from(update(json!(2)).to_string()),
-    ))
-    .await
-    .problem(StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    app.send(request(
-        Method::PUT,
-        &uri,
-        Some("application/json"),
-        Body::from("{"),
-    ))
-    .await
-    .problem(StatusCode::BAD_REQUEST);
+    app.send(request(Method::PUT, &uri, Some("text/plain"), Body::from(update(json!(2)).to_string())))
+        .await
+        .problem(StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    app.send(request(Method::PUT, &uri, Some("application/json"), Body::from("{")))
+        .await
+        .problem(StatusCode::BAD_REQUEST);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -782,16 +561,8 @@ async fn put_content_type_and_syntax_errors() {
 #[tokio::test]
 async fn request_id_is_echoed_and_passed_to_the_bus() {
     let app = App::accepting();
-    let mut req = request(
-        Method::POST,
-        "/api/pedidos",
-        Some("application/json"),
-        Body::from(order().to_string()),
-    );
-    req.headers_mut().insert(
-        "x-request-id",
-        "req-abc-123".parse().unwrap_or_else(|e| panic!("{e}")),
-    );
+    let mut req = request(Method::POST, "/api/pedidos", Some("application/json"), Body::from(order().to_string()));
+    req.headers_mut().insert("x-request-id", "req-abc-123".parse().unwrap_or_else(|e| panic!("{e}")));
     let reply = app.send(req).await;
     assert_eq!(reply.status, StatusCode::ACCEPTED);
     assert_eq!(reply.header("x-request-id"), Some("req-abc-123"));
@@ -803,33 +574,19 @@ async fn request_id_is_echoed_and_passed_to_the_bus() {
 async fn request_id_is_generated_when_absent() {
     let app = App::accepting();
     let reply = app.post_json("/api/pedidos", &order()).await;
-    let id = reply
-        .header("x-request-id")
-        .unwrap_or_else(|| panic!("no x-request-id: {:?}", reply.headers))
-        .to_owned();
+    let id = reply.header("x-request-id").unwrap_or_else(|| panic!("no x-request-id: {:?}", reply.headers)).to_owned();
     assert!(Uuid::parse_str(&id).is_ok(), "{id}");
     assert_eq!(app.published()[0].request_id, id);
     let other = app.get("/health").await;
-    assert!(
-        other.header("x-request-id").is_some_and(|o| o != id),
-        "ids must differ per request"
-    );
+    assert!(other.header("x-request-id").is_some_and(|o| o != id), "ids must differ per request");
 }
 
 /// Error responses carry the request id too, so a client can quote it.
 #[tokio::test]
 async fn request_id_is_on_error_responses() {
     let app = App::new(FakeBus::new(PublishMode::Unavailable));
-    let mut req = request(
-        Method::POST,
-        "/api/pedidos",
-        Some("application/json"),
-        Body::from(order().to_string()),
-    );
-    req.headers_mut().insert(
-        "x-request-id",
-        "req-503".parse().unwrap_or_else(|e| panic!("{e}")),
-    );
+    let mut req = request(Method::POST, "/api/pedidos", Some("application/json"), Body::from(order().to_string()));
+    req.headers_mut().insert("x-request-id", "req-503".parse().unwrap_or_else(|e| panic!("{e}")));
     let reply = app.send(req).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(reply.header("x-request-id"), Some("req-503"));
@@ -870,29 +627,18 @@ async fn ready_is_503_when_the_bus_fails() {
     reply.problem(StatusCode::SERVICE_UNAVAILABLE);
     assert!(reply.header("retry-after").is_some());
     assert!(!reply.text().contains("secret-internal-cause"));
-    app.get("/ready")
-        .await
-        .problem(StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(
-        app.bus.checks.load(Ordering::SeqCst),
-        1,
-        "the failure is cached too"
-    );
+    app.get("/ready").await.problem(StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(app.bus.checks.load(Ordering::SeqCst), 1, "the failure is cached too");
 }
 
 /// /metrics exposes request counts by route and status and the publish histogram once something was published.
 #[tokio::test]
 async fn metrics_expose_requests_and_publish_latency() {
     let app = App::accepting();
-    assert_eq!(
-        app.post_json("/api/pedidos", &order()).await.status,
-        StatusCode::ACCEPTED
-    );
+    assert_eq!(app.post_json("/api/pedidos", &order()).await.status, StatusCode::ACCEPTED);
     let reply = app.get("/metrics").await;
     assert_eq!(reply.status, StatusCode::OK);
-    assert!(reply
-        .header("content-type")
-        .is_some_and(|c| c.starts_with("text/plain")));
+    assert!(reply.header("content-type").is_some_and(|c| c.starts_with("text/plain")));
     let text = reply.text();
     let request_line = text
         .lines()
@@ -901,42 +647,23 @@ async fn metrics_expose_requests_and_publish_latency() {
                 && l.contains(r#"route="/api/pedidos""#)
                 && l.contains(r#"status="202""#)
         })
-        .unwrap_or_else(|| {
-            panic!("no pedidos_api_http_requests_total for POST /api/pedidos 202 in:\n{text}")
-        });
-    let count: f64 = request_line
-        .rsplit(' ')
-        .next()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_default();
+        .unwrap_or_else(|| panic!("no pedidos_api_http_requests_total for POST /api/pedidos 202 in:\n{text}"));
+    let count: f64 = request_line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or_default();
     assert!(count >= 1.0, "{request_line}");
-    assert!(
-        text.contains("pedidos_api_publish_duration_seconds_bucket"),
-        "{text}"
-    );
-    assert!(
-        text.contains("pedidos_api_publish_duration_seconds_count"),
-        "{text}"
-    );
-    assert!(
-        text.contains("pedidos_api_http_request_duration_seconds_bucket"),
-        "{text}"
-    );
+    assert!(text.contains("pedidos_api_publish_duration_seconds_bucket"), "{text}");
+    assert!(text.contains("pedidos_api_publish_duration_seconds_count"), "{text}");
+    assert!(text.contains("pedidos_api_http_request_duration_seconds_bucket"), "{text}");
 }
 
 /// Publish failures are counted by reason.
 #[tokio::test]
 async fn metrics_count_publish_failures() {
     let app = App::new(FakeBus::new(PublishMode::Unavailable));
-    assert_eq!(
-        app.post_json("/api/pedidos", &order()).await.status,
-        StatusCode::SERVICE_UNAVAILABLE
-    );
+    assert_eq!(app.post_json("/api/pedidos", &order()).await.status, StatusCode::SERVICE_UNAVAILABLE);
     let text = app.get("/metrics").await.text();
     assert!(
         text.lines()
-            .any(|l| l.starts_with("pedidos_api_publish_failures_total{")
-                && l.contains(r#"reason="unavailable""#)),
+            .any(|l| l.starts_with("pedidos_api_publish_failures_total{") && l.contains(r#"reason="unavailable""#)),
         "{text}"
     );
 }
@@ -948,14 +675,8 @@ async fn openapi_document_lists_the_paths() {
     let reply = app.get("/openapi.json").await;
     assert_eq!(reply.status, StatusCode::OK);
     let doc = reply.json();
-    assert!(
-        doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
-        "{}",
-        doc["openapi"]
-    );
-    let paths = doc["paths"]
-        .as_object()
-        .unwrap_or_else(|| panic!("no paths in {doc}"));
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "{}", doc["openapi"]);
+    let paths = doc["paths"].as_object().unwrap_or_else(|| panic!("no paths in {doc}"));
     for path in [
         "/api/pedidos",
         "/api/pedidos/{pedidoId}",
@@ -966,11 +687,7 @@ async fn openapi_document_lists_the_paths() {
         "/ready",
         "/metrics",
     ] {
-        assert!(
-            paths.contains_key(path),
-            "{path} missing from {:?}",
-            paths.keys().collect::<Vec<_>>()
-        );
+        assert!(paths.contains_key(path), "{path} missing from {:?}", paths.keys().collect::<Vec<_>>());
     }
     assert!(doc["paths"]["/api/pedidos"]["post"]["responses"]["202"].is_object());
     assert!(doc["paths"]["/api/pedidos/{pedidoId}"]["put"].is_object());
@@ -982,18 +699,8 @@ async fn docs_page_serves_html() {
     let app = App::accepting();
     let reply = app.get("/docs/").await;
     assert_eq!(reply.status, StatusCode::OK);
-    assert!(
-        reply
-            .header("content-type")
-            .is_some_and(|c| c.starts_with("text/html")),
-        "{:?}",
-        reply.headers
-    );
-    assert!(
-        reply.text().to_ascii_lowercase().contains("swagger"),
-        "{}",
-        reply.text()
-    );
+    assert!(reply.header("content-type").is_some_and(|c| c.starts_with("text/html")), "{:?}", reply.headers);
+    assert!(reply.text().to_ascii_lowercase().contains("swagger"), "{}", reply.text());
     let root = app.get("/").await;
     assert!(root.status.is_redirection());
     assert_eq!(root.header("location"), Some("/docs/"));
@@ -1006,29 +713,14 @@ async fn docs_page_serves_html() {
 #[tokio::test]
 async fn subscribe_new_email_is_201_pendiente() {
     let app = App::accepting();
-    let reply = app
-        .post_json("/api/suscripcion", &json!({"email": "nuevo@example.com"}))
-        .await;
+    let reply = app.post_json("/api/suscripcion", &json!({"email": "nuevo@example.com"})).await;
     assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
-    assert_eq!(
-        reply.json(),
-        json!({"email": "nuevo@example.com", "status": "Pendiente"})
-    );
+    assert_eq!(reply.json(), json!({"email": "nuevo@example.com", "status": "Pendiente"}));
 
-    let query = app
-        .send(request(
-            Method::POST,
-            "/api/suscripcion?email=otro@example.com",
-            None,
-            Body::empty(),
-        ))
-        .await;
+    let query = app.send(request(Method::POST, "/api/suscripcion?email=otro@example.com", None, Body::empty())).await;
     assert_eq!(query.status, StatusCode::CREATED, "{}", query.text());
     assert_eq!(query.json()["email"], json!("otro@example.com"));
-    assert_eq!(
-        *lock(&app.bus.subscribed),
-        ["nuevo@example.com", "otro@example.com"]
-    );
+    assert_eq!(*lock(&app.bus.subscribed), ["nuevo@example.com", "otro@example.com"]);
 }
 
 /// An email already subscribed is reported with its state (200), without subscribing again.
@@ -1038,19 +730,10 @@ async fn subscribe_existing_email_is_200_with_its_state() {
         .with_email("pend@example.com", SubscriptionStatus::Pendiente)
         .with_email("ok@example.com", SubscriptionStatus::Confirmado);
     let app = App::new(bus);
-    let pending = app
-        .post_json("/api/suscripcion", &json!({"email": "pend@example.com"}))
-        .await;
+    let pending = app.post_json("/api/suscripcion", &json!({"email": "pend@example.com"})).await;
     assert_eq!(pending.status, StatusCode::OK);
     assert_eq!(pending.json()["status"], json!("Pendiente"));
-    let confirmed = app
-        .send(request(
-            Method::POST,
-            "/api/suscripcion?email=ok@example.com",
-            None,
-            Body::empty(),
-        ))
-        .await;
+    let confirmed = app.send(request(Method::POST, "/api/suscripcion?email=ok@example.com", None, Body::empty())).await;
     assert_eq!(confirmed.status, StatusCode::OK);
     assert_eq!(confirmed.json()["status"], json!("Confirmado"));
     assert!(lock(&app.bus.subscribed).is_empty());
@@ -1060,31 +743,13 @@ async fn subscribe_existing_email_is_200_with_its_state() {
 #[tokio::test]
 async fn subscribe_invalid_email_is_422() {
     let app = App::accepting();
-    for body in [
-        json!({"email": "no-at-sign"}),
-        json!({"email": 5}),
-        json!({}),
-    ] {
+    for body in [json!({"email": "no-at-sign"}), json!({"email": 5}), json!({})] {
         let reply = app.post_json("/api/suscripcion", &body).await;
         assert!(!reply.field_errors("email").is_empty(), "{body}");
     }
-    let query = app
-        .send(request(
-            Method::POST,
-            "/api/suscripcion?email=a%40b",
-            None,
-            Body::empty(),
-        ))
-        .await;
+    let query = app.send(request(Method::POST, "/api/suscripcion?email=a%40b", None, Body::empty())).await;
     assert!(!query.field_errors("email").is_empty());
-    let empty = app
-        .send(request(
-            Method::POST,
-            "/api/suscripcion",
-            None,
-            Body::empty(),
-        ))
-        .await;
+    let empty = app.send(request(Method::POST, "/api/suscripcion", None, Body::empty())).await;
     assert!(!empty.field_errors("email").is_empty());
     assert!(lock(&app.bus.subscribed).is_empty());
 }
@@ -1093,22 +758,12 @@ async fn subscribe_invalid_email_is_422() {
 #[tokio::test]
 async fn subscribe_body_content_type_and_syntax() {
     let app = App::accepting();
-    app.send(request(
-        Method::POST,
-        "/api/suscripcion",
-        Some("text/plain"),
-        Body::from("a@b.co"),
-    ))
-    .await
-    .problem(StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    app.send(request(
-        Method::POST,
-        "/api/suscripcion",
-        Some("application/json"),
-        Body::from("{"),
-    ))
-    .await
-    .problem(StatusCode::BAD_REQUEST);
+    app.send(request(Method::POST, "/api/suscripcion", Some("text/plain"), Body::from("a@b.co")))
+        .await
+        .problem(StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    app.send(request(Method::POST, "/api/suscripcion", Some("application/json"), Body::from("{")))
+        .await
+        .problem(StatusCode::BAD_REQUEST);
 }
 
 /// The state of a known email is reported; an unknown one is a 404 problem; an invalid one a 422.
@@ -1120,18 +775,9 @@ async fn subscription_status() {
     let app = App::new(bus);
     let pending = app.get("/api/suscripcion/estado/pend@example.com").await;
     assert_eq!(pending.status, StatusCode::OK);
-    assert_eq!(
-        pending.json(),
-        json!({"email": "pend@example.com", "status": "Pendiente"})
-    );
+    assert_eq!(pending.json(), json!({"email": "pend@example.com", "status": "Pendiente"}));
     let confirmed = app.get("/api/suscripcion/estado/ok@example.com").await;
     assert_eq!(confirmed.json()["status"], json!("Confirmado"));
-    app.get("/api/suscripcion/estado/nadie@example.com")
-        .await
-        .problem(StatusCode::NOT_FOUND);
-    assert!(!app
-        .get("/api/suscripcion/estado/not-an-email")
-        .await
-        .field_errors("email")
-        .is_empty());
+    app.get("/api/suscripcion/estado/nadie@example.com").await.problem(StatusCode::NOT_FOUND);
+    assert!(!app.get("/api/suscripcion/estado/not-an-email").await.field_errors("email").is_empty());
 }

@@ -16,3 +16,14 @@ pub mod probe;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topology;
+
+/// Runs a binary's async entry point on a multi-threaded runtime, turning a runtime start-up failure into an exit code.
+pub fn block_on(task: impl std::future::Future<Output = std::process::ExitCode>) -> std::process::ExitCode {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(task),
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

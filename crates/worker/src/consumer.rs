@@ -86,7 +86,7 @@ impl Consumer {
 
         while !shutdown.is_cancelled() {
             let permits = tokio::select! {
-                permits = take_slots(&slots) => permits,
+                permits = take_slots(&slots, this.settings.concurrency.min(MAX_BATCH)) => permits,
                 () = shutdown.cancelled() => break,
             };
             // The long poll is never abandoned: messages SQS hands to a dropped request would stay invisible for the
@@ -317,19 +317,29 @@ impl<'a> LogFields<'a> {
     }
 }
 
-/// Waits for one free slot, then takes as many more as are free right now (up to a full SQS batch), so no prefetched
-/// message waits for a slot while its visibility timer runs.
-async fn take_slots(slots: &Arc<Semaphore>) -> Vec<OwnedSemaphorePermit> {
-    let mut permits = Vec::with_capacity(MAX_BATCH);
+/// How long the receive loop waits for more handler slots to free up before polling with fewer than a full batch.
+/// Under backlog, slots come back within milliseconds of each other; waiting for them makes every receive (and so
+/// every delete batch) full, which is what gets SQS calls per message down to 0.2.
+const SLOT_LINGER: Duration = Duration::from_millis(20);
+
+/// Waits for one free slot, then for more (up to a full SQS batch) for at most [`SLOT_LINGER`], so no prefetched
+/// message ever waits for a slot while its visibility timer runs.
+async fn take_slots(slots: &Arc<Semaphore>, max: usize) -> Vec<OwnedSemaphorePermit> {
+    let mut permits = Vec::with_capacity(max);
     match Arc::clone(slots).acquire_owned().await {
         Ok(permit) => permits.push(permit),
-        // The semaphore is never closed; if it were, poll for one message.
+        // The semaphore is never closed.
         Err(_) => return permits,
     }
-    while permits.len() < MAX_BATCH {
-        match Arc::clone(slots).try_acquire_owned() {
-            Ok(permit) => permits.push(permit),
-            Err(_) => break,
+    let deadline = Instant::now() + SLOT_LINGER;
+    while permits.len() < max {
+        let next = match Arc::clone(slots).try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => tokio::time::timeout_at(deadline, Arc::clone(slots).acquire_owned()).await.ok().and_then(Result::ok),
+        };
+        match next {
+            Some(permit) => permits.push(permit),
+            None => break,
         }
     }
     permits
@@ -353,4 +363,35 @@ fn set_visibility(batcher: &Batcher, message: &Message, after: Duration) {
 
 fn release(batcher: &Batcher, message: &Message) {
     set_visibility(batcher, message, Duration::ZERO);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Slots freed within the linger are taken: the next receive asks for a full batch.
+    #[tokio::test(start_paused = true)]
+    async fn take_slots_waits_briefly_for_a_full_batch() {
+        let slots = Arc::new(Semaphore::new(10));
+        let busy = take_slots(&slots, 10).await;
+        assert_eq!(busy.len(), 10);
+        let returning = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            drop(busy);
+        });
+        let permits = take_slots(&slots, 10).await;
+        assert_eq!(permits.len(), 10);
+        let _ = returning.await;
+    }
+
+    /// Slots still busy after the linger are not waited for: a partial batch goes out.
+    #[tokio::test(start_paused = true)]
+    async fn take_slots_does_not_wait_past_the_linger() {
+        let slots = Arc::new(Semaphore::new(10));
+        let _held = Arc::clone(&slots).try_acquire_many_owned(7);
+        let started = Instant::now();
+        let permits = take_slots(&slots, 10).await;
+        assert_eq!(permits.len(), 3);
+        assert!(started.elapsed() <= SLOT_LINGER + Duration::from_millis(1));
+    }
 }

@@ -28,14 +28,7 @@ fn serve() -> ExitCode {
         }
     };
     platform::telemetry::init(config.common.log_format, "info");
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
+    platform::block_on(async {
         let shutdown = platform::shutdown::on_signal();
         match pedidos_worker::start(config, shutdown).await {
             Ok(()) => {

@@ -2,6 +2,7 @@
 
 use std::time::Instant;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
@@ -89,7 +90,11 @@ pub struct Publicado {
         (status = 503, description = "SNS unavailable; retry with the same pedidoId", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn create(State(state): State<AppState>, headers: HeaderMap, JsonObject(body): JsonObject) -> Result<(StatusCode, Json<Publicado>), ApiError> {
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonObject(body): JsonObject,
+) -> Result<(StatusCode, Json<Publicado>), ApiError> {
     let now = Utc::now();
     let input = order_input::parse(body, Mode::Create, now).map_err(ApiError::Validation)?;
     publish(&state, &headers, OrderEvent::created(input.order, now)).await
@@ -111,10 +116,11 @@ pub async fn create(State(state): State<AppState>, headers: HeaderMap, JsonObjec
 )]
 pub async fn update(
     State(state): State<AppState>,
-    Path(pedido_id): Path<String>,
+    pedido_id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     JsonObject(body): JsonObject,
 ) -> Result<(StatusCode, Json<Publicado>), ApiError> {
+    let Path(pedido_id) = pedido_id?;
     let Ok(pedido_id) = Uuid::parse_str(&pedido_id) else {
         let mut errors = FieldErrors::default();
         errors.add("pedidoId", "path segment must be a UUID");
@@ -126,7 +132,11 @@ pub async fn update(
     publish(&state, &headers, OrderEvent::updated(input.order, version, now)).await
 }
 
-async fn publish(state: &AppState, headers: &HeaderMap, event: OrderEvent) -> Result<(StatusCode, Json<Publicado>), ApiError> {
+async fn publish(
+    state: &AppState,
+    headers: &HeaderMap,
+    event: OrderEvent,
+) -> Result<(StatusCode, Json<Publicado>), ApiError> {
     let request_id = super::request_id(headers);
     let started = Instant::now();
     let result = state.bus.publish(&event, &request_id).await;
@@ -136,7 +146,15 @@ async fn publish(state: &AppState, headers: &HeaderMap, event: OrderEvent) -> Re
         Ok(message_id) => {
             metrics::counter!("pedidos_api_events_published_total", "type" => event_type).increment(1);
             tracing::info!(pedido_id = %event.order.pedido_id, version = event.version, %message_id, r#type = event_type, "event published");
-            Ok((StatusCode::ACCEPTED, Json(Publicado { status: "publicado", pedido_id: event.order.pedido_id, version: event.version, message_id })))
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(Publicado {
+                    status: "publicado",
+                    pedido_id: event.order.pedido_id,
+                    version: event.version,
+                    message_id,
+                }),
+            ))
         }
         Err(err) => {
             let reason = match err {

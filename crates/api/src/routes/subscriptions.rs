@@ -1,5 +1,6 @@
 //! The seed's email subscriptions to the topic.
 
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
@@ -9,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::bus::SubscriptionStatus;
 use crate::error::{ApiError, Problem};
-use crate::extract::parse_object;
+use crate::extract::{parse_object, RawBody};
 use crate::AppState;
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -49,16 +50,19 @@ fn label(status: SubscriptionStatus) -> &'static str {
         (status = 201, description = "Subscription requested; the recipient must confirm it", body = EstadoSuscripcion),
         (status = 200, description = "Already subscribed (pending or confirmed)", body = EstadoSuscripcion),
         (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn subscribe(
     State(state): State<AppState>,
-    Query(query): Query<EmailQuery>,
+    query: Result<Query<EmailQuery>, QueryRejection>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<EstadoSuscripcion>), ApiError> {
+    let Query(query) = query?;
     let email = match query.email {
         Some(email) => email,
         None => email_from_body(&headers, &body)?,
@@ -123,12 +127,17 @@ fn valid_email(raw: &str) -> Result<String, ApiError> {
     params(("email" = String, Path)),
     responses(
         (status = 200, body = EstadoSuscripcion),
+        (status = 400, description = "Path not valid UTF-8", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No Encontrado", body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn status(State(state): State<AppState>, Path(email): Path<String>) -> Result<Json<EstadoSuscripcion>, ApiError> {
+pub async fn status(
+    State(state): State<AppState>,
+    email: Result<Path<String>, PathRejection>,
+) -> Result<Json<EstadoSuscripcion>, ApiError> {
+    let Path(email) = email?;
     let email = valid_email(&email)?;
     match state.bus.email_status(&email).await.map_err(|e| ApiError::Unavailable(e.to_string()))? {
         Some(status) => Ok(Json(EstadoSuscripcion { email, status: label(status) })),
