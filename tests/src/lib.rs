@@ -1,1 +1,593 @@
+//! Harness for the end-to-end tests: a real moto server, the real binaries, real HTTP and SQS.
+//!
+//! # Layout
+//! - [`Moto`]: a moto server on `127.0.0.1` and a free port, one per test; [`Moto::pause`] freezes it (SIGSTOP) to
+//!   simulate an unreachable emulator that keeps its state.
+//! - [`sdk`] and [`topology`]: SDK clients pointed at a moto server, and the project's topology created on it with a
+//!   per-test name suffix, so tests share nothing and run in parallel.
+//! - [`Service`] (built with [`ServiceBuilder`]): a workspace binary (`pedidos-api`, `pedidos-worker`) started with a
+//!   hermetic environment, its output in `target/e2e-logs/<name>.log`.
+//! - [`eventually`], [`drain`], [`queue_depth`], [`http`]: polling with a deadline, reading queues, an HTTP client.
+//!
+//! Every process started here is killed when its handle drops, also when a test panics.
+//!
+//! The binaries are not built by `cargo test` (they belong to other packages): `./scripts/test` runs
+//! `cargo build --workspace --bins` first.
 
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::future::Future;
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_sqs::types::{Message, MessageSystemAttributeName, QueueAttributeName};
+
+pub use platform::topology::{Names, QueueInfo, Topology};
+
+/// Region every test uses.
+pub const REGION: &str = "us-east-1";
+/// Dummy credentials: moto accepts anything, and the SDK refuses to sign without some.
+pub const ACCESS_KEY: &str = "test";
+pub const SECRET_KEY: &str = "test";
+
+// ---------------------------------------------------------------------------------------------------------------
+// Paths and small helpers
+
+/// The workspace root (the directory holding `Cargo.lock`).
+pub fn workspace_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().map_or_else(|| manifest_dir.to_path_buf(), Path::to_path_buf)
+}
+
+/// The directory holding the workspace binaries: `PEDIDOS_BIN_DIR` if set, else derived from the test executable
+/// (`target/<profile>/deps/<test-exe>` -> `target/<profile>`).
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PEDIDOS_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("cannot locate the test executable: {e}"));
+    let deps = exe.parent().unwrap_or_else(|| panic!("test executable {} has no parent directory", exe.display()));
+    if deps.file_name().is_some_and(|n| n == "deps") {
+        deps.parent().map_or_else(|| deps.to_path_buf(), Path::to_path_buf)
+    } else {
+        deps.to_path_buf()
+    }
+}
+
+/// The path of workspace binary `name`, panicking with the fix when it was not built.
+pub fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    if !path.is_file() {
+        panic!("binary {name} not built (looked for {}): run cargo build --bins (./scripts/test does)", path.display());
+    }
+    path
+}
+
+/// `target/e2e-logs/`, created on first use.
+pub fn log_dir() -> PathBuf {
+    let bin_dir = bin_dir();
+    let target = bin_dir.parent().map_or_else(|| bin_dir.clone(), Path::to_path_buf);
+    let dir = target.join("e2e-logs");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    dir
+}
+
+/// A TCP port nobody listens on right now (the kernel picks it; a tiny race remains until the caller binds it).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("cannot bind 127.0.0.1:0: {e}"));
+    listener.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("no local address: {e}"))
+}
+
+/// `prefix-xxxxxxxx`: a name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}-{}", &id[..8])
+}
+
+/// Sends `signal` (e.g. `"STOP"`, `"CONT"`, `"TERM"`, `"KILL"`) to `pid` with kill(1).
+///
+/// # Errors
+/// When `kill` could not run or reported failure (e.g. the process is gone).
+pub fn send_signal(pid: u32, signal: &str) -> Result<(), String> {
+    let output = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run kill: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!("kill -{signal} {pid}: {}", String::from_utf8_lossy(&output.stderr).trim()))
+    }
+}
+
+/// Polls `f` every `interval` until it returns `Some`, panicking when `timeout` passes first.
+pub async fn eventually<T, F, Fut>(timeout: Duration, interval: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = f().await {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("eventually: condition not met within {timeout:?}");
+        }
+        tokio::time::sleep(interval.min(deadline.saturating_duration_since(Instant::now()))).await;
+    }
+}
+
+/// An HTTP client for talking to the services (no proxy, bounded timeouts).
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap_or_else(|e| panic!("cannot build the HTTP client: {e}"))
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn read_lossy(path: &Path) -> String {
+    let mut bytes = Vec::new();
+    match File::open(path).and_then(|mut f| f.read_to_end(&mut bytes)) {
+        Ok(_) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) => format!("<cannot read {}: {e}>", path.display()),
+    }
+}
+
+fn log_file(name: &str) -> (PathBuf, File) {
+    let path = log_dir().join(format!("{name}.log"));
+    let file = File::create(&path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+    (path, file)
+}
+
+fn clone_file(file: &File, path: &Path) -> File {
+    file.try_clone().unwrap_or_else(|e| panic!("cannot duplicate the handle of {}: {e}", path.display()))
+}
+
+/// Kills and reaps `child` (ignoring "already exited").
+fn kill_and_reap(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Moto
+
+/// A moto server on `127.0.0.1:<free port>`, killed on drop.
+pub struct Moto {
+    child: Mutex<Option<Child>>,
+    pid: u32,
+    port: u16,
+    paused: AtomicBool,
+    log: PathBuf,
+}
+
+impl Moto {
+    /// How long moto may take to answer its first request (Python start-up on a busy 2-core machine).
+    pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+    /// Starts `moto_server` (from `MOTO_SERVER_BIN`, else `<workspace>/.venv/bin/moto_server`) and waits until it
+    /// answers HTTP. Retries on another port if the chosen one was taken in the meantime.
+    pub async fn start() -> Self {
+        let bin = std::env::var_os("MOTO_SERVER_BIN")
+            .map_or_else(|| workspace_root().join(".venv/bin/moto_server"), PathBuf::from);
+        if !bin.is_file() {
+            panic!(
+                "moto_server not found: run ./scripts/test (it installs moto into .venv); looked for {}",
+                bin.display()
+            );
+        }
+        let mut last_error = String::new();
+        for _attempt in 0..3 {
+            match Self::try_start(&bin).await {
+                Ok(moto) => return moto,
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("moto_server did not start: {last_error}");
+    }
+
+    async fn try_start(bin: &Path) -> Result<Self, String> {
+        let port = free_port();
+        let (log, file) = log_file(&format!("moto-{port}"));
+        let child = Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(clone_file(&file, &log))
+            .stderr(file)
+            .spawn()
+            .map_err(|e| format!("cannot spawn {}: {e}", bin.display()))?;
+        let moto = Self { pid: child.id(), child: Mutex::new(Some(child)), port, paused: AtomicBool::new(false), log };
+        let client = http();
+        let deadline = Instant::now() + Self::START_TIMEOUT;
+        loop {
+            if let Some(status) = moto.try_wait() {
+                return Err(format!("exited with {status} before answering; log:\n{}", tail(&moto.log_text(), 20)));
+            }
+            let probe =
+                client.get(format!("{}/moto-api/", moto.endpoint())).timeout(Duration::from_secs(1)).send().await;
+            if probe.is_ok() {
+                return Ok(moto);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "no answer on port {port} within {:?}; log:\n{}",
+                    Self::START_TIMEOUT,
+                    tail(&moto.log_text(), 20)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn try_wait(&self) -> Option<ExitStatus> {
+        let mut guard = self.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        guard.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Freezes the server (SIGSTOP): connections are accepted by the kernel but never answered, like an unreachable
+    /// endpoint. State is kept for [`Moto::resume`].
+    pub fn pause(&self) {
+        send_signal(self.pid, "STOP").unwrap_or_else(|e| panic!("cannot pause moto: {e}"));
+        self.paused.store(true, Ordering::SeqCst);
+    }
+
+    /// Undoes [`Moto::pause`].
+    pub fn resume(&self) {
+        send_signal(self.pid, "CONT").unwrap_or_else(|e| panic!("cannot resume moto: {e}"));
+        self.paused.store(false, Ordering::SeqCst);
+    }
+
+    /// Kills the server now (its state is lost).
+    pub fn stop(&self) {
+        if self.paused.swap(false, Ordering::SeqCst) {
+            let _ = send_signal(self.pid, "CONT");
+        }
+        let mut guard = self.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(mut child) = guard.take() {
+            kill_and_reap(&mut child);
+        }
+    }
+
+    /// What the server printed so far.
+    pub fn log_text(&self) -> String {
+        read_lossy(&self.log)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// AWS
+
+/// SNS and SQS clients for `endpoint` with dummy credentials, region `us-east-1` and bounded timeouts, independent of
+/// the process environment.
+pub async fn sdk(endpoint: &str) -> (aws_sdk_sns::Client, aws_sdk_sqs::Client) {
+    let credentials = aws_sdk_sns::config::Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "e2e");
+    let config = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .endpoint_url(endpoint)
+        .credentials_provider(credentials)
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .operation_attempt_timeout(Duration::from_secs(10))
+                .operation_timeout(Duration::from_secs(30))
+                .build(),
+        )
+        .load()
+        .await;
+    (aws_sdk_sns::Client::new(&config), aws_sdk_sqs::Client::new(&config))
+}
+
+/// The project's topology (topic, two queues with DLQs, subscriptions) on `moto`, every name ending in `suffix`.
+pub async fn topology(moto: &Moto, suffix: &str) -> Topology {
+    let (sns, sqs) = sdk(&moto.endpoint()).await;
+    platform::topology::ensure(&sns, &sqs, &Names::with_suffix(suffix))
+        .await
+        .unwrap_or_else(|e| panic!("creating the topology with suffix {suffix:?} failed: {e}"))
+}
+
+/// Receives from `queue_url` until `n` messages were seen or `timeout` passed, deleting each one. Requests every
+/// system attribute and message attribute. Returns what arrived (possibly fewer than `n`: callers assert).
+pub async fn drain(sqs: &aws_sdk_sqs::Client, queue_url: &str, n: usize, timeout: Duration) -> Vec<Message> {
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    while seen.len() < n && Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // Short long-polls so the deadline is honoured to about a second.
+        let wait = i32::try_from(left.as_secs().clamp(0, 1)).unwrap_or(1);
+        let output = sqs
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(wait)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("receive from {queue_url}: {}", aws_sdk_sqs::error::DisplayErrorContext(e)));
+        for message in output.messages.unwrap_or_default() {
+            if let Some(handle) = message.receipt_handle() {
+                sqs.delete_message().queue_url(queue_url).receipt_handle(handle).send().await.unwrap_or_else(|e| {
+                    panic!("delete from {queue_url}: {}", aws_sdk_sqs::error::DisplayErrorContext(e))
+                });
+            }
+            seen.push(message);
+        }
+    }
+    seen
+}
+
+/// `(visible, in flight)` message counts of a queue (`ApproximateNumberOfMessages[NotVisible]`).
+pub async fn queue_depth(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> (u64, u64) {
+    let output = sqs
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("attributes of {queue_url}: {}", aws_sdk_sqs::error::DisplayErrorContext(e)));
+    let attributes = output.attributes.unwrap_or_default();
+    let count = |name: &QueueAttributeName| attributes.get(name).and_then(|v| v.parse().ok()).unwrap_or(0);
+    (
+        count(&QueueAttributeName::ApproximateNumberOfMessages),
+        count(&QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+    )
+}
+
+/// The body of an SQS message delivered by SNS, parsed as the SNS envelope JSON.
+pub fn envelope(message: &Message) -> serde_json::Value {
+    let body = message.body().unwrap_or_default();
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("SQS body is not JSON ({e}): {body}"))
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Services
+
+/// How to start a workspace binary. Create with [`Service::builder`].
+#[derive(Debug, Clone)]
+pub struct ServiceBuilder {
+    bin: String,
+    name: String,
+    args: Vec<String>,
+    /// `None` removes a default variable.
+    env: BTreeMap<String, Option<String>>,
+    port: u16,
+}
+
+impl ServiceBuilder {
+    /// Log file name (`target/e2e-logs/<name>.log`); make it unique per test, e.g. with [`unique`].
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.insert(key.into(), Some(value.into()));
+        self
+    }
+
+    /// Removes a variable the builder would set by default (e.g. `PORT`, `AWS_ENDPOINT_URL`).
+    pub fn unset(mut self, key: impl Into<String>) -> Self {
+        self.env.insert(key.into(), None);
+        self
+    }
+
+    /// Points the AWS SDK at `endpoint` (`AWS_ENDPOINT_URL`).
+    pub fn endpoint(self, endpoint: impl Into<String>) -> Self {
+        self.env("AWS_ENDPOINT_URL", endpoint)
+    }
+
+    /// The port the service is told to listen on (a free one by default).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self.env("PORT", port.to_string())
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(binary(&self.bin));
+        // Hermetic: nothing from the developer's shell (SNS_TOPIC_ARN, AWS_PROFILE, ...) leaks in.
+        command.env_clear().args(&self.args).stdin(Stdio::null());
+        for (key, value) in &self.env {
+            if let Some(value) = value {
+                command.env(key, value);
+            }
+        }
+        command
+    }
+
+    /// Starts the binary in the background, stdout and stderr to `target/e2e-logs/<name>.log`.
+    pub fn spawn(self) -> Service {
+        let (log, file) = log_file(&self.name);
+        let mut command = self.command();
+        command.stdout(clone_file(&file, &log)).stderr(file);
+        let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin));
+        Service { pid: child.id(), child: Some(child), name: self.name, port: self.port, log }
+    }
+
+    /// Runs the binary to completion (killing it after `timeout`) and captures stdout and stderr separately.
+    /// Both are also written to `target/e2e-logs/<name>.log`.
+    pub async fn run(self, timeout: Duration) -> Completed {
+        let stdout_path = log_dir().join(format!("{}.stdout", self.name));
+        let stderr_path = log_dir().join(format!("{}.log", self.name));
+        let stdout_file = File::create(&stdout_path).unwrap_or_else(|e| panic!("{}: {e}", stdout_path.display()));
+        let stderr_file = File::create(&stderr_path).unwrap_or_else(|e| panic!("{}: {e}", stderr_path.display()));
+        let mut command = self.command();
+        command.stdout(stdout_file).stderr(stderr_file);
+        let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin));
+        let mut service =
+            Service { pid: child.id(), child: Some(child), name: self.name, port: self.port, log: stderr_path };
+        let status = service.wait_exit(timeout).await;
+        Completed { status, stdout: read_lossy(&stdout_path), stderr: service.log_text() }
+    }
+}
+
+/// A finished [`ServiceBuilder::run`].
+#[derive(Debug)]
+pub struct Completed {
+    /// `None` when it had to be killed at the timeout.
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// A running workspace binary, killed on drop.
+pub struct Service {
+    child: Option<Child>,
+    pid: u32,
+    name: String,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Service {
+    /// A builder for binary `bin` (`pedidos-api`, `pedidos-worker`) with the defaults every test wants:
+    /// `LOG_FORMAT=json`, `RUST_LOG=info`, dummy credentials, `AWS_REGION=us-east-1`, `BIND_ADDR=127.0.0.1`, a free
+    /// `PORT`. Call [`ServiceBuilder::endpoint`] to point it at moto.
+    pub fn builder(bin: &str) -> ServiceBuilder {
+        let port = free_port();
+        let env = [
+            ("LOG_FORMAT", "json".to_owned()),
+            ("RUST_LOG", "info".to_owned()),
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_owned()),
+            ("AWS_REGION", REGION.to_owned()),
+            ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+            ("BIND_ADDR", "127.0.0.1".to_owned()),
+            ("PORT", port.to_string()),
+        ];
+        ServiceBuilder {
+            bin: bin.to_owned(),
+            name: unique(bin),
+            args: Vec::new(),
+            env: env.into_iter().map(|(k, v)| (k.to_owned(), Some(v))).collect(),
+            port,
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Waits until `GET /health` answers 200, panicking with the log's tail if the process exits or `timeout` passes.
+    pub async fn wait_healthy(&mut self, timeout: Duration) {
+        let client = http();
+        let url = format!("{}/health", self.base_url());
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait() {
+                panic!(
+                    "{} exited with {status} before becoming healthy; log:\n{}",
+                    self.name,
+                    tail(&self.log_text(), 30)
+                );
+            }
+            let response = client.get(&url).timeout(Duration::from_secs(1)).send().await;
+            if response.is_ok_and(|r| r.status() == reqwest::StatusCode::OK) {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!("{} not healthy within {timeout:?}; log:\n{}", self.name, tail(&self.log_text(), 30));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Everything the process printed so far (stdout and stderr).
+    pub fn log_text(&self) -> String {
+        read_lossy(&self.log)
+    }
+
+    /// The log's JSON lines (`LOG_FORMAT=json`), skipping anything else.
+    pub fn log_json(&self) -> Vec<serde_json::Value> {
+        self.log_text().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    /// Asks for a graceful shutdown (SIGTERM).
+    pub fn signal_term(&self) {
+        send_signal(self.pid, "TERM").unwrap_or_else(|e| panic!("cannot SIGTERM {}: {e}", self.name));
+    }
+
+    /// SIGKILL now, and reap.
+    pub fn kill(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            kill_and_reap(child);
+        }
+    }
+
+    /// The exit status if the process has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Waits up to `timeout` for the process to exit; `None` if it is still running.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

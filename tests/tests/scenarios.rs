@@ -57,7 +57,11 @@ impl Pipeline {
                     .unwrap_or_else(|e| panic!("visibility: {}", aws_sdk_sqs::error::DisplayErrorContext(e)));
             }
         }
-        let mut api = Service::builder("pedidos-api").name(unique("api")).endpoint(moto.endpoint()).env("SNS_TOPIC_ARN", &topo.topic_arn).spawn();
+        let mut api = Service::builder("pedidos-api")
+            .name(unique("api"))
+            .endpoint(moto.endpoint())
+            .env("SNS_TOPIC_ARN", &topo.topic_arn)
+            .spawn();
         api.wait_healthy(START).await;
         let mut pipeline = Self { moto, topo, api, process: Vec::new(), logistics: Vec::new(), sqs };
         pipeline.start_worker(0).await;
@@ -98,7 +102,9 @@ impl Pipeline {
         let mut counts = HashMap::new();
         for line in self.outcomes(role) {
             if line["outcome"] == "processed" {
-                *counts.entry(format!("{}#{}", line["pedido_id"].as_str().unwrap_or_default(), line["version"])).or_insert(0) += 1;
+                *counts
+                    .entry(format!("{}#{}", line["pedido_id"].as_str().unwrap_or_default(), line["version"]))
+                    .or_insert(0) += 1;
             }
         }
         counts
@@ -111,9 +117,9 @@ impl Pipeline {
     /// Waits until both roles applied every key in `expected` (`pedidoId#version`, per role) and the queues are empty.
     async fn settle(&self, expected: &[Vec<String>; 2], timeout: Duration) {
         eventually(timeout, Duration::from_millis(if long() { 2000 } else { 500 }), || async {
-            for role in 0..2 {
+            for (role, keys) in expected.iter().enumerate() {
                 let applied = self.applied(role);
-                if !expected[role].iter().all(|k| applied.contains_key(k)) {
+                if !keys.iter().all(|k| applied.contains_key(k)) {
                     return None;
                 }
             }
@@ -187,8 +193,7 @@ async fn load(base: &str, requests: Vec<Request>, clients: usize, give_up: Durat
         let (stats, queue, base) = (Arc::clone(&stats), Arc::clone(&queue), base.to_owned());
         tasks.push(tokio::spawn(async move {
             let client = http();
-            loop {
-                let Some(request) = queue.lock().ok().and_then(|mut q| q.pop()) else { break };
+            while let Some(request) = queue.lock().ok().and_then(|mut q| q.pop()) {
                 let first_try_ms = now_ms();
                 let started = Instant::now();
                 loop {
@@ -204,7 +209,11 @@ async fn load(base: &str, requests: Vec<Request>, clients: usize, give_up: Durat
                     }
                     if status == 202 {
                         if let Ok(mut accepted) = stats.accepted.lock() {
-                            accepted.push(Accepted { key: request.key.clone(), first_try_ms, latency: started.elapsed() });
+                            accepted.push(Accepted {
+                                key: request.key.clone(),
+                                first_try_ms,
+                                latency: started.elapsed(),
+                            });
                         }
                         break;
                     }
@@ -245,13 +254,21 @@ fn end_to_end(pipeline: &Pipeline, stats: &LoadStats) -> (f64, f64) {
                 continue;
             }
             let key = format!("{}#{}", line["pedido_id"].as_str().unwrap_or_default(), line["version"]);
-            let at = line["timestamp"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()).map_or(0, |t| t.timestamp_millis() as u128);
+            let at = line["timestamp"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map_or(0, |t| t.timestamp_millis() as u128);
             let entry = done.entry(key).or_insert(0);
             *entry = (*entry).max(at);
         }
     }
-    let accepted = stats.accepted.lock().map(|a| a.iter().map(|a| (a.key.clone(), a.first_try_ms)).collect::<Vec<_>>()).unwrap_or_default();
-    let mut latencies: Vec<f64> = accepted.iter().filter_map(|(k, t)| done.get(k).map(|d| d.saturating_sub(*t) as f64)).collect();
+    let accepted = stats
+        .accepted
+        .lock()
+        .map(|a| a.iter().map(|a| (a.key.clone(), a.first_try_ms)).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let mut latencies: Vec<f64> =
+        accepted.iter().filter_map(|(k, t)| done.get(k).map(|d| d.saturating_sub(*t) as f64)).collect();
     latencies.sort_by(f64::total_cmp);
     (percentile(&latencies, 0.5), percentile(&latencies, 0.99))
 }
@@ -290,7 +307,13 @@ async fn load_every_accepted_order_is_processed_by_both_roles() {
     let (orders, clients) = scale((40, 8), (2000, 32));
     let pipeline = Pipeline::start(None).await;
     let started = Instant::now();
-    let stats = load(&pipeline.api.base_url(), (0..orders).map(|_| create(Uuid::new_v4())).collect(), clients, Duration::from_secs(60)).await;
+    let stats = load(
+        &pipeline.api.base_url(),
+        (0..orders).map(|_| create(Uuid::new_v4())).collect(),
+        clients,
+        Duration::from_secs(60),
+    )
+    .await;
     let post_time = started.elapsed();
     let keys = accepted_keys(&stats);
     assert_eq!(keys.len(), orders, "statuses {:?}", statuses(&stats));
@@ -301,7 +324,8 @@ async fn load_every_accepted_order_is_processed_by_both_roles() {
         assert_eq!(reapplied(&pipeline, role), 0, "role {role}: no order applied twice");
     }
     let (p50, p99) = end_to_end(&pipeline, &stats);
-    let mut api_latency: Vec<f64> = stats.accepted.lock().map(|a| a.iter().map(|a| a.latency.as_secs_f64() * 1000.0).collect()).unwrap_or_default();
+    let mut api_latency: Vec<f64> =
+        stats.accepted.lock().map(|a| a.iter().map(|a| a.latency.as_secs_f64() * 1000.0).collect()).unwrap_or_default();
     api_latency.sort_by(f64::total_cmp);
     record(
         "1-load",
@@ -343,7 +367,10 @@ async fn crash_sigkill_and_sigterm_mid_load_lose_nothing() {
     // In flight in the killed process: at most its handler slots plus one batch of pending deletes.
     assert!(reapplied_after_kill <= 10 + 10, "{reapplied_after_kill} re-applied after SIGKILL");
     assert_eq!(reapplied_after_term, 0, "a graceful stop re-applies nothing");
-    record("2-crash", json!({"orders": orders, "reapplied_after_sigkill": reapplied_after_kill, "reapplied_after_sigterm": reapplied_after_term}));
+    record(
+        "2-crash",
+        json!({"orders": orders, "reapplied_after_sigkill": reapplied_after_kill, "reapplied_after_sigterm": reapplied_after_term}),
+    );
 }
 
 async fn load_owned(base: String, requests: Vec<Request>, clients: usize) -> Arc<LoadStats> {
@@ -359,7 +386,10 @@ async fn outage_emulator_down_for_ten_seconds() {
     let base = pipeline.api.base_url();
     let requests: Vec<Request> = (0..orders).map(|_| create(Uuid::new_v4())).collect();
     let load_task = tokio::spawn(load_owned(base.clone(), requests, clients));
-    eventually(Duration::from_secs(60), Duration::from_millis(50), || async { (pipeline.count(0, "processed") >= orders / 6).then_some(()) }).await;
+    eventually(Duration::from_secs(60), Duration::from_millis(50), || async {
+        (pipeline.count(0, "processed") >= orders / 6).then_some(())
+    })
+    .await;
     pipeline.moto.pause();
     let paused = Instant::now();
     // A probe during the outage: 503 with Retry-After, promptly.
@@ -406,7 +436,9 @@ async fn duplicates_and_out_of_order_versions() {
     requests.extend(ids.iter().step_by(10).map(|id| create(*id)));
     let stats = load(&base, requests, clients, Duration::from_secs(60)).await;
     let created = accepted_keys(&stats);
-    pipeline.settle(&[creations(&created), creations(&created)], Duration::from_secs(if long() { 900 } else { 120 })).await;
+    pipeline
+        .settle(&[creations(&created), creations(&created)], Duration::from_secs(if long() { 900 } else { 120 }))
+        .await;
     // Versions 3 then 2 for a fifth of the orders.
     let reordered: Vec<Uuid> = ids.iter().step_by(5).copied().collect();
     let v3: Vec<Request> = reordered.iter().map(|id| update(*id, 3)).collect();
@@ -430,7 +462,10 @@ async fn duplicates_and_out_of_order_versions() {
     let mut applied_order: HashMap<String, Vec<u64>> = HashMap::new();
     for line in pipeline.outcomes(0) {
         if line["outcome"] == "processed" {
-            applied_order.entry(line["pedido_id"].as_str().unwrap_or_default().to_owned()).or_default().push(line["version"].as_u64().unwrap_or(0));
+            applied_order
+                .entry(line["pedido_id"].as_str().unwrap_or_default().to_owned())
+                .or_default()
+                .push(line["version"].as_u64().unwrap_or(0));
         }
     }
     for (id, versions) in &applied_order {
@@ -440,9 +475,15 @@ async fn duplicates_and_out_of_order_versions() {
     let duplicates = pipeline.count(0, "duplicate") + pipeline.count(1, "duplicate");
     // At least: a redelivery (at-least-once) would add one more, never fewer.
     assert!(stale >= reordered.len(), "every late version 2 recognised as stale: {stale}");
-    assert!(duplicates >= 2 * ids.iter().step_by(10).count(), "every re-sent order recognised by both roles: {duplicates}");
+    assert!(
+        duplicates >= 2 * ids.iter().step_by(10).count(),
+        "every re-sent order recognised by both roles: {duplicates}"
+    );
     assert!(pipeline.count(1, "ignored") >= 2 * reordered.len(), "logistics ignores updates");
-    record("4-duplicates-reordering", json!({"orders": orders, "resent": ids.iter().step_by(10).count(), "reordered": reordered.len(), "duplicates": duplicates, "stale": stale}));
+    record(
+        "4-duplicates-reordering",
+        json!({"orders": orders, "resent": ids.iter().step_by(10).count(), "reordered": reordered.len(), "duplicates": duplicates, "stale": stale}),
+    );
 }
 
 /// 5. Poison under load: malformed messages injected straight into both queues end up in the DLQs with reasons,
@@ -454,7 +495,13 @@ async fn poison_under_load_goes_to_the_dlqs() {
     let pipeline = Pipeline::start(None).await;
     let base = pipeline.api.base_url();
     let load_task = tokio::spawn(load_owned(base, (0..orders).map(|_| create(Uuid::new_v4())).collect(), clients));
-    let bodies = ["{not json", r#"{"hello":"world"}"#, r#"{"type":"PedidoCreado","version":1}"#, "[]", r#"{"Type":"Notification","TopicArn":"x","MessageId":"y"}"#];
+    let bodies = [
+        "{not json",
+        r#"{"hello":"world"}"#,
+        r#"{"type":"PedidoCreado","version":1}"#,
+        "[]",
+        r#"{"Type":"Notification","TopicArn":"x","MessageId":"y"}"#,
+    ];
     for queue in &pipeline.topo.queues {
         for i in 0..poison_per_queue {
             pipeline
@@ -474,7 +521,10 @@ async fn poison_under_load_goes_to_the_dlqs() {
     for (role, queue) in pipeline.topo.queues.iter().enumerate() {
         let dead = drain(&pipeline.sqs, &queue.dlq_url, poison_per_queue, Duration::from_secs(30)).await;
         assert_eq!(dead.len(), poison_per_queue, "role {role}");
-        assert!(dead.iter().all(|m| m.message_attributes().and_then(|a| a.get("rejectReason")).is_some()), "reasons attached");
+        assert!(
+            dead.iter().all(|m| m.message_attributes().and_then(|a| a.get("rejectReason")).is_some()),
+            "reasons attached"
+        );
         assert_eq!(pipeline.count(role, "rejected"), poison_per_queue);
         assert_eq!(reapplied(&pipeline, role), 0);
     }

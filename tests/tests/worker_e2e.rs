@@ -43,7 +43,9 @@ async fn metric(service: &Service, sample: &str) -> f64 {
         Err(_) => return 0.0,
     };
     text.lines()
-        .find_map(|line| line.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+        .find_map(|line| {
+            line.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())
+        })
         .unwrap_or(0.0)
 }
 
@@ -89,7 +91,10 @@ async fn send(sqs: &aws_sdk_sqs::Client, queue_url: &str, body: &str) {
 }
 
 async fn wait_empty(sqs: &aws_sdk_sqs::Client, queue_url: &str, within: Duration) {
-    eventually(within, Duration::from_millis(200), || async { (queue_depth(sqs, queue_url).await == (0, 0)).then_some(()) }).await;
+    eventually(within, Duration::from_millis(200), || async {
+        (queue_depth(sqs, queue_url).await == (0, 0)).then_some(())
+    })
+    .await;
 }
 
 async fn set_visibility_timeout(sqs: &aws_sdk_sqs::Client, queue_url: &str, seconds: u32) {
@@ -122,7 +127,8 @@ async fn setup() -> (Moto, Topology, aws_sdk_sqs::Client) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_fan_out_to_both_workers_once() {
     let (moto, topo, sqs) = setup().await;
-    let mut api = Service::builder("pedidos-api").endpoint(moto.endpoint()).env("SNS_TOPIC_ARN", &topo.topic_arn).spawn();
+    let mut api =
+        Service::builder("pedidos-api").endpoint(moto.endpoint()).env("SNS_TOPIC_ARN", &topo.topic_arn).spawn();
     api.wait_healthy(START).await;
     let process = start_worker(&moto, &topo.queues[0].url, &[]).await;
     let logistics = start_worker(&moto, &topo.queues[1].url, &[]).await;
@@ -336,7 +342,11 @@ async fn start_up_errors_are_clear() {
         .run(Duration::from_secs(30))
         .await;
     assert!(missing.status.is_some_and(|s| !s.success()));
-    assert!(missing.stderr.contains("no-such-queue") && missing.stderr.contains("does not exist"), "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("no-such-queue") && missing.stderr.contains("does not exist"),
+        "{}",
+        missing.stderr
+    );
     let unset = Service::builder("pedidos-worker").endpoint(moto.endpoint()).run(Duration::from_secs(30)).await;
     assert!(unset.status.is_some_and(|s| !s.success()));
     assert!(unset.stderr.contains("SQS_QUEUE_URL"), "{}", unset.stderr);
@@ -409,7 +419,8 @@ async fn failing_handler_backs_off_then_dead_letters() {
     let queue = topo.queues[0].clone();
     send(&sqs, &queue.url, &event_json(Uuid::new_v4(), 1)).await;
     let calls = Arc::new(Mutex::new(Vec::new()));
-    let (consumer, _) = consumer(&moto, &queue.url, Box::new(AlwaysFails(Arc::clone(&calls))), settings(Duration::from_secs(1))).await;
+    let (consumer, _) =
+        consumer(&moto, &queue.url, Box::new(AlwaysFails(Arc::clone(&calls))), settings(Duration::from_secs(1))).await;
     let stop = CancellationToken::new();
     let task = tokio::spawn(consumer.run(stop.clone()));
     let dead = drain(&sqs, &queue.dlq_url, 1, Duration::from_secs(60)).await;
@@ -441,7 +452,13 @@ async fn grace_expiry_releases_in_flight_messages() {
         send(&sqs, &url, &event_json(*id, 1)).await;
     }
     let done = Arc::new(Mutex::new(Vec::new()));
-    let (slow, health) = consumer(&moto, &url, Box::new(Slow(Duration::from_secs(60), Arc::clone(&done))), settings(Duration::from_secs(1))).await;
+    let (slow, health) = consumer(
+        &moto,
+        &url,
+        Box::new(Slow(Duration::from_secs(60), Arc::clone(&done))),
+        settings(Duration::from_secs(1)),
+    )
+    .await;
     let stop = CancellationToken::new();
     let task = tokio::spawn(slow.run(stop.clone()));
     eventually(SETTLE, Duration::from_millis(50), || async { (health.in_flight() > 0).then_some(()) }).await;
@@ -455,7 +472,9 @@ async fn grace_expiry_releases_in_flight_messages() {
         (queue_depth(&sqs, &url).await == (ids.len() as u64, 0)).then_some(())
     })
     .await;
-    let (fast, _) = consumer(&moto, &url, Box::new(Slow(Duration::ZERO, Arc::clone(&done))), settings(Duration::from_secs(5))).await;
+    let (fast, _) =
+        consumer(&moto, &url, Box::new(Slow(Duration::ZERO, Arc::clone(&done))), settings(Duration::from_secs(5)))
+            .await;
     let stop = CancellationToken::new();
     let task = tokio::spawn(fast.run(stop.clone()));
     wait_empty(&sqs, &url, SETTLE).await;
@@ -523,7 +542,8 @@ async fn heartbeat_keeps_long_handlers_invisible() {
     // A competing consumer polls for 4 s (twice the visibility timeout): the heartbeat must keep the message hidden.
     let competitor = drain(&sqs, &url, 1, Duration::from_secs(4)).await;
     assert!(competitor.is_empty(), "message became visible while its handler ran");
-    eventually(SETTLE, Duration::from_millis(50), || async { done.lock().ok().filter(|d| d.len() == 1).map(|_| ()) }).await;
+    eventually(SETTLE, Duration::from_millis(50), || async { done.lock().ok().filter(|d| d.len() == 1).map(|_| ()) })
+        .await;
     wait_empty(&sqs, &url, SETTLE).await;
     stop.cancel();
     let _ = task.await;
@@ -540,17 +560,25 @@ async fn failed_heartbeat_cancels_the_handler() {
     send(&sqs, &url, &event_json(Uuid::new_v4(), 1)).await;
     let done = Arc::new(Mutex::new(Vec::new()));
     let cancelled = Arc::new(Mutex::new(None));
-    let handler = Watched { delay: Duration::from_secs(120), done: Arc::clone(&done), cancelled: Arc::clone(&cancelled) };
+    let handler =
+        Watched { delay: Duration::from_secs(120), done: Arc::clone(&done), cancelled: Arc::clone(&cancelled) };
     let (consumer, health) = consumer(&moto, &url, Box::new(handler), settings(Duration::from_secs(1))).await;
     let stop = CancellationToken::new();
     let task = tokio::spawn(consumer.run(stop.clone()));
     eventually(SETTLE, Duration::from_millis(20), || async { (health.in_flight() == 1).then_some(()) }).await;
     moto.pause();
     let paused = Instant::now();
-    let at = eventually(Duration::from_secs(60), Duration::from_millis(100), || async { cancelled.lock().ok().and_then(|c| *c) }).await;
+    let at = eventually(Duration::from_secs(60), Duration::from_millis(100), || async {
+        cancelled.lock().ok().and_then(|c| *c)
+    })
+    .await;
     moto.resume();
     stop.cancel();
     let _ = task.await;
-    assert!(at.duration_since(paused) < Duration::from_secs(40), "cancelled {:?} after the outage began", at.duration_since(paused));
+    assert!(
+        at.duration_since(paused) < Duration::from_secs(40),
+        "cancelled {:?} after the outage began",
+        at.duration_since(paused)
+    );
     assert!(done.lock().map(|d| d.is_empty()).unwrap_or(false), "the handler never completed");
 }

@@ -40,6 +40,9 @@ use crate::bus::{EventBus, SnsBus};
 use crate::config::Config;
 use crate::error::ApiError;
 
+/// How long a client may take to send its request body.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long in-flight requests may take to finish after a shutdown signal.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -78,6 +81,8 @@ pub fn router(state: AppState) -> Router {
         .fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
+        // A client that stalls mid-body must not hold a request (and a drain slot) forever.
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
         .layer(middleware::from_fn(record_http_metrics))
         // Outermost first: set the id, open a span carrying it, echo it on the response.
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
@@ -176,7 +181,7 @@ pub async fn run(listener: TcpListener, state: AppState, shutdown: CancellationT
 pub async fn start(config: Config, shutdown: CancellationToken) -> std::io::Result<()> {
     let sdk = platform::aws::load(&config.common.region, platform::aws::CallBudget::INTERACTIVE, Duration::ZERO).await;
     let bus = SnsBus::new(aws_sdk_sns::Client::new(&sdk), config.topic.clone());
-    let listener = TcpListener::bind((config.bind_addr, config.common.port)).await?;
+    let listener = TcpListener::bind((config.common.bind_addr, config.common.port)).await?;
     tracing::info!(
         addr = %listener.local_addr()?,
         topic = %config.topic,

@@ -7,9 +7,9 @@ use platform::config::{process_env, Common};
 fn main() -> ExitCode {
     let command = std::env::args().nth(1);
     match command.as_deref() {
-        None | Some("serve") => platform::block_on(serve()),
+        None | Some("serve") => platform::block_on(platform::Runtime::MultiThread, serve()),
         Some("healthcheck") => health_check(),
-        Some("topology") => platform::block_on(topology()),
+        Some("topology") => platform::block_on(platform::Runtime::MultiThread, topology()),
         Some(other) => {
             eprintln!("unknown command {other:?}; usage: pedidos-api [serve|healthcheck|topology]");
             ExitCode::from(2)

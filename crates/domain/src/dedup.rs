@@ -35,10 +35,7 @@ impl FromStr for DedupKey {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || ParseDedupKeyError(s.chars().take(80).collect());
         let (id, version) = s.split_once('#').ok_or_else(err)?;
-        Ok(Self {
-            pedido_id: Uuid::parse_str(id).map_err(|_| err())?,
-            version: version.parse().map_err(|_| err())?,
-        })
+        Ok(Self { pedido_id: Uuid::parse_str(id).map_err(|_| err())?, version: version.parse().map_err(|_| err())? })
     }
 }
 
@@ -55,7 +52,8 @@ mod tests {
 
     #[test]
     fn rejects_malformed_keys() {
-        for bad in ["", "#1", "abc#1", "00000000-0000-0000-0000-000000000000", "00000000-0000-0000-0000-000000000000#x"] {
+        for bad in ["", "#1", "abc#1", "00000000-0000-0000-0000-000000000000", "00000000-0000-0000-0000-000000000000#x"]
+        {
             assert!(bad.parse::<DedupKey>().is_err(), "{bad}");
         }
     }

@@ -96,7 +96,16 @@ struct WireEvent {
 impl From<OrderEvent> for WireEvent {
     fn from(e: OrderEvent) -> Self {
         let OrderState { pedido_id, cliente_id, fecha, total, items } = e.order;
-        Self { event_type: e.event_type, version: e.version, occurred_at: e.occurred_at, pedido_id, cliente_id, fecha, total, items }
+        Self {
+            event_type: e.event_type,
+            version: e.version,
+            occurred_at: e.occurred_at,
+            pedido_id,
+            cliente_id,
+            fecha,
+            total,
+            items,
+        }
     }
 }
 
@@ -106,7 +115,13 @@ impl From<WireEvent> for OrderEvent {
             event_type: w.event_type,
             version: w.version,
             occurred_at: w.occurred_at,
-            order: OrderState { pedido_id: w.pedido_id, cliente_id: w.cliente_id, fecha: w.fecha, total: w.total, items: w.items },
+            order: OrderState {
+                pedido_id: w.pedido_id,
+                cliente_id: w.cliente_id,
+                fecha: w.fecha,
+                total: w.total,
+                items: w.items,
+            },
         }
     }
 }

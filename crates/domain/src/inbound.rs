@@ -120,13 +120,13 @@ fn is_envelope(object: &Map<String, Value>) -> bool {
 
 fn envelope_attributes(envelope: &Map<String, Value>) -> BTreeMap<String, String> {
     let Some(Value::Object(attributes)) = envelope.get("MessageAttributes") else { return BTreeMap::new() };
-    attributes
-        .iter()
-        .filter_map(|(name, attr)| Some((name.clone(), attr.get("Value")?.as_str()?.to_owned())))
-        .collect()
+    attributes.iter().filter_map(|(name, attr)| Some((name.clone(), attr.get("Value")?.as_str()?.to_owned()))).collect()
 }
 
-fn decode_event(object: Map<String, Value>, envelope_time: Option<DateTime<Utc>>) -> Result<(Payload, bool), DecodeError> {
+fn decode_event(
+    object: Map<String, Value>,
+    envelope_time: Option<DateTime<Utc>>,
+) -> Result<(Payload, bool), DecodeError> {
     let (event, legacy) = match object.get("type") {
         Some(Value::String(kind)) if kind != "PedidoCreado" && kind != "PedidoActualizado" => {
             return Ok((Payload::Other { event_type: kind.chars().take(64).collect() }, false));

@@ -108,8 +108,9 @@ pub fn check_order(order: &OrderState, errors: &mut FieldErrors) {
             errors.add(format!("items[{i}].cantidad"), "must be at least 1");
         }
         check_amount(&format!("items[{i}].precioUnitario"), item.precio_unitario, true, errors);
-        sum = sum
-            .and_then(|s| item.precio_unitario.checked_mul(Decimal::from(item.cantidad)).and_then(|line| s.checked_add(line)));
+        sum = sum.and_then(|s| {
+            item.precio_unitario.checked_mul(Decimal::from(item.cantidad)).and_then(|line| s.checked_add(line))
+        });
     }
     match sum {
         Some(sum) if sum == order.total => {}

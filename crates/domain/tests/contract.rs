@@ -68,8 +68,9 @@ fn serialised_events_validate_against_their_schemas() {
 #[test]
 fn schemas_reject_what_the_contract_rejects() {
     let created = schema("pedido-creado");
-    let mut value: Value = serde_json::from_str(&OrderEvent::created(sample_order(), occurred()).to_json().unwrap_or_default())
-        .unwrap_or_default();
+    let mut value: Value =
+        serde_json::from_str(&OrderEvent::created(sample_order(), occurred()).to_json().unwrap_or_default())
+            .unwrap_or_default();
     assert!(created.is_valid(&value));
     value["version"] = Value::from(2);
     assert!(!created.is_valid(&value), "PedidoCreado must be version 1");
@@ -119,8 +120,9 @@ fn envelope_and_raw_are_detected() {
 
 #[test]
 fn unknown_fields_and_unknown_types_are_tolerated() {
-    let mut value: Value = serde_json::from_str(&OrderEvent::created(sample_order(), occurred()).to_json().unwrap_or_default())
-        .unwrap_or_default();
+    let mut value: Value =
+        serde_json::from_str(&OrderEvent::created(sample_order(), occurred()).to_json().unwrap_or_default())
+            .unwrap_or_default();
     value["addedInV2"] = Value::from("x");
     assert!(matches!(decode(&value.to_string()).map(|i| i.payload), Ok(Payload::Order(_))));
     let other = decode(r#"{"type":"PedidoCancelado","pedidoId":"x"}"#).map(|i| i.payload);

@@ -30,7 +30,10 @@ fn order_event() -> impl Strategy<Value = OrderEvent> {
         |(p, c, fecha, total, items, version, occurred)| {
             // Keep the sum rule true so every generated event is valid.
             let total = match &items {
-                Some(lines) => lines.iter().map(|i| i.precio_unitario * Decimal::from(i.cantidad)).sum::<Decimal>() + Decimal::new(1, 2),
+                Some(lines) => {
+                    lines.iter().map(|i| i.precio_unitario * Decimal::from(i.cantidad)).sum::<Decimal>()
+                        + Decimal::new(1, 2)
+                }
                 None => total,
             };
             let mut items = items;

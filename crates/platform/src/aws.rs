@@ -38,7 +38,11 @@ pub async fn load(region: &str, budget: CallBudget, extra_attempt_time: Duration
                 .operation_timeout(budget.total + extra_attempt_time)
                 .build(),
         )
-        .retry_config(RetryConfig::standard().with_max_attempts(budget.max_attempts).with_initial_backoff(Duration::from_millis(100)))
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(budget.max_attempts)
+                .with_initial_backoff(Duration::from_millis(100)),
+        )
         .load()
         .await
 }

@@ -45,7 +45,9 @@ where
 {
     match env(var) {
         None => Ok(default),
-        Some(value) => value.trim().parse().map_err(|e: T::Err| ConfigError::Invalid { var, value, reason: e.to_string() }),
+        Some(value) => {
+            value.trim().parse().map_err(|e: T::Err| ConfigError::Invalid { var, value, reason: e.to_string() })
+        }
     }
 }
 
@@ -60,7 +62,11 @@ where
 {
     let value = parsed(env, var, default)?;
     if value < min || value > max {
-        return Err(ConfigError::Invalid { var, value: value.to_string(), reason: format!("must be between {min} and {max}") });
+        return Err(ConfigError::Invalid {
+            var,
+            value: value.to_string(),
+            reason: format!("must be between {min} and {max}"),
+        });
     }
     Ok(value)
 }
@@ -144,9 +150,17 @@ mod tests {
     #[test]
     fn invalid_values_name_the_variable() {
         let e = env(&[("PORT", "eighty"), ("LOG_FORMAT", "xml"), ("N", "0")]);
-        assert!(Common::from_env(&e, 8080).err().map(|e| e.to_string()).unwrap_or_default().starts_with("PORT=\"eighty\""));
+        assert!(Common::from_env(&e, 8080)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+            .starts_with("PORT=\"eighty\""));
         let e2 = env(&[("LOG_FORMAT", "xml")]);
-        assert!(Common::from_env(&e2, 8080).err().map(|e| e.to_string()).unwrap_or_default().starts_with("LOG_FORMAT="));
+        assert!(Common::from_env(&e2, 8080)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+            .starts_with("LOG_FORMAT="));
         assert!(in_range(&e, "N", 5u32, 1, 10).is_err());
     }
 

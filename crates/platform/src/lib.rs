@@ -17,9 +17,26 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod topology;
 
-/// Runs a binary's async entry point on a multi-threaded runtime, turning a runtime start-up failure into an exit code.
-pub fn block_on(task: impl std::future::Future<Output = std::process::ExitCode>) -> std::process::ExitCode {
-    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+/// Which tokio runtime a binary runs on.
+#[derive(Debug, Clone, Copy)]
+pub enum Runtime {
+    /// Worker threads per core: for the API, where requests arrive independently.
+    MultiThread,
+    /// One thread: for the SQS worker, whose work is I/O-bound and small per message; cross-thread wake-ups were most
+    /// of its CPU per message on a multi-threaded runtime (see docs/BENCHMARKS.md).
+    CurrentThread,
+}
+
+/// Runs a binary's async entry point, turning a runtime start-up failure into an exit code.
+pub fn block_on(
+    runtime: Runtime,
+    task: impl std::future::Future<Output = std::process::ExitCode>,
+) -> std::process::ExitCode {
+    let mut builder = match runtime {
+        Runtime::MultiThread => tokio::runtime::Builder::new_multi_thread(),
+        Runtime::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+    };
+    match builder.enable_all().build() {
         Ok(runtime) => runtime.block_on(task),
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");

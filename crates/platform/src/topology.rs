@@ -91,19 +91,25 @@ pub async fn ensure(sns: &SnsClient, sqs: &SqsClient, names: &Names) -> Result<T
     let mut queues = Vec::new();
     for name in &names.queues {
         let dlq_name = format!("{name}{DLQ_SUFFIX}");
-        let (dlq_url, dlq_arn) = create_queue(sqs, &dlq_name, HashMap::from([(
-            QueueAttributeName::MessageRetentionPeriod,
-            DLQ_RETENTION_SECONDS.to_string(),
-        )]))
+        let (dlq_url, dlq_arn) = create_queue(
+            sqs,
+            &dlq_name,
+            HashMap::from([(QueueAttributeName::MessageRetentionPeriod, DLQ_RETENTION_SECONDS.to_string())]),
+        )
         .await?;
-        let redrive = serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVE_COUNT}).to_string();
-        let (url, arn) = create_queue(sqs, name, HashMap::from([
-            (QueueAttributeName::VisibilityTimeout, VISIBILITY_TIMEOUT_SECONDS.to_string()),
-            (QueueAttributeName::MessageRetentionPeriod, RETENTION_SECONDS.to_string()),
-            (QueueAttributeName::ReceiveMessageWaitTimeSeconds, RECEIVE_WAIT_SECONDS.to_string()),
-            (QueueAttributeName::RedrivePolicy, redrive),
-            (QueueAttributeName::Policy, allow_topic_policy(&sibling_arn(&dlq_arn, name), &topic_arn)),
-        ]))
+        let redrive =
+            serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVE_COUNT}).to_string();
+        let (url, arn) = create_queue(
+            sqs,
+            name,
+            HashMap::from([
+                (QueueAttributeName::VisibilityTimeout, VISIBILITY_TIMEOUT_SECONDS.to_string()),
+                (QueueAttributeName::MessageRetentionPeriod, RETENTION_SECONDS.to_string()),
+                (QueueAttributeName::ReceiveMessageWaitTimeSeconds, RECEIVE_WAIT_SECONDS.to_string()),
+                (QueueAttributeName::RedrivePolicy, redrive),
+                (QueueAttributeName::Policy, allow_topic_policy(&sibling_arn(&dlq_arn, name), &topic_arn)),
+            ]),
+        )
         .await?;
         let subscription_arn = match existing.get(&arn) {
             Some(sub) => sub.clone(),

@@ -16,12 +16,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut messages, mut receives, mut deletes) = (0usize, 0usize, 0usize);
     while messages < expected {
         receives += 1;
-        let out = sqs.receive_message().queue_url(&queue_url).max_number_of_messages(5).wait_time_seconds(20).visibility_timeout(30).send().await?;
+        let out = sqs
+            .receive_message()
+            .queue_url(&queue_url)
+            .max_number_of_messages(5)
+            .wait_time_seconds(20)
+            .visibility_timeout(30)
+            .send()
+            .await?;
         for message in out.messages.unwrap_or_default() {
             // The seed deserialised the envelope, then the order; the shared decoder does both.
             let _ = domain::decode(message.body().unwrap_or_default());
             deletes += 1;
-            sqs.delete_message().queue_url(&queue_url).receipt_handle(message.receipt_handle().unwrap_or_default()).send().await?;
+            sqs.delete_message()
+                .queue_url(&queue_url)
+                .receipt_handle(message.receipt_handle().unwrap_or_default())
+                .send()
+                .await?;
             messages += 1;
         }
     }

@@ -16,7 +16,10 @@ use crate::queue::{BatchFailure, Queue, SqsError};
 /// Where batches go: the real [`Queue`], or a recording fake in tests.
 pub trait BatchSink: Send + Sync + 'static {
     fn delete_batch<'a>(&'a self, handles: &'a [String]) -> BoxFuture<'a, Result<Vec<BatchFailure>, SqsError>>;
-    fn change_visibility_batch<'a>(&'a self, entries: &'a [(String, Duration)]) -> BoxFuture<'a, Result<Vec<BatchFailure>, SqsError>>;
+    fn change_visibility_batch<'a>(
+        &'a self,
+        entries: &'a [(String, Duration)],
+    ) -> BoxFuture<'a, Result<Vec<BatchFailure>, SqsError>>;
 }
 
 impl BatchSink for Queue {
@@ -24,7 +27,10 @@ impl BatchSink for Queue {
         Box::pin(Queue::delete_batch(self, handles))
     }
 
-    fn change_visibility_batch<'a>(&'a self, entries: &'a [(String, Duration)]) -> BoxFuture<'a, Result<Vec<BatchFailure>, SqsError>> {
+    fn change_visibility_batch<'a>(
+        &'a self,
+        entries: &'a [(String, Duration)],
+    ) -> BoxFuture<'a, Result<Vec<BatchFailure>, SqsError>> {
         Box::pin(Queue::change_visibility_batch(self, entries))
     }
 }
@@ -117,7 +123,11 @@ async fn flush_deletes(queue: &dyn BatchSink, batch: Vec<(String, u32)>, retry: 
     }
 }
 
-async fn flush_changes(queue: &dyn BatchSink, batch: Vec<(String, Duration, u32)>, retry: &mut Vec<(String, Duration, u32)>) {
+async fn flush_changes(
+    queue: &dyn BatchSink,
+    batch: Vec<(String, Duration, u32)>,
+    retry: &mut Vec<(String, Duration, u32)>,
+) {
     let entries: Vec<(String, Duration)> = batch.iter().map(|(h, d, _)| (h.clone(), *d)).collect();
     let handles: Vec<String> = batch.iter().map(|(h, _, _)| h.clone()).collect();
     let failed = outcome(queue.change_visibility_batch(&entries).await, &handles, "change_visibility");
@@ -132,7 +142,11 @@ async fn flush_changes(queue: &dyn BatchSink, batch: Vec<(String, Duration, u32)
 }
 
 /// A failed call fails every entry (transiently); a backoff keeps a dead endpoint from spinning the retries.
-fn outcome(result: Result<Vec<BatchFailure>, SqsError>, handles: &[String], operation: &'static str) -> Vec<BatchFailure> {
+fn outcome(
+    result: Result<Vec<BatchFailure>, SqsError>,
+    handles: &[String],
+    operation: &'static str,
+) -> Vec<BatchFailure> {
     match result {
         Ok(failed) => {
             for f in &failed {
@@ -144,7 +158,10 @@ fn outcome(result: Result<Vec<BatchFailure>, SqsError>, handles: &[String], oper
         Err(e) => {
             metrics::counter!("pedidos_worker_sqs_errors_total", "operation" => operation).increment(1);
             tracing::warn!(error = %e, operation, entries = handles.len(), "batch call failed");
-            handles.iter().map(|h| BatchFailure { receipt_handle: h.clone(), reason: e.to_string(), permanent: false }).collect()
+            handles
+                .iter()
+                .map(|h| BatchFailure { receipt_handle: h.clone(), reason: e.to_string(), permanent: false })
+                .collect()
         }
     }
 }
@@ -176,7 +193,10 @@ mod tests {
             })
         }
 
-        fn change_visibility_batch<'a>(&'a self, entries: &'a [(String, Duration)]) -> BoxFuture<'a, Result<Vec<BatchFailure>, SqsError>> {
+        fn change_visibility_batch<'a>(
+            &'a self,
+            entries: &'a [(String, Duration)],
+        ) -> BoxFuture<'a, Result<Vec<BatchFailure>, SqsError>> {
             Box::pin(async move {
                 self.changes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(entries.to_vec());
                 Ok(Vec::new())

@@ -40,7 +40,9 @@ impl Config {
         // QUEUE_URL and AWS_SQS_QUEUE_URL are the names the seed's compose file and web-console worker used.
         let (_, queue) = required(env, &["SQS_QUEUE_URL", "QUEUE_URL", "AWS_SQS_QUEUE_URL"])?;
         let role = match env("WORKER_ROLE") {
-            Some(value) => Role::from_str(&value).map_err(|reason| ConfigError::Invalid { var: "WORKER_ROLE", value, reason })?,
+            Some(value) => {
+                Role::from_str(&value).map_err(|reason| ConfigError::Invalid { var: "WORKER_ROLE", value, reason })?
+            }
             None => Role::infer_from_queue(&queue),
         };
         let retry_base = Duration::from_secs(in_range(env, "RETRY_BASE_SECONDS", 5, 0, 43_200)?);
@@ -74,7 +76,10 @@ mod tests {
     #[test]
     fn queue_is_required_under_any_seed_name() {
         let err = load(&[]).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.contains("SQS_QUEUE_URL") && err.contains("QUEUE_URL") && err.contains("AWS_SQS_QUEUE_URL"), "{err}");
+        assert!(
+            err.contains("SQS_QUEUE_URL") && err.contains("QUEUE_URL") && err.contains("AWS_SQS_QUEUE_URL"),
+            "{err}"
+        );
         let c = load(&[("AWS_SQS_QUEUE_URL", "http://x/1/ecomexpress-sqs-logistics")]);
         assert_eq!(c.map(|c| (c.role, c.concurrency, c.wait_time.as_secs())).ok(), Some((Role::Logistics, 10, 20)));
     }
@@ -82,9 +87,11 @@ mod tests {
     #[test]
     fn role_and_ranges_are_validated() {
         assert_eq!(load(&[("QUEUE_URL", "q-orders-process")]).map(|c| c.role).ok(), Some(Role::Process));
-        let bad_role = load(&[("QUEUE_URL", "q"), ("WORKER_ROLE", "billing")]).err().map(|e| e.to_string()).unwrap_or_default();
+        let bad_role =
+            load(&[("QUEUE_URL", "q"), ("WORKER_ROLE", "billing")]).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(bad_role.starts_with("WORKER_ROLE="), "{bad_role}");
-        let bad_wait = load(&[("QUEUE_URL", "q"), ("WAIT_TIME_SECONDS", "30")]).err().map(|e| e.to_string()).unwrap_or_default();
+        let bad_wait =
+            load(&[("QUEUE_URL", "q"), ("WAIT_TIME_SECONDS", "30")]).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(bad_wait.starts_with("WAIT_TIME_SECONDS="), "{bad_wait}");
         assert!(load(&[("QUEUE_URL", "q"), ("WORKER_CONCURRENCY", "0")]).is_err());
     }

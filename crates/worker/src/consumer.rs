@@ -146,14 +146,22 @@ impl Consumer {
         tracing::info!("consumer stopped");
     }
 
-    async fn handle(self: Arc<Self>, message: Message, batcher: Batcher, abandon: CancellationToken, permit: OwnedSemaphorePermit) {
+    async fn handle(
+        self: Arc<Self>,
+        message: Message,
+        batcher: Batcher,
+        abandon: CancellationToken,
+        permit: OwnedSemaphorePermit,
+    ) {
         let _permit = permit;
         let _in_flight = self.health.enter();
         let message_id = message.message_id.clone().unwrap_or_default();
         let receive_count = system_attribute(&message, &MessageSystemAttributeName::ApproximateReceiveCount)
             .and_then(|v| v.parse::<u32>().ok())
             .unwrap_or(1);
-        if let Some(sent) = system_attribute(&message, &MessageSystemAttributeName::SentTimestamp).and_then(|v| v.parse::<u64>().ok()) {
+        if let Some(sent) =
+            system_attribute(&message, &MessageSystemAttributeName::SentTimestamp).and_then(|v| v.parse::<u64>().ok())
+        {
             let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
             metrics::histogram!("pedidos_worker_message_age_seconds").record(now.saturating_sub(sent) as f64 / 1000.0);
         }
@@ -174,7 +182,14 @@ impl Consumer {
         }
     }
 
-    async fn dispatch(&self, message: &Message, inbound: Inbound, receive_count: u32, batcher: &Batcher, abandon: &CancellationToken) -> Outcome {
+    async fn dispatch(
+        &self,
+        message: &Message,
+        inbound: Inbound,
+        receive_count: u32,
+        batcher: &Batcher,
+        abandon: &CancellationToken,
+    ) -> Outcome {
         let request_id = inbound
             .attributes
             .get("requestId")
@@ -183,7 +198,12 @@ impl Consumer {
         let event = match inbound.payload {
             Payload::Other { event_type } => {
                 delete(batcher, message);
-                tracing::info!(outcome = "ignored", event_type, request_id, "event type unknown to this contract version");
+                tracing::info!(
+                    outcome = "ignored",
+                    event_type,
+                    request_id,
+                    "event type unknown to this contract version"
+                );
                 return Outcome::Ignored;
             }
             Payload::Order(event) => event,
@@ -214,7 +234,11 @@ impl Consumer {
             }
             Claim::Acquired => {}
         }
-        let ctx = MessageContext { message_id: message.message_id.clone().unwrap_or_default(), receive_count, request_id: request_id.clone() };
+        let ctx = MessageContext {
+            message_id: message.message_id.clone().unwrap_or_default(),
+            receive_count,
+            request_id: request_id.clone(),
+        };
         let started = Instant::now();
         let result = self.run_with_heartbeat(&event, &ctx, message, abandon).await;
         metrics::histogram!("pedidos_worker_handler_duration_seconds").record(started.elapsed().as_secs_f64());
@@ -243,7 +267,13 @@ impl Consumer {
     }
 
     /// Runs the handler, extending the message's visibility every half timeout while it runs.
-    async fn run_with_heartbeat(&self, event: &OrderEvent, ctx: &MessageContext, message: &Message, abandon: &CancellationToken) -> HandlerRun {
+    async fn run_with_heartbeat(
+        &self,
+        event: &OrderEvent,
+        ctx: &MessageContext,
+        message: &Message,
+        abandon: &CancellationToken,
+    ) -> HandlerRun {
         let timeout = self.queue.settings.visibility_timeout;
         let period = (timeout / 2).max(Duration::from_secs(1));
         let handle = message.receipt_handle.as_deref().unwrap_or_default();
@@ -335,7 +365,9 @@ async fn take_slots(slots: &Arc<Semaphore>, max: usize) -> Vec<OwnedSemaphorePer
     while permits.len() < max {
         let next = match Arc::clone(slots).try_acquire_owned() {
             Ok(permit) => Some(permit),
-            Err(_) => tokio::time::timeout_at(deadline, Arc::clone(slots).acquire_owned()).await.ok().and_then(Result::ok),
+            Err(_) => {
+                tokio::time::timeout_at(deadline, Arc::clone(slots).acquire_owned()).await.ok().and_then(Result::ok)
+            }
         };
         match next {
             Some(permit) => permits.push(permit),

@@ -45,7 +45,10 @@ pub struct MemoryDedup {
 
 impl MemoryDedup {
     pub fn new(capacity: u64, ttl: Duration) -> Self {
-        Self { latest: Cache::builder().max_capacity(capacity).time_to_live(ttl).build(), in_progress: Mutex::new(HashSet::new()) }
+        Self {
+            latest: Cache::builder().max_capacity(capacity).time_to_live(ttl).build(),
+            in_progress: Mutex::new(HashSet::new()),
+        }
     }
 
     fn claim_now(&self, key: DedupKey) -> Claim {

@@ -82,7 +82,11 @@ impl Handler for ProcessHandler {
         matches!(event_type, EventType::PedidoCreado | EventType::PedidoActualizado)
     }
 
-    fn handle<'a>(&'a self, event: &'a OrderEvent, _ctx: &'a MessageContext) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn handle<'a>(
+        &'a self,
+        event: &'a OrderEvent,
+        _ctx: &'a MessageContext,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             tracing::info!(
                 pedido_id = %event.order.pedido_id,
@@ -105,7 +109,11 @@ impl Handler for LogisticsHandler {
         event_type == EventType::PedidoCreado
     }
 
-    fn handle<'a>(&'a self, event: &'a OrderEvent, _ctx: &'a MessageContext) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn handle<'a>(
+        &'a self,
+        event: &'a OrderEvent,
+        _ctx: &'a MessageContext,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             tracing::info!(
                 pedido_id = %event.order.pedido_id,

@@ -43,7 +43,8 @@ pub enum StartError {
 /// The queue does not exist or cannot be reached at start-up, or the port is taken.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
     // Attempts get the long-poll wait on top of the usual budget, so a 20 s poll is not cut short.
-    let sdk = platform::aws::load(&config.common.region, platform::aws::CallBudget::INTERACTIVE, config.wait_time).await;
+    let sdk =
+        platform::aws::load(&config.common.region, platform::aws::CallBudget::INTERACTIVE, config.wait_time).await;
     let client = aws_sdk_sqs::Client::new(&sdk);
     let settings = queue::discover(&client, &config.queue).await?;
     tracing::info!(
@@ -60,7 +61,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<(), St
         tracing::warn!("queue has no redrive policy: poison messages will be redelivered forever");
     }
     let port = config.common.port;
-    let listener = TcpListener::bind((config.common.bind_addr, port)).await.map_err(|source| StartError::Bind { port, source })?;
+    let listener =
+        TcpListener::bind((config.common.bind_addr, port)).await.map_err(|source| StartError::Bind { port, source })?;
     let health = Arc::new(Health::new(config.role.as_str(), settings.url.clone(), config.unhealthy_after));
     let consumer = Consumer {
         queue: Queue::new(client, settings),
@@ -79,7 +81,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<(), St
     let http_stop = CancellationToken::new();
     let http = tokio::spawn({
         let stop = http_stop.clone();
-        async move { axum::serve(listener, health::router(health)).with_graceful_shutdown(async move { stop.cancelled().await }).await }
+        async move {
+            axum::serve(listener, health::router(health))
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        }
     });
     consumer.run(shutdown).await;
     http_stop.cancel();

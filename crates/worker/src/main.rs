@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
-use platform::config::{process_env, Common};
 use pedidos_worker::config::{Config, DEFAULT_PORT};
+use platform::config::{process_env, Common};
 
 fn main() -> ExitCode {
     match std::env::args().nth(1).as_deref() {
@@ -28,7 +28,7 @@ fn serve() -> ExitCode {
         }
     };
     platform::telemetry::init(config.common.log_format, "info");
-    platform::block_on(async {
+    platform::block_on(platform::Runtime::CurrentThread, async {
         let shutdown = platform::shutdown::on_signal();
         match pedidos_worker::start(config, shutdown).await {
             Ok(()) => {

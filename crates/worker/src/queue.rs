@@ -88,7 +88,13 @@ async fn dlq_url_from_arn(client: &Client, arn: &str) -> Result<String, SqsError
     let [_, _, _, _, account, name] = parts.as_slice() else {
         return Err(SqsError(format!("redrive policy names a malformed DLQ ARN {arn:?}")));
     };
-    let out = client.get_queue_url().queue_name(*name).queue_owner_aws_account_id(*account).send().await.map_err(sqs_error)?;
+    let out = client
+        .get_queue_url()
+        .queue_name(*name)
+        .queue_owner_aws_account_id(*account)
+        .send()
+        .await
+        .map_err(sqs_error)?;
     out.queue_url.ok_or_else(|| SqsError(format!("no URL for DLQ {arn}")))
 }
 
@@ -142,7 +148,9 @@ impl Queue {
         let entries = handles
             .iter()
             .enumerate()
-            .map(|(i, handle)| DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(handle).build())
+            .map(|(i, handle)| {
+                DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(handle).build()
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| SqsError(e.to_string()))?;
         let out = self
@@ -153,7 +161,10 @@ impl Queue {
             .send()
             .await
             .map_err(sqs_error)?;
-        Ok(failures(handles, out.failed.into_iter().map(|f| (f.id, f.code, f.message.unwrap_or_default(), f.sender_fault))))
+        Ok(failures(
+            handles,
+            out.failed.into_iter().map(|f| (f.id, f.code, f.message.unwrap_or_default(), f.sender_fault)),
+        ))
     }
 
     /// Sets the visibility of up to 10 messages in one call; returns the entries that failed.
@@ -183,7 +194,10 @@ impl Queue {
             .await
             .map_err(sqs_error)?;
         let handles: Vec<String> = entries.iter().map(|(h, _)| h.clone()).collect();
-        Ok(failures(&handles, out.failed.into_iter().map(|f| (f.id, f.code, f.message.unwrap_or_default(), f.sender_fault))))
+        Ok(failures(
+            &handles,
+            out.failed.into_iter().map(|f| (f.id, f.code, f.message.unwrap_or_default(), f.sender_fault)),
+        ))
     }
 
     /// Extends one in-flight message's visibility (heartbeat).
