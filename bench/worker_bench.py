@@ -91,8 +91,8 @@ def metrics(port):
 
 def run_worker(env, url, n, concurrency):
     port = free_port()
-    env = dict(env, SQS_QUEUE_URL=url, PORT=str(port), BIND_ADDR="127.0.0.1", WORKER_CONCURRENCY=str(concurrency), LOG_FORMAT="json", RUST_LOG="warn")
-    proc = subprocess.Popen([os.path.join(RELEASE, "pedidos-worker")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(env, SQS_QUEUE_URL=url, PORT=str(port), BIND_ADDR="127.0.0.1", WORKER_CONCURRENCY=str(concurrency), LOG_FORMAT="json", RUST_LOG=os.environ.get("BENCH_RUST_LOG", "info"))
+    proc = subprocess.Popen([os.path.join(RELEASE, "pedidos-worker")], env=env, stdout=open(os.path.join(ROOT, "target", "bench-worker.log"), "w"), stderr=subprocess.STDOUT)
     try:
         wait(lambda: _healthy(port), 30, "worker health")
         time.sleep(3)  # let it settle into idle long polls before reading idle RSS (measurement, not synchronisation)
