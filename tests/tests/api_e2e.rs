@@ -27,15 +27,7 @@ async fn post_raw(
     body: &str,
     request_id: &str,
 ) -> (StatusCode, Value, reqwest::header::HeaderMap) {
-    let response = http()
-        .post(format!("{}{path}", api.base_url()))
-        .header("content-type", "application/json")
-        .header("x-request-id", request_id)
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("POST {path}: {e}"));
-    read(response).await
+    send_json(http().post(format!("{}{path}", api.base_url())), body, request_id).await
 }
 
 async fn put_raw(
@@ -44,14 +36,22 @@ async fn put_raw(
     body: &str,
     request_id: &str,
 ) -> (StatusCode, Value, reqwest::header::HeaderMap) {
-    let response = http()
-        .put(format!("{}{path}", api.base_url()))
+    send_json(http().put(format!("{}{path}", api.base_url())), body, request_id).await
+}
+
+/// Sends `body` as JSON with `request_id`, returning status, parsed body and headers.
+async fn send_json(
+    request: reqwest::RequestBuilder,
+    body: &str,
+    request_id: &str,
+) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+    let response = request
         .header("content-type", "application/json")
         .header("x-request-id", request_id)
         .body(body.to_owned())
         .send()
         .await
-        .unwrap_or_else(|e| panic!("PUT {path}: {e}"));
+        .unwrap_or_else(|e| panic!("sending a JSON request: {e}"));
     read(response).await
 }
 

@@ -24,6 +24,17 @@ impl CallBudget {
         total: Duration::from_secs(6),
         max_attempts: 3,
     };
+
+    /// For the worker, where nobody waits on a call: generous per-attempt time (on top of any long-poll wait) so a
+    /// slow endpoint is not abandoned mid-request. An abandoned `ReceiveMessage` is the costly case: SQS has already
+    /// hidden the messages it was about to return, for a whole visibility timeout. The receive loop has its own
+    /// backoff, so two attempts are enough.
+    pub const BACKGROUND: Self = Self {
+        connect: Duration::from_secs(2),
+        attempt: Duration::from_secs(20),
+        total: Duration::from_secs(40),
+        max_attempts: 2,
+    };
 }
 
 /// Loads region, credentials and endpoint from the standard sources (`AWS_ENDPOINT_URL` included) and applies `budget`.

@@ -42,9 +42,8 @@ pub enum StartError {
 /// # Errors
 /// The queue does not exist or cannot be reached at start-up, or the port is taken.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
-    // Attempts get the long-poll wait on top of the usual budget, so a 20 s poll is not cut short.
-    let sdk =
-        platform::aws::load(&config.common.region, platform::aws::CallBudget::INTERACTIVE, config.wait_time).await;
+    // Attempts get the long-poll wait on top of the budget, so a 20 s poll is not cut short.
+    let sdk = platform::aws::load(&config.common.region, platform::aws::CallBudget::BACKGROUND, config.wait_time).await;
     let client = aws_sdk_sqs::Client::new(&sdk);
     let settings = queue::discover(&client, &config.queue).await?;
     tracing::info!(
