@@ -89,8 +89,8 @@ impl Consumer {
                 permits = take_slots(&slots, this.settings.concurrency.min(MAX_BATCH)) => permits,
                 () = shutdown.cancelled() => break,
             };
-            // The long poll is never abandoned: messages SQS hands to a dropped request would stay invisible for the
-            // whole visibility timeout. It returns within `wait_time`.
+            // The long poll is not abandoned on shutdown: messages SQS hands to a dropped request would stay invisible
+            // for the whole visibility timeout. It returns within `wait_time` (or fails after the call budget).
             let received = this.queue.receive(i32::try_from(permits.len()).unwrap_or(1), this.settings.wait_time).await;
             match received {
                 Ok(messages) => {
