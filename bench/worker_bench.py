@@ -120,12 +120,18 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("--keepalive", action="store_true",
+                        help="serve moto with HTTP keep-alive (bench/moto_keepalive.py), as real SQS does")
     args = parser.parse_args()
     n = args.messages
 
     moto_port = free_port()
     endpoint = f"http://127.0.0.1:{moto_port}"
-    moto = subprocess.Popen([os.path.join(ROOT, ".venv", "bin", "moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if args.keepalive:
+        command = [sys.executable, os.path.join(ROOT, "bench", "moto_keepalive.py"), str(moto_port)]
+    else:
+        command = [os.path.join(ROOT, ".venv", "bin", "moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)]
+    moto = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = dict(os.environ, AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_REGION="us-east-1")
     results = []
     try:
