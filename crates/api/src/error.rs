@@ -52,6 +52,13 @@ pub struct Problem {
 }
 
 impl ApiError {
+    /// A 422 about one field.
+    pub fn invalid_field(field: &str, message: &str) -> Self {
+        let mut errors = FieldErrors::default();
+        errors.add(field, message);
+        Self::Validation(errors)
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Self::MalformedJson(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,

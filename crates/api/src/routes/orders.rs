@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use chrono::Utc;
-use domain::{FieldErrors, OrderEvent};
+use domain::OrderEvent;
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -122,9 +122,7 @@ pub async fn update(
 ) -> Result<(StatusCode, Json<Publicado>), ApiError> {
     let Path(pedido_id) = pedido_id?;
     let Ok(pedido_id) = Uuid::parse_str(&pedido_id) else {
-        let mut errors = FieldErrors::default();
-        errors.add("pedidoId", "path segment must be a UUID");
-        return Err(ApiError::Validation(errors));
+        return Err(ApiError::invalid_field("pedidoId", "path segment must be a UUID"));
     };
     let now = Utc::now();
     let input = order_input::parse(body, Mode::Update { pedido_id }, now).map_err(ApiError::Validation)?;

@@ -4,7 +4,6 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
-use domain::FieldErrors;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -77,11 +76,7 @@ pub async fn subscribe(
 }
 
 fn email_from_body(headers: &HeaderMap, body: &[u8]) -> Result<String, ApiError> {
-    let missing = || {
-        let mut errors = FieldErrors::default();
-        errors.add("email", "is required (JSON body {\"email\": ...} or ?email=)");
-        ApiError::Validation(errors)
-    };
+    let missing = || ApiError::invalid_field("email", "is required (JSON body {\"email\": ...} or ?email=)");
     if body.is_empty() {
         return Err(missing());
     }
@@ -92,11 +87,7 @@ fn email_from_body(headers: &HeaderMap, body: &[u8]) -> Result<String, ApiError>
     let object = parse_object(body)?;
     match object.iter().find(|(k, _)| k.eq_ignore_ascii_case("email")).map(|(_, v)| v) {
         Some(serde_json::Value::String(s)) => Ok(s.clone()),
-        Some(_) => {
-            let mut errors = FieldErrors::default();
-            errors.add("email", "must be a string");
-            Err(ApiError::Validation(errors))
-        }
+        Some(_) => Err(ApiError::invalid_field("email", "must be a string")),
         None => Err(missing()),
     }
 }
@@ -115,9 +106,7 @@ fn valid_email(raw: &str) -> Result<String, ApiError> {
     if ok {
         Ok(email.to_owned())
     } else {
-        let mut errors = FieldErrors::default();
-        errors.add("email", "must be a valid email address, e.g. cliente@example.com");
-        Err(ApiError::Validation(errors))
+        Err(ApiError::invalid_field("email", "must be a valid email address, e.g. cliente@example.com"))
     }
 }
 
