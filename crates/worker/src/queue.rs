@@ -162,7 +162,7 @@ impl Queue {
             .await
             .map_err(sqs_error)?;
         Ok(failures(
-            handles,
+            |i| handles.get(i),
             out.failed.into_iter().map(|f| (f.id, f.code, f.message.unwrap_or_default(), f.sender_fault)),
         ))
     }
@@ -180,7 +180,7 @@ impl Queue {
                 ChangeMessageVisibilityBatchRequestEntry::builder()
                     .id(i.to_string())
                     .receipt_handle(handle)
-                    .visibility_timeout(i32::try_from(timeout.as_secs()).unwrap_or(i32::MAX))
+                    .visibility_timeout(whole_seconds(*timeout))
                     .build()
             })
             .collect::<Result<Vec<_>, _>>()
@@ -193,9 +193,8 @@ impl Queue {
             .send()
             .await
             .map_err(sqs_error)?;
-        let handles: Vec<String> = entries.iter().map(|(h, _)| h.clone()).collect();
         Ok(failures(
-            &handles,
+            |i| entries.get(i).map(|(handle, _)| handle),
             out.failed.into_iter().map(|f| (f.id, f.code, f.message.unwrap_or_default(), f.sender_fault)),
         ))
     }
@@ -210,7 +209,7 @@ impl Queue {
             .change_message_visibility()
             .queue_url(&self.settings.url)
             .receipt_handle(handle)
-            .visibility_timeout(i32::try_from(timeout.as_secs()).unwrap_or(i32::MAX))
+            .visibility_timeout(whole_seconds(timeout))
             .send()
             .await
             .map_err(sqs_error)?;
@@ -256,13 +255,22 @@ impl Queue {
     }
 }
 
-fn failures(handles: &[String], failed: impl Iterator<Item = (String, String, String, bool)>) -> Vec<BatchFailure> {
+/// Maps a batch call's failed entries (identified by their index as `Id`) back to receipt handles.
+fn failures<'a>(
+    handle_at: impl Fn(usize) -> Option<&'a String>,
+    failed: impl Iterator<Item = (String, String, String, bool)>,
+) -> Vec<BatchFailure> {
     failed
         .filter_map(|(id, code, message, sender_fault)| {
-            let handle = handles.get(id.parse::<usize>().ok()?)?.clone();
+            let handle = handle_at(id.parse::<usize>().ok()?)?.clone();
             // ReceiptHandleIsInvalid and friends: the message was already deleted or its handle expired.
             let permanent = sender_fault && code != "InternalError";
             Some(BatchFailure { receipt_handle: handle, reason: format!("{code}: {message}"), permanent })
         })
         .collect()
+}
+
+/// SQS takes visibility timeouts as whole seconds in an `i32`.
+fn whole_seconds(duration: Duration) -> i32 {
+    i32::try_from(duration.as_secs()).unwrap_or(i32::MAX)
 }
