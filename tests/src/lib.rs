@@ -294,8 +294,13 @@ impl Drop for Moto {
 /// SNS and SQS clients for `endpoint` with dummy credentials, region `us-east-1` and bounded timeouts, independent of
 /// the process environment.
 pub async fn sdk(endpoint: &str) -> (aws_sdk_sns::Client, aws_sdk_sqs::Client) {
+    let config = sdk_config(endpoint).await;
+    (aws_sdk_sns::Client::new(&config), aws_sdk_sqs::Client::new(&config))
+}
+
+async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
     let credentials = aws_sdk_sns::config::Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "e2e");
-    let config = aws_config::defaults(BehaviorVersion::latest())
+    aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(REGION))
         .endpoint_url(endpoint)
         .credentials_provider(credentials)
@@ -307,14 +312,20 @@ pub async fn sdk(endpoint: &str) -> (aws_sdk_sns::Client, aws_sdk_sqs::Client) {
                 .build(),
         )
         .load()
-        .await;
-    (aws_sdk_sns::Client::new(&config), aws_sdk_sqs::Client::new(&config))
+        .await
 }
 
-/// The project's topology (topic, two queues with DLQs, subscriptions) on `moto`, every name ending in `suffix`.
+/// A DynamoDB client for `endpoint`, configured like [`sdk`].
+pub async fn dynamodb(endpoint: &str) -> aws_sdk_dynamodb::Client {
+    aws_sdk_dynamodb::Client::new(&sdk_config(endpoint).await)
+}
+
+/// The project's topology (tables, topic, two queues with DLQs, subscriptions) on `moto`, every name ending in
+/// `suffix`.
 pub async fn topology(moto: &Moto, suffix: &str) -> Topology {
     let (sns, sqs) = sdk(&moto.endpoint()).await;
-    platform::topology::ensure(&sns, &sqs, &Names::with_suffix(suffix))
+    let dynamodb = dynamodb(&moto.endpoint()).await;
+    platform::topology::ensure(&sns, &sqs, &dynamodb, &Names::with_suffix(suffix))
         .await
         .unwrap_or_else(|e| panic!("creating the topology with suffix {suffix:?} failed: {e}"))
 }

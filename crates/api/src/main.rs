@@ -45,7 +45,7 @@ fn health_check() -> ExitCode {
     ExitCode::from(u8::try_from(platform::probe::run(port)).unwrap_or(1))
 }
 
-/// Creates the topic, queues, DLQs and subscriptions (idempotent) and prints their ids as `KEY=value` lines.
+/// Creates the tables, topic, queues, DLQs and subscriptions (idempotent) and prints their ids as `KEY=value` lines.
 async fn topology() -> ExitCode {
     let common = match Common::from_env(&process_env, 0) {
         Ok(c) => c,
@@ -56,8 +56,19 @@ async fn topology() -> ExitCode {
     };
     let sdk =
         platform::aws::load(&common.region, platform::aws::CallBudget::INTERACTIVE, std::time::Duration::ZERO).await;
-    let names = platform::topology::Names::default();
-    match platform::topology::ensure(&aws_sdk_sns::Client::new(&sdk), &aws_sdk_sqs::Client::new(&sdk), &names).await {
+    let mut names = platform::topology::Names::default();
+    let tables = platform::config::orders_table(&process_env)
+        .and_then(|orders| Ok((orders, platform::config::idempotency_table(&process_env)?)));
+    match tables {
+        Ok((orders, idempotency)) => (names.orders_table, names.idempotency_table) = (orders, idempotency),
+        Err(e) => {
+            eprintln!("configuration error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let (sns, sqs, dynamodb) =
+        (aws_sdk_sns::Client::new(&sdk), aws_sdk_sqs::Client::new(&sdk), aws_sdk_dynamodb::Client::new(&sdk));
+    match platform::topology::ensure(&sns, &sqs, &dynamodb, &names).await {
         Ok(topology) => {
             print!("{}", topology.env_lines());
             ExitCode::SUCCESS

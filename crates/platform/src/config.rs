@@ -71,6 +71,41 @@ where
     Ok(value)
 }
 
+/// A DynamoDB table name from `var`, or `default`: 3 to 255 of `a-z A-Z 0-9 _ - .`.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming the variable.
+pub fn table_name(env: Lookup<'_>, var: &'static str, default: &str) -> Result<String, ConfigError> {
+    let name = env(var).unwrap_or_else(|| default.to_owned());
+    let valid = (3..=255).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if valid {
+        Ok(name)
+    } else {
+        Err(ConfigError::Invalid {
+            var,
+            value: name,
+            reason: "a DynamoDB table name has 3 to 255 letters, digits, '_', '-' or '.'".into(),
+        })
+    }
+}
+
+/// `ORDERS_TABLE`, defaulting to the topology's name.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] for a name DynamoDB would refuse.
+pub fn orders_table(env: Lookup<'_>) -> Result<String, ConfigError> {
+    table_name(env, "ORDERS_TABLE", store::schema::DEFAULT_ORDERS_TABLE)
+}
+
+/// `IDEMPOTENCY_TABLE`, defaulting to the topology's name.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] for a name DynamoDB would refuse.
+pub fn idempotency_table(env: Lookup<'_>) -> Result<String, ConfigError> {
+    table_name(env, "IDEMPOTENCY_TABLE", store::schema::DEFAULT_IDEMPOTENCY_TABLE)
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -162,6 +197,14 @@ mod tests {
             .unwrap_or_default()
             .starts_with("LOG_FORMAT="));
         assert!(in_range(&e, "N", 5u32, 1, 10).is_err());
+    }
+
+    #[test]
+    fn table_names_default_and_are_checked() {
+        assert_eq!(orders_table(&env(&[])).ok().as_deref(), Some("ecomexpress-orders"));
+        let err = orders_table(&env(&[("ORDERS_TABLE", "no spaces")])).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.starts_with("ORDERS_TABLE=")));
+        assert!(idempotency_table(&env(&[("IDEMPOTENCY_TABLE", "ab")])).is_err());
     }
 
     #[test]

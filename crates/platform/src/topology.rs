@@ -1,4 +1,4 @@
-//! The messaging topology, defined once: an SNS topic fanning out to two SQS queues, each with a DLQ.
+//! The topology, defined once: an SNS topic fanning out to two SQS queues, each with a DLQ, and the DynamoDB tables.
 //!
 //! Used by `pedidos-api topology` (local run, docker-compose) and by the end-to-end tests. The CloudFormation template
 //! `deploy/cloudformation/messaging.yaml` declares the same settings for AWS; keep the two in step.
@@ -26,6 +26,8 @@ pub const MAX_RECEIVE_COUNT: u32 = 5;
 pub struct Names {
     pub topic: String,
     pub queues: Vec<String>,
+    pub orders_table: String,
+    pub idempotency_table: String,
 }
 
 impl Default for Names {
@@ -39,6 +41,8 @@ impl Names {
         Self {
             topic: format!("{TOPIC_NAME}{suffix}"),
             queues: vec![format!("{PROCESS_QUEUE_NAME}{suffix}"), format!("{LOGISTICS_QUEUE_NAME}{suffix}")],
+            orders_table: format!("{}{suffix}", store::schema::DEFAULT_ORDERS_TABLE),
+            idempotency_table: format!("{}{suffix}", store::schema::DEFAULT_IDEMPOTENCY_TABLE),
         }
     }
 }
@@ -59,6 +63,8 @@ pub struct QueueInfo {
 pub struct Topology {
     pub topic_arn: String,
     pub queues: Vec<QueueInfo>,
+    pub orders_table: String,
+    pub idempotency_table: String,
 }
 
 /// A failed AWS call while creating the topology, naming the step.
@@ -78,7 +84,15 @@ fn fail<E: std::error::Error>(step: impl Into<String>) -> impl FnOnce(E) -> Topo
 ///
 /// # Errors
 /// The first AWS call that failed.
-pub async fn ensure(sns: &SnsClient, sqs: &SqsClient, names: &Names) -> Result<Topology, TopologyError> {
+pub async fn ensure(
+    sns: &SnsClient,
+    sqs: &SqsClient,
+    dynamodb: &aws_sdk_dynamodb::Client,
+    names: &Names,
+) -> Result<Topology, TopologyError> {
+    store::schema::ensure_tables(dynamodb, &names.orders_table, &names.idempotency_table)
+        .await
+        .map_err(|e| TopologyError { step: format!("create table {}", e.table), message: e.message })?;
     let topic_arn = sns
         .create_topic()
         .name(&names.topic)
@@ -111,13 +125,25 @@ pub async fn ensure(sns: &SnsClient, sqs: &SqsClient, names: &Names) -> Result<T
             ]),
         )
         .await?;
+        let filter = filter_policy(name);
         let subscription_arn = match existing.get(&arn) {
-            Some(sub) => sub.clone(),
+            Some(sub) => {
+                // Converge an older subscription on the current filter.
+                sns.set_subscription_attributes()
+                    .subscription_arn(sub)
+                    .attribute_name("FilterPolicy")
+                    .attribute_value(&filter)
+                    .send()
+                    .await
+                    .map_err(fail(format!("set the filter policy of {name}")))?;
+                sub.clone()
+            }
             None => sns
                 .subscribe()
                 .topic_arn(&topic_arn)
                 .protocol("sqs")
                 .endpoint(&arn)
+                .attributes("FilterPolicy", &filter)
                 .return_subscription_arn(true)
                 .send()
                 .await
@@ -127,7 +153,25 @@ pub async fn ensure(sns: &SnsClient, sqs: &SqsClient, names: &Names) -> Result<T
         };
         queues.push(QueueInfo { name: name.clone(), url, arn, dlq_url, dlq_arn, subscription_arn });
     }
-    Ok(Topology { topic_arn, queues })
+    Ok(Topology {
+        topic_arn,
+        queues,
+        orders_table: names.orders_table.clone(),
+        idempotency_table: names.idempotency_table.clone(),
+    })
+}
+
+/// Is this the logistics queue? The one naming rule, shared with the worker's role inference.
+pub fn is_logistics_queue(name_or_url: &str) -> bool {
+    name_or_url.to_ascii_lowercase().contains("logistic")
+}
+
+/// Event types each queue receives: logistics acts on new orders only. An event type unknown to the contract then
+/// never reaches a worker that would have to guess; one that still arrives (no filter) is dead-lettered.
+pub fn filter_policy(queue: &str) -> String {
+    let types: &[&str] =
+        if is_logistics_queue(queue) { &["PedidoCreado"] } else { &["PedidoCreado", "PedidoActualizado"] };
+    serde_json::json!({ "eventType": types }).to_string()
 }
 
 /// Queue ARN -> subscription ARN for the topic's existing SQS subscriptions.
@@ -244,9 +288,12 @@ pub async fn resolve_queue_url(sqs: &SqsClient, name_or_url: &str) -> Result<Str
 impl Topology {
     /// `KEY=value` lines for shells and env files.
     pub fn env_lines(&self) -> String {
-        let mut out = format!("SNS_TOPIC_ARN={}\n", self.topic_arn);
+        let mut out = format!(
+            "SNS_TOPIC_ARN={}\nORDERS_TABLE={}\nIDEMPOTENCY_TABLE={}\n",
+            self.topic_arn, self.orders_table, self.idempotency_table
+        );
         for q in &self.queues {
-            let key = if q.name.contains("logistic") { "LOGISTICS" } else { "PROCESS" };
+            let key = if is_logistics_queue(&q.name) { "LOGISTICS" } else { "PROCESS" };
             out.push_str(&format!("{key}_QUEUE_URL={}\n{key}_DLQ_URL={}\n", q.url, q.dlq_url));
         }
         out

@@ -1,0 +1,548 @@
+//! [`OrderWrites`] and [`OrderReads`] on one DynamoDB table (layout: `docs/data-model.md`).
+//!
+//! Every effect is one conditional write that is also its own deduplication; the item DynamoDB returns with a failed
+//! condition tells a duplicate from a stale version without another read.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Instant;
+
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::Client;
+use chrono::{DateTime, Utc};
+use domain::{Item, OrderEvent};
+use rust_decimal::Decimal;
+use uuid::Uuid;
+
+use crate::error::BoxError;
+use crate::model::{
+    estado_for, fecha_orden, Applied, AppliedVersion, ChangeMeta, OrderRecord, OrderView, Page, Shipment,
+};
+use crate::orders::{OrderReads, OrderWrites, MAX_PAGE};
+use crate::schema::{attr, CUSTOMER_INDEX};
+use crate::{cursor, BoxFuture, StoreError};
+
+pub type Attributes = HashMap<String, AttributeValue>;
+
+/// Partition key of an order's state.
+pub fn order_key(pedido_id: Uuid) -> String {
+    format!("PEDIDO#{pedido_id}")
+}
+
+/// Partition key of an order's shipment.
+pub fn shipment_key(pedido_id: Uuid) -> String {
+    format!("ENVIO#{pedido_id}")
+}
+
+/// The orders table.
+#[derive(Clone)]
+pub struct DynamoOrders {
+    client: Client,
+    table: String,
+}
+
+impl DynamoOrders {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self { client, table: table.into() }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    async fn apply_now(&self, event: &OrderEvent, meta: &ChangeMeta) -> Result<Applied, StoreError> {
+        let order = &event.order;
+        let key = order_key(order.pedido_id);
+        let at = s(meta.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        let mut entry =
+            HashMap::from([("version".to_owned(), n(event.version)), ("aplicadaEn".to_owned(), at.clone())]);
+        if let Some(request_id) = &meta.request_id {
+            entry.insert("requestId".to_owned(), s(request_id.clone()));
+        }
+        let mut set = vec![
+            "#version = :v",
+            "estado = :estado",
+            "pedidoId = :id",
+            "clienteId = :cliente",
+            "fecha = :fecha",
+            "fechaOrden = :orden",
+            "#total = :total",
+            "actualizadoEn = :at",
+            "creadoEn = if_not_exists(creadoEn, :at)",
+            "tipo = :tipo",
+            "versiones = list_append(if_not_exists(versiones, :empty), :entry)",
+        ];
+        let mut values: Attributes = HashMap::from([
+            (":v".to_owned(), n(event.version)),
+            (":estado".to_owned(), s(estado_for(event.version))),
+            (":id".to_owned(), s(order.pedido_id.to_string())),
+            (":cliente".to_owned(), s(order.cliente_id.to_string())),
+            (":fecha".to_owned(), s(order.fecha.to_rfc3339())),
+            (":orden".to_owned(), s(fecha_orden(order.fecha, order.pedido_id))),
+            (":total".to_owned(), AttributeValue::N(order.total.to_string())),
+            (":at".to_owned(), at),
+            (":tipo".to_owned(), s("PEDIDO")),
+            (":empty".to_owned(), AttributeValue::L(Vec::new())),
+            (":entry".to_owned(), AttributeValue::L(vec![AttributeValue::M(entry)])),
+        ]);
+        let mut remove = Vec::new();
+        match &order.items {
+            Some(items) => {
+                set.push("#items = :items");
+                values.insert(":items".to_owned(), encode_items(items));
+            }
+            None => remove.push("#items"),
+        }
+        match &meta.request_id {
+            Some(request_id) => {
+                set.push("requestId = :rid");
+                values.insert(":rid".to_owned(), s(request_id.clone()));
+            }
+            None => remove.push("requestId"),
+        }
+        let mut expression = format!("SET {}", set.join(", "));
+        if !remove.is_empty() {
+            expression.push_str(&format!(" REMOVE {}", remove.join(", ")));
+        }
+        let started = Instant::now();
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(key.clone()))
+            .update_expression(expression)
+            .condition_expression("attribute_not_exists(pk) OR #version < :v")
+            .expression_attribute_names("#version", "version")
+            .expression_attribute_names("#total", "total")
+            .expression_attribute_names("#items", "items")
+            .set_expression_attribute_values(Some(values))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        let verdict = match result {
+            Ok(_) => Ok(Applied::Applied),
+            Err(SdkError::ServiceError(failure)) if failure.err().is_conditional_check_failed_exception() => {
+                let old = match failure.err() {
+                    aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(e) => {
+                        e.item()
+                    }
+                    _ => None,
+                };
+                let stored = old.and_then(|item| item.get("version")).map(|v| number::<u64>(v, &key, "version"));
+                match stored {
+                    Some(Ok(latest)) if latest == event.version => Ok(Applied::Duplicate),
+                    Some(Ok(latest)) => Ok(Applied::Stale { latest }),
+                    Some(Err(corrupt)) => Err(corrupt),
+                    // The emulator or an old SDK did not return the item: the condition alone says "not newer".
+                    None => Ok(Applied::Duplicate),
+                }
+            }
+            Err(e) => Err(unavailable("apply", e)),
+        };
+        record("apply", started, &verdict);
+        verdict
+    }
+
+    async fn create_shipment_now(&self, shipment: &Shipment) -> Result<Applied, StoreError> {
+        let mut item: Attributes = HashMap::from([
+            (attr::PK.to_owned(), s(shipment_key(shipment.pedido_id))),
+            ("tipo".to_owned(), s("ENVIO")),
+            ("pedidoId".to_owned(), s(shipment.pedido_id.to_string())),
+            ("trackingCode".to_owned(), s(shipment.tracking_code.clone())),
+            ("estado".to_owned(), s(shipment.estado.clone())),
+            ("creadoEn".to_owned(), s(shipment.creado_en.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))),
+        ]);
+        if let Some(request_id) = &shipment.request_id {
+            item.insert("requestId".to_owned(), s(request_id.clone()));
+        }
+        let started = Instant::now();
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        let verdict = match result {
+            Ok(_) => Ok(Applied::Applied),
+            Err(SdkError::ServiceError(failure)) if failure.err().is_conditional_check_failed_exception() => {
+                Ok(Applied::Duplicate)
+            }
+            Err(e) => Err(unavailable("create_shipment", e)),
+        };
+        record("create_shipment", started, &verdict);
+        verdict
+    }
+
+    async fn get_now(&self, pedido_id: Uuid) -> Result<Option<OrderView>, StoreError> {
+        let (order_pk, shipment_pk) = (order_key(pedido_id), shipment_key(pedido_id));
+        let keys = KeysAndAttributes::builder()
+            .keys(HashMap::from([(attr::PK.to_owned(), s(order_pk.clone()))]))
+            .keys(HashMap::from([(attr::PK.to_owned(), s(shipment_pk.clone()))]))
+            .consistent_read(true)
+            .build()
+            .map_err(|e| StoreError::Unavailable {
+                operation: "get",
+                throttled: false,
+                detail: e.to_string(),
+                source: Box::new(e),
+            })?;
+        let started = Instant::now();
+        let result = self.client.batch_get_item().request_items(&self.table, keys).send().await;
+        let output = result.map_err(|e| unavailable("get", e));
+        record_read("get", started, &output);
+        let mut output = output?;
+        // Two small keys are never left unprocessed in practice; if they are, the caller retries the whole read.
+        if output.unprocessed_keys.as_ref().is_some_and(|u| !u.is_empty()) {
+            return Err(StoreError::Unavailable {
+                operation: "get",
+                throttled: true,
+                detail: "keys left unprocessed".into(),
+                source: "keys left unprocessed".into(),
+            });
+        }
+        let items = output.responses.as_mut().and_then(|r| r.remove(&self.table)).unwrap_or_default();
+        let mut order = None;
+        let mut envio = None;
+        for item in items {
+            match item.get(attr::PK) {
+                Some(AttributeValue::S(pk)) if *pk == order_pk => order = Some(decode_order(&item, &order_pk)?),
+                Some(AttributeValue::S(pk)) if *pk == shipment_pk => {
+                    envio = Some(decode_shipment(&item, &shipment_pk)?);
+                }
+                _ => {}
+            }
+        }
+        Ok(order.map(|order| OrderView { order, envio }))
+    }
+
+    async fn list_now(&self, cliente_id: Uuid, limit: u32, after: Option<&str>) -> Result<Page, StoreError> {
+        let after = after.map(cursor::decode).transpose()?;
+        let cliente = cliente_id.to_string();
+        let mut query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(CUSTOMER_INDEX)
+            .key_condition_expression("clienteId = :c")
+            .expression_attribute_values(":c", s(cliente.clone()))
+            .scan_index_forward(false)
+            .limit(i32::try_from(limit.clamp(1, MAX_PAGE)).unwrap_or(20));
+        if let Some(after) = &after {
+            let pedido =
+                after.rsplit('#').next().and_then(|id| Uuid::parse_str(id).ok()).ok_or(StoreError::BadCursor)?;
+            query = query.set_exclusive_start_key(Some(HashMap::from([
+                (attr::PK.to_owned(), s(order_key(pedido))),
+                ("clienteId".to_owned(), s(cliente.clone())),
+                ("fechaOrden".to_owned(), s(after.clone())),
+            ])));
+        }
+        let started = Instant::now();
+        let output = query.send().await.map_err(|e| unavailable("list", e));
+        record_read("list", started, &output);
+        let output = output?;
+        let mut orders = Vec::new();
+        for item in output.items.unwrap_or_default() {
+            let key = text(&item, attr::PK, "?").unwrap_or_else(|_| "?".into());
+            orders.push(decode_order(&item, &key)?);
+        }
+        let next_cursor = output.last_evaluated_key.as_ref().and_then(|k| match k.get("fechaOrden") {
+            Some(AttributeValue::S(last)) => Some(cursor::encode(last)),
+            _ => None,
+        });
+        Ok(Page { orders, next_cursor })
+    }
+}
+
+impl OrderWrites for DynamoOrders {
+    fn apply<'a>(&'a self, event: &'a OrderEvent, meta: &'a ChangeMeta) -> BoxFuture<'a, Result<Applied, StoreError>> {
+        Box::pin(self.apply_now(event, meta))
+    }
+
+    fn create_shipment<'a>(&'a self, shipment: &'a Shipment) -> BoxFuture<'a, Result<Applied, StoreError>> {
+        Box::pin(self.create_shipment_now(shipment))
+    }
+}
+
+impl OrderReads for DynamoOrders {
+    fn get(&self, pedido_id: Uuid) -> BoxFuture<'_, Result<Option<OrderView>, StoreError>> {
+        Box::pin(self.get_now(pedido_id))
+    }
+
+    fn list_by_cliente<'a>(
+        &'a self,
+        cliente_id: Uuid,
+        limit: u32,
+        cursor: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Page, StoreError>> {
+        Box::pin(self.list_now(cliente_id, limit, cursor))
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let result = self
+                .client
+                .describe_table()
+                .table_name(&self.table)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| unavailable("check", e));
+            record_read("check", started, &result);
+            result
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Errors and metrics
+
+/// Throttling is its own label: an operator reacts to it differently (capacity) than to an outage.
+pub(crate) trait Throttling {
+    fn is_throttled(&self) -> bool;
+}
+
+macro_rules! throttling {
+    ($($error:ty),*) => {$(
+        impl Throttling for $error {
+            fn is_throttled(&self) -> bool {
+                self.is_provisioned_throughput_exceeded_exception() || self.is_request_limit_exceeded()
+                    || self.is_throttling_exception()
+            }
+        }
+    )*};
+}
+
+throttling!(
+    aws_sdk_dynamodb::operation::update_item::UpdateItemError,
+    aws_sdk_dynamodb::operation::put_item::PutItemError,
+    aws_sdk_dynamodb::operation::delete_item::DeleteItemError,
+    aws_sdk_dynamodb::operation::batch_get_item::BatchGetItemError,
+    aws_sdk_dynamodb::operation::query::QueryError
+);
+
+impl Throttling for aws_sdk_dynamodb::operation::describe_table::DescribeTableError {
+    fn is_throttled(&self) -> bool {
+        false
+    }
+}
+
+pub(crate) fn unavailable<E, R>(operation: &'static str, error: SdkError<E, R>) -> StoreError
+where
+    E: std::error::Error + Throttling + ProvideErrorMetadata + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let throttled = error.as_service_error().is_some_and(Throttling::is_throttled);
+    let detail = aws_sdk_dynamodb::error::DisplayErrorContext(&error).to_string();
+    StoreError::Unavailable { operation, throttled, detail, source: Box::new(error) as BoxError }
+}
+
+/// Counts a write by operation and result, and its latency.
+pub(crate) fn record(operation: &'static str, started: Instant, result: &Result<Applied, StoreError>) {
+    let label = match result {
+        Ok(Applied::Applied) => "applied",
+        Ok(Applied::Duplicate) => "duplicate",
+        Ok(Applied::Stale { .. }) => "stale",
+        Err(e) => e.kind(),
+    };
+    count(operation, label, started);
+}
+
+fn record_read<T>(operation: &'static str, started: Instant, result: &Result<T, StoreError>) {
+    count(operation, result.as_ref().map_or_else(StoreError::kind, |_| "ok"), started);
+}
+
+pub(crate) fn count(operation: &'static str, result: &'static str, started: Instant) {
+    metrics::counter!("pedidos_store_calls_total", "operation" => operation, "result" => result).increment(1);
+    metrics::histogram!("pedidos_store_call_duration_seconds", "operation" => operation)
+        .record(started.elapsed().as_secs_f64());
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Item codec: every read is checked; a bad item is an error naming its key, never a panic.
+
+pub(crate) fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+pub(crate) fn n(value: u64) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+fn corrupt(key: &str, reason: impl Into<String>) -> StoreError {
+    StoreError::Corrupt { key: key.to_owned(), reason: reason.into() }
+}
+
+fn text(item: &Attributes, name: &str, key: &str) -> Result<String, StoreError> {
+    match item.get(name) {
+        Some(AttributeValue::S(v)) => Ok(v.clone()),
+        Some(_) => Err(corrupt(key, format!("{name} is not a string"))),
+        None => Err(corrupt(key, format!("{name} is missing"))),
+    }
+}
+
+fn optional_text(item: &Attributes, name: &str, key: &str) -> Result<Option<String>, StoreError> {
+    match item.get(name) {
+        None => Ok(None),
+        Some(_) => text(item, name, key).map(Some),
+    }
+}
+
+pub(crate) fn number<T: FromStr>(value: &AttributeValue, key: &str, name: &str) -> Result<T, StoreError> {
+    match value {
+        AttributeValue::N(v) => v.parse().map_err(|_| corrupt(key, format!("{name}={v:?} is out of range"))),
+        _ => Err(corrupt(key, format!("{name} is not a number"))),
+    }
+}
+
+fn required_number<T: FromStr>(item: &Attributes, name: &str, key: &str) -> Result<T, StoreError> {
+    item.get(name).map_or_else(|| Err(corrupt(key, format!("{name} is missing"))), |v| number(v, key, name))
+}
+
+/// Money read back as stored: DynamoDB may drop trailing zeros (`59.90` -> `59.9`), so cents are restored.
+fn money(value: &AttributeValue, key: &str, name: &str) -> Result<Decimal, StoreError> {
+    let AttributeValue::N(text) = value else { return Err(corrupt(key, format!("{name} is not a number"))) };
+    let mut amount = Decimal::from_str(text).map_err(|_| corrupt(key, format!("{name}={text:?} is not a decimal")))?;
+    if amount.scale() < 2 {
+        amount.rescale(2);
+    }
+    Ok(amount)
+}
+
+fn uuid(item: &Attributes, name: &str, key: &str) -> Result<Uuid, StoreError> {
+    let v = text(item, name, key)?;
+    Uuid::parse_str(&v).map_err(|_| corrupt(key, format!("{name}={v:?} is not a UUID")))
+}
+
+fn utc(value: &str, key: &str, name: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(value)
+        .map(|d| d.with_timezone(&Utc))
+        .map_err(|_| corrupt(key, format!("{name}={value:?} is not an RFC 3339 date")))
+}
+
+fn encode_items(items: &[Item]) -> AttributeValue {
+    AttributeValue::L(
+        items
+            .iter()
+            .map(|item| {
+                AttributeValue::M(HashMap::from([
+                    ("productoId".to_owned(), s(item.producto_id.clone())),
+                    ("cantidad".to_owned(), n(u64::from(item.cantidad))),
+                    ("precioUnitario".to_owned(), AttributeValue::N(item.precio_unitario.to_string())),
+                ]))
+            })
+            .collect(),
+    )
+}
+
+fn list<'i>(item: &'i Attributes, name: &str, key: &str) -> Result<Option<&'i Vec<AttributeValue>>, StoreError> {
+    match item.get(name) {
+        None => Ok(None),
+        Some(AttributeValue::L(values)) => Ok(Some(values)),
+        Some(_) => Err(corrupt(key, format!("{name} is not a list"))),
+    }
+}
+
+fn map<'v>(value: &'v AttributeValue, key: &str, name: &str) -> Result<&'v Attributes, StoreError> {
+    match value {
+        AttributeValue::M(m) => Ok(m),
+        _ => Err(corrupt(key, format!("an entry of {name} is not a map"))),
+    }
+}
+
+fn decode_items(item: &Attributes, key: &str) -> Result<Option<Vec<Item>>, StoreError> {
+    let Some(values) = list(item, "items", key)? else { return Ok(None) };
+    values
+        .iter()
+        .map(|value| {
+            let line = map(value, key, "items")?;
+            Ok(Item {
+                producto_id: text(line, "productoId", key)?,
+                cantidad: required_number(line, "cantidad", key)?,
+                precio_unitario: money(
+                    line.get("precioUnitario").ok_or_else(|| corrupt(key, "precioUnitario is missing"))?,
+                    key,
+                    "precioUnitario",
+                )?,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// An order item back into its record.
+///
+/// # Errors
+/// [`StoreError::Corrupt`] naming `key` and the first bad attribute.
+pub fn decode_order(item: &Attributes, key: &str) -> Result<OrderRecord, StoreError> {
+    let fecha = text(item, "fecha", key)?;
+    let versiones = list(item, "versiones", key)?
+        .map(|values| {
+            values
+                .iter()
+                .map(|value| {
+                    let entry = map(value, key, "versiones")?;
+                    Ok(AppliedVersion {
+                        version: required_number(entry, "version", key)?,
+                        aplicada_en: utc(&text(entry, "aplicadaEn", key)?, key, "aplicadaEn")?,
+                        request_id: optional_text(entry, "requestId", key)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, StoreError>>()
+        })
+        .transpose()?
+        .unwrap_or_default();
+    Ok(OrderRecord {
+        pedido_id: uuid(item, "pedidoId", key)?,
+        version: required_number(item, "version", key)?,
+        estado: text(item, "estado", key)?,
+        cliente_id: uuid(item, "clienteId", key)?,
+        fecha: DateTime::parse_from_rfc3339(&fecha)
+            .map_err(|_| corrupt(key, format!("fecha={fecha:?} is not an RFC 3339 date")))?,
+        total: money(item.get("total").ok_or_else(|| corrupt(key, "total is missing"))?, key, "total")?,
+        items: decode_items(item, key)?,
+        creado_en: utc(&text(item, "creadoEn", key)?, key, "creadoEn")?,
+        actualizado_en: utc(&text(item, "actualizadoEn", key)?, key, "actualizadoEn")?,
+        request_id: optional_text(item, "requestId", key)?,
+        versiones,
+    })
+}
+
+fn decode_shipment(item: &Attributes, key: &str) -> Result<Shipment, StoreError> {
+    Ok(Shipment {
+        pedido_id: uuid(item, "pedidoId", key)?,
+        tracking_code: text(item, "trackingCode", key)?,
+        estado: text(item, "estado", key)?,
+        creado_en: utc(&text(item, "creadoEn", key)?, key, "creadoEn")?,
+        request_id: optional_text(item, "requestId", key)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_corrupt_item_names_its_key_and_attribute() {
+        let key = order_key(Uuid::nil());
+        let item: Attributes =
+            HashMap::from([("pedidoId".to_owned(), s(Uuid::nil().to_string())), ("version".to_owned(), s("three"))]);
+        let Err(StoreError::Corrupt { key: named, reason }) = decode_order(&item, &key) else {
+            panic!("a bad item must be reported as corrupt")
+        };
+        assert_eq!(named, key);
+        assert!(reason.contains("fecha"), "{reason}");
+    }
+
+    #[test]
+    fn money_keeps_its_exact_digits() {
+        for (stored, shown) in [("59.9", "59.90"), ("0.30", "0.30"), ("999999999.99", "999999999.99"), ("7", "7.00")] {
+            let amount = money(&AttributeValue::N(stored.into()), "k", "total").map(|d| d.to_string()).ok();
+            assert_eq!(amount.as_deref(), Some(shown));
+        }
+        assert!(money(&AttributeValue::N("1e400".into()), "k", "total").is_err());
+    }
+}

@@ -1,0 +1,34 @@
+//! The two sides of the order store: the workers write effects, the API reads them.
+
+use domain::OrderEvent;
+use uuid::Uuid;
+
+use crate::model::{Applied, ChangeMeta, OrderView, Page, Shipment};
+use crate::{BoxFuture, StoreError};
+
+/// Largest page of a customer's orders.
+pub const MAX_PAGE: u32 = 100;
+
+/// Effects, each one conditional write that is also its own deduplication.
+pub trait OrderWrites: Send + Sync + 'static {
+    /// Applies `event`'s state when the order is absent or holds a lower version; otherwise reports a duplicate (same
+    /// version stored) or a stale event (higher version stored), decided by the store in the same call.
+    fn apply<'a>(&'a self, event: &'a OrderEvent, meta: &'a ChangeMeta) -> BoxFuture<'a, Result<Applied, StoreError>>;
+    /// Creates the order's shipment unless it exists ([`Applied::Duplicate`]).
+    fn create_shipment<'a>(&'a self, shipment: &'a Shipment) -> BoxFuture<'a, Result<Applied, StoreError>>;
+}
+
+/// Reads for order tracking.
+pub trait OrderReads: Send + Sync + 'static {
+    /// The order and its shipment, `None` when no worker has applied it yet.
+    fn get(&self, pedido_id: Uuid) -> BoxFuture<'_, Result<Option<OrderView>, StoreError>>;
+    /// A customer's orders, newest first; `limit` is clamped to `1..=MAX_PAGE`.
+    fn list_by_cliente<'a>(
+        &'a self,
+        cliente_id: Uuid,
+        limit: u32,
+        cursor: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Page, StoreError>>;
+    /// Cheap call proving the table answers (readiness).
+    fn check(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+}
