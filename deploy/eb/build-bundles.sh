@@ -7,9 +7,13 @@
 #
 # Usage: deploy/eb/build-bundles.sh API_IMAGE_URI WORKER_IMAGE_URI [OUT_DIR]
 #   OUT_DIR defaults to target/eb-bundles. Environment knobs written into .ebextensions:
-#   AWS_REGION (default us-east-1) and SNS_TOPIC (default ecomexpress-sns-orders-events; a bare name
-#   or a full ARN). The worker's SQS_QUEUE_URL is NOT in the bundle: the same worker bundle serves
-#   two environments (orders-process and logistics), each given its queue at create-environment.
+#   AWS_REGION (default us-east-1), SNS_TOPIC (default ecomexpress-sns-orders-events; a bare name
+#   or a full ARN), ORDERS_TABLE (default ecomexpress-orders; API and worker) and IDEMPOTENCY_TABLE
+#   (default ecomexpress-idempotency; worker only: the API never touches it). The table names are the
+#   messaging stack's OrdersTableName/IdempotencyTableName outputs. The worker's SQS_QUEUE_URL is NOT
+#   in the bundle: the same worker bundle serves two environments (orders-process and logistics), each
+#   given its queue at create-environment. Neither are IAM policies: the instance profiles carry them
+#   (docs/deploy.md, "IAM for EB").
 #
 # The images are prebuilt and pushed to ECR (docs/deploy.md), so EB pulls them instead of compiling
 # Rust on the instance. No Dockerfile and no docker-compose.yml go into the zips: EB would build the
@@ -28,6 +32,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 OUT_DIR="${3:-${ROOT}/target/eb-bundles}"
 REGION="${AWS_REGION:-us-east-1}"
 SNS_TOPIC="${SNS_TOPIC:-ecomexpress-sns-orders-events}"
+ORDERS_TABLE="${ORDERS_TABLE:-ecomexpress-orders}"
+IDEMPOTENCY_TABLE="${IDEMPOTENCY_TABLE:-ecomexpress-idempotency}"
 
 for ref in "${API_IMAGE}" "${WORKER_IMAGE}"; do
   # registry/repository[:tag][@digest]: no spaces or quotes (they end up inside JSON).
@@ -35,6 +41,10 @@ for ref in "${API_IMAGE}" "${WORKER_IMAGE}"; do
 done
 [[ "${REGION}" =~ ^[a-z]{2}(-[a-z]+)+-[0-9]$ ]] || die "AWS_REGION '${REGION}' is not a region name"
 [[ "${SNS_TOPIC}" =~ ^[A-Za-z0-9:_.-]+$ ]] || die "SNS_TOPIC '${SNS_TOPIC}' is not a topic name or ARN"
+# DynamoDB table names: 3-255 characters of [A-Za-z0-9_.-].
+for table in "${ORDERS_TABLE}" "${IDEMPOTENCY_TABLE}"; do
+  [[ "${table}" =~ ^[A-Za-z0-9_.-]{3,255}$ ]] || die "'${table}' is not a DynamoDB table name"
+done
 
 # The EXPOSEd port of each Dockerfile is the container port EB's nginx forwards to.
 expose_of() {
@@ -133,6 +143,7 @@ dockerrun "${API_IMAGE}" "${API_PORT}" > "${api}/Dockerrun.aws.json"
   # Environment properties. Values set with create-environment/update-environment override these.
   aws:elasticbeanstalk:application:environment:
     SNS_TOPIC_ARN: ${SNS_TOPIC}
+    ORDERS_TABLE: "${ORDERS_TABLE}"
     AWS_REGION: ${REGION}
     PORT: "${API_PORT}"
     LOG_FORMAT: json
@@ -154,6 +165,8 @@ dockerrun "${WORKER_IMAGE}" "${WORKER_PORT}" > "${worker}/Dockerrun.aws.json"
   common_options
   cat <<YAML
   aws:elasticbeanstalk:application:environment:
+    ORDERS_TABLE: "${ORDERS_TABLE}"
+    IDEMPOTENCY_TABLE: "${IDEMPOTENCY_TABLE}"
     AWS_REGION: ${REGION}
     PORT: "${WORKER_PORT}"
     WORKER_CONCURRENCY: "10"

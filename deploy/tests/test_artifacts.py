@@ -18,6 +18,20 @@ from conftest import ROOT, TEMPLATES, load_cfn, load_yaml
 
 BINARIES = {"api": ("pedidos-api", 8080), "worker": ("pedidos-worker", 8081)}
 WORKER_SHUTDOWN_GRACE_SECONDS = 25
+# The messaging stack's default table names (docs/data-model.md).
+ORDERS_TABLE = "ecomexpress-orders"
+IDEMPOTENCY_TABLE = "ecomexpress-idempotency"
+APP_SERVICES = ("topology", "api", "worker-process", "worker-logistics")
+
+# DynamoDB actions that change data or tables. The API's role may have none of them.
+DYNAMODB_WRITE_ACTIONS = {
+    "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem",
+    "dynamodb:TransactWriteItems", "dynamodb:ConditionCheckItem", "dynamodb:PartiQLInsert",
+    "dynamodb:PartiQLUpdate", "dynamodb:PartiQLDelete", "dynamodb:CreateTable", "dynamodb:DeleteTable",
+    "dynamodb:UpdateTable", "dynamodb:UpdateTimeToLive", "dynamodb:UpdateContinuousBackups",
+    "dynamodb:RestoreTableFromBackup", "dynamodb:RestoreTableToPointInTime", "dynamodb:ImportTable",
+    "dynamodb:DeleteBackup", "dynamodb:CreateBackup",
+}  # fmt: skip
 
 
 def dockerfile(kind: str) -> str:
@@ -98,6 +112,26 @@ def test_compose_startup_order(compose: dict[str, Any]) -> None:
         assert services[name]["environment"]["AWS_ACCESS_KEY_ID"] == "test"
 
 
+def test_compose_dynamodb(compose: dict[str, Any]) -> None:
+    """Both emulators serve DynamoDB, and every app service gets the messaging stack's table names."""
+    services = compose["services"]
+    localstack = services["localstack"]
+    assert "dynamodb" in localstack["environment"]["SERVICES"].split(",")
+    health = localstack["healthcheck"]["test"]
+    assert health[0] == "CMD-SHELL" and '"dynamodb"' in health[1], "the healthcheck must wait for DynamoDB too"
+    # moto serves every service from one process: no SERVICES list to extend.
+    assert "SERVICES" not in services["moto"].get("environment", {})
+    template = load_cfn(TEMPLATES / "messaging.yaml")
+    prefix = template["Parameters"]["NamePrefix"]["Default"]
+    names = {k: r["Properties"]["TableName"]["Fn::Sub"].replace("${NamePrefix}", prefix)
+             for k, r in template["Resources"].items() if r["Type"] == "AWS::DynamoDB::Table"}  # fmt: skip
+    assert names == {"OrdersTable": ORDERS_TABLE, "IdempotencyTable": IDEMPOTENCY_TABLE}
+    for name in APP_SERVICES:
+        env = services[name]["environment"]
+        assert env["ORDERS_TABLE"] == ORDERS_TABLE, name
+        assert env["IDEMPOTENCY_TABLE"] == IDEMPOTENCY_TABLE, name
+
+
 def test_compose_app_services(compose: dict[str, Any]) -> None:
     services = compose["services"]
     api = services["api"]
@@ -141,23 +175,51 @@ def test_ecs_task_definitions(ecs: dict[str, Any]) -> None:
         assert container["PortMappings"][0]["ContainerPort"] == port
         assert container["LogConfiguration"]["LogDriver"] == "awslogs"
         env = {e["Name"]: e["Value"] for e in container["Environment"]}
+        assert env["ORDERS_TABLE"] == imported("OrdersTableName")
         if kind == "worker":
             assert 30 <= container["StopTimeout"] <= 120
             assert container["StopTimeout"] >= int(env["SHUTDOWN_GRACE_SECONDS"]) + int(env["WAIT_TIME_SECONDS"])
             assert "SQS_QUEUE_URL" in env
+            assert env["IDEMPOTENCY_TABLE"] == imported("IdempotencyTableName")
         else:
             assert "SNS_TOPIC_ARN" in env
+            assert "IDEMPOTENCY_TABLE" not in env  # the API never touches it
+
+
+def imported(export: str) -> dict[str, Any]:
+    """How ecs.yaml imports one of the messaging stack's exports."""
+    return {"Fn::ImportValue": {"Fn::Sub": f"${{MessagingStackName}}-{export}"}}
+
+
+ORDERS_ARN = imported("OrdersTableArn")
+ORDERS_INDEXES = {"Fn::Sub": ["${OrdersTableArn}/index/*", {"OrdersTableArn": ORDERS_ARN}]}
+IDEMPOTENCY_ARN = imported("IdempotencyTableArn")
+
+
+def _actions(statement: dict[str, Any]) -> list[str]:
+    action = statement["Action"]
+    return [action] if isinstance(action, str) else list(action)
+
+
+def _resources(statement: dict[str, Any]) -> list[Any]:
+    resource = statement["Resource"]
+    return list(resource) if isinstance(resource, list) else [resource]
+
+
+def _dynamodb(statements: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [s for s in statements if any(a.startswith("dynamodb:") for a in _actions(s))]
 
 
 def test_ecs_least_privilege(ecs: dict[str, Any]) -> None:
-    api = _statements(ecs["ApiTaskRole"])
-    assert sorted(a for s in api for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])) == sorted(
+    """SNS/SQS statements (the DynamoDB ones are checked below)."""
+    api = [s for s in _statements(ecs["ApiTaskRole"]) if s not in _dynamodb(_statements(ecs["ApiTaskRole"]))]
+    assert sorted(a for s in api for a in _actions(s)) == sorted(
         ["sns:Publish", "sns:GetTopicAttributes", "sns:Subscribe", "sns:ListSubscriptionsByTopic", "sns:ListTopics"]
     )
-    wildcard = [s for s in api if s["Resource"] == "*"]
+    wildcard = [s for s in _statements(ecs["ApiTaskRole"]) if s["Resource"] == "*"]
     assert [s["Action"] for s in wildcard] == ["sns:ListTopics"]
     for role, queue in (("WorkerProcessTaskRole", "Process"), ("WorkerLogisticsTaskRole", "Logistics")):
-        statements = _statements(ecs[role])
+        statements = [s for s in _statements(ecs[role]) if s not in _dynamodb(_statements(ecs[role]))]
         by_resource = {json.dumps(s["Resource"]): s["Action"] for s in statements}
         own_queue = json.dumps({"Fn::ImportValue": {"Fn::Sub": f"${{MessagingStackName}}-{queue}QueueArn"}})
         own_dlq = json.dumps({"Fn::ImportValue": {"Fn::Sub": f"${{MessagingStackName}}-{queue}DeadLetterQueueArn"}})
@@ -168,6 +230,78 @@ def test_ecs_least_privilege(ecs: dict[str, Any]) -> None:
         ])  # fmt: skip
         # GetQueueUrl: the worker resolves its DLQ's URL from the redrive policy's ARN at start-up.
         assert sorted(by_resource[own_dlq]) == ["sqs:GetQueueUrl", "sqs:SendMessage"]
+
+
+def test_ecs_dynamodb_no_wildcards(ecs: dict[str, Any]) -> None:
+    """No role anywhere gets dynamodb:* (or *), or any DynamoDB action on Resource "*"."""
+    roles = {k: v for k, v in ecs.items() if v["Type"] == "AWS::IAM::Role"}
+    assert {"ApiTaskRole", "WorkerProcessTaskRole", "WorkerLogisticsTaskRole"} <= roles.keys()
+    for name, role in roles.items():
+        if "Policies" not in role["Properties"]:
+            continue  # the execution role: managed policy only
+        for statement in _statements(role):
+            actions = _actions(statement)
+            assert not {"*", "dynamodb:*"} & set(actions), f"{name}: {actions}"
+            assert not any(a.startswith("dynamodb:") and "*" in a for a in actions), f"{name}: {actions}"
+            if any(a.startswith("dynamodb:") for a in actions):
+                assert statement["Effect"] == "Allow"
+                for resource in _resources(statement):
+                    assert resource != "*" and "*" not in json.dumps(resource).replace("/index/*", ""), (
+                        f"{name}: DynamoDB actions on {resource}"
+                    )
+
+
+def test_ecs_api_reads_orders_only(ecs: dict[str, Any]) -> None:
+    statements = _dynamodb(_statements(ecs["ApiTaskRole"]))
+    granted = {(a, json.dumps(r)) for s in statements for a in _actions(s) for r in _resources(s)}
+    assert not {a for a, _ in granted} & DYNAMODB_WRITE_ACTIONS, "pedidos-api must not write to any table"
+    assert granted == {
+        ("dynamodb:GetItem", json.dumps(ORDERS_ARN)),
+        ("dynamodb:BatchGetItem", json.dumps(ORDERS_ARN)),
+        ("dynamodb:Query", json.dumps(ORDERS_ARN)),
+        ("dynamodb:DescribeTable", json.dumps(ORDERS_ARN)),
+        ("dynamodb:Query", json.dumps(ORDERS_INDEXES)),
+    }
+    assert all("Condition" not in s for s in statements)
+
+
+@pytest.mark.parametrize(
+    ("role", "write", "prefix"),
+    [("WorkerProcessTaskRole", "dynamodb:UpdateItem", "PEDIDO#*"), ("WorkerLogisticsTaskRole", "dynamodb:PutItem", "ENVIO#*")],
+)
+def test_ecs_worker_writes_only_its_own_items(ecs: dict[str, Any], role: str, write: str, prefix: str) -> None:
+    """Each worker writes the orders table only under its own partition-key prefix (dynamodb:LeadingKeys),
+    and uses the idempotency table for the generic handlers' claims."""
+    statements = _dynamodb(_statements(ecs[role]))
+    on_orders = [s for s in statements if json.dumps(ORDERS_ARN) in map(json.dumps, _resources(s))]
+    writes = [s for s in on_orders if set(_actions(s)) & DYNAMODB_WRITE_ACTIONS]
+    assert len(writes) == 1, f"{role}: one conditioned write statement on the orders table"
+    (statement,) = writes
+    assert _actions(statement) == [write] and _resources(statement) == [ORDERS_ARN]
+    condition = statement.get("Condition", {})
+    assert condition.get("ForAllValues:StringLike") == {"dynamodb:LeadingKeys": [prefix]}, f"{role}: {condition}"
+    assert condition.get("Null") == {"dynamodb:LeadingKeys": "false"}, f"{role}: {condition}"
+    # Besides that write, only DescribeTable (readiness) on the orders table: no reads, no other write.
+    others = {a for s in on_orders if s is not statement for a in _actions(s)}
+    assert others == {"dynamodb:DescribeTable"}
+    idempotency = {a for s in statements if json.dumps(IDEMPOTENCY_ARN) in map(json.dumps, _resources(s))
+                   for a in _actions(s)}  # fmt: skip
+    assert idempotency == {
+        "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:DescribeTable",
+    }  # fmt: skip
+    # No index access, no other table.
+    allowed = {json.dumps(ORDERS_ARN), json.dumps(IDEMPOTENCY_ARN)}
+    assert {json.dumps(r) for s in statements for r in _resources(s)} <= allowed
+
+
+def test_ecs_imports_exist_in_messaging_stack(ecs: dict[str, Any]) -> None:
+    """Every `${MessagingStackName}-X` that ecs.yaml imports is exported by messaging.yaml as `${AWS::StackName}-X`."""
+    text = (TEMPLATES / "ecs.yaml").read_text(encoding="utf-8")
+    imports = set(re.findall(r"\$\{MessagingStackName\}-(\w+)", text))
+    assert {"OrdersTableName", "OrdersTableArn", "IdempotencyTableName", "IdempotencyTableArn"} <= imports
+    outputs = load_cfn(TEMPLATES / "messaging.yaml")["Outputs"]
+    exported = {k for k, o in outputs.items() if o.get("Export", {}).get("Name") == {"Fn::Sub": f"${{AWS::StackName}}-{k}"}}
+    assert imports <= exported, f"not exported by messaging.yaml: {imports - exported}"
 
 
 def test_ecs_no_ssh_and_cluster_insights(ecs: dict[str, Any]) -> None:
@@ -232,10 +366,31 @@ def test_eb_bundle(bundles: dict[str, Path], kind: str) -> None:
     env = options["aws:elasticbeanstalk:application:environment"]
     assert env["AWS_REGION"] == "eu-west-1"
     assert env["PORT"] == str(port)
+    assert env["ORDERS_TABLE"] == ORDERS_TABLE
     if kind == "api":
         assert env["SNS_TOPIC_ARN"] == "ecomexpress-sns-orders-events"
+        assert "IDEMPOTENCY_TABLE" not in env  # the API never touches it
     else:
         assert "SQS_QUEUE_URL" not in env  # set per environment: one bundle, two queues
+        assert env["IDEMPOTENCY_TABLE"] == IDEMPOTENCY_TABLE
+
+
+def test_eb_table_names_are_configurable(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "ORDERS_TABLE": "prod-orders", "IDEMPOTENCY_TABLE": "prod-idempotency"}
+    result = subprocess.run(  # noqa: S603
+        ["bash", str(ROOT / "deploy/eb/build-bundles.sh"), "r/api:1", "r/worker:1", str(tmp_path)],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with zipfile.ZipFile(tmp_path / "pedidos-worker-eb.zip") as zf:
+        config = load_yaml_bytes(zf.read(".ebextensions/01-pedidos-worker.config"))
+    worker_env = config["option_settings"]["aws:elasticbeanstalk:application:environment"]
+    assert (worker_env["ORDERS_TABLE"], worker_env["IDEMPOTENCY_TABLE"]) == ("prod-orders", "prod-idempotency")
+    result = subprocess.run(  # noqa: S603
+        ["bash", str(ROOT / "deploy/eb/build-bundles.sh"), "r/api:1", "r/worker:1", str(tmp_path)],
+        env={**env, "ORDERS_TABLE": "bad table"}, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0 and "not a DynamoDB table name" in result.stderr
 
 
 def test_eb_script_rejects_bad_input(tmp_path: Path) -> None:

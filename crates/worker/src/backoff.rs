@@ -1,4 +1,5 @@
-//! Delays: how long a failed message stays invisible before its retry, and how long to wait after an SQS error.
+//! Delays: how long a failed message stays invisible before its retry, and how long to wait after an SQS or store
+//! error.
 
 use std::time::Duration;
 
@@ -6,8 +7,8 @@ use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 
 /// SQS's ceiling for a message's visibility timeout.
 pub const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
-/// Cap of the delay between receive attempts while SQS is failing.
-pub const RECEIVE_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Cap of the delay between attempts while SQS or the store is failing.
+pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Visibility for a message whose handler failed on its `receive_count`-th receive: `base * 2^(n-1)`, capped.
 pub fn retry_visibility(receive_count: u32, base: Duration, max: Duration) -> Duration {
@@ -15,16 +16,17 @@ pub fn retry_visibility(receive_count: u32, base: Duration, max: Duration) -> Du
     base.saturating_mul(1u32 << exponent).min(max).min(MAX_VISIBILITY)
 }
 
-/// Exponential backoff with jitter for SQS being unreachable, throttling or failing; never gives up, never exceeds
-/// [`RECEIVE_BACKOFF_MAX`] (jitter included).
-pub struct ReceiveBackoff(ExponentialBackoff);
+/// Exponential backoff with jitter for SQS or the store being unreachable, throttling or failing; never gives up, never
+/// exceeds
+/// [`RETRY_BACKOFF_MAX`] (jitter included).
+pub struct RetryBackoff(ExponentialBackoff);
 
-impl Default for ReceiveBackoff {
+impl Default for RetryBackoff {
     fn default() -> Self {
         Self(
             ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(200))
-                .with_max_delay(RECEIVE_BACKOFF_MAX)
+                .with_max_delay(RETRY_BACKOFF_MAX)
                 .with_factor(2.0)
                 .with_jitter()
                 .without_max_times()
@@ -33,9 +35,9 @@ impl Default for ReceiveBackoff {
     }
 }
 
-impl ReceiveBackoff {
+impl RetryBackoff {
     pub fn next_delay(&mut self) -> Duration {
-        self.0.next().unwrap_or(RECEIVE_BACKOFF_MAX).min(RECEIVE_BACKOFF_MAX)
+        self.0.next().unwrap_or(RETRY_BACKOFF_MAX).min(RETRY_BACKOFF_MAX)
     }
 }
 
@@ -64,18 +66,18 @@ mod tests {
             prop_assert!(now <= max && now <= MAX_VISIBILITY);
         }
 
-        /// Receive backoff never exceeds its cap (jitter included) and never ends.
+        /// Retry backoff never exceeds its cap (jitter included) and never ends.
         #[test]
-        fn receive_backoff_is_capped_and_endless(steps in 1usize..200) {
-            let mut backoff = ReceiveBackoff::default();
+        fn retry_backoff_is_capped_and_endless(steps in 1usize..200) {
+            let mut backoff = RetryBackoff::default();
             let mut last = Duration::ZERO;
             for _ in 0..steps {
                 last = backoff.next_delay();
-                prop_assert!(last > Duration::ZERO && last <= RECEIVE_BACKOFF_MAX);
+                prop_assert!(last > Duration::ZERO && last <= RETRY_BACKOFF_MAX);
             }
             // Long outages settle near the cap instead of hammering SQS.
             if steps > 20 {
-                prop_assert!(last >= RECEIVE_BACKOFF_MAX / 2, "{last:?}");
+                prop_assert!(last >= RETRY_BACKOFF_MAX / 2, "{last:?}");
             }
         }
     }

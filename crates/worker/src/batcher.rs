@@ -3,37 +3,13 @@
 //! Handlers finish at slightly different moments; waiting a few milliseconds for neighbours turns ten calls into one,
 //! which is most of the worker's SQS cost under backlog.
 
-use std::time::Duration;
-
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::handler::BoxFuture;
-use crate::queue::{BatchFailure, Queue, SqsError};
-
-/// Where batches go: the real [`Queue`], or a recording fake in tests.
-pub trait BatchSink: Send + Sync + 'static {
-    fn delete_batch<'a>(&'a self, handles: &'a [String]) -> BoxFuture<'a, Result<Vec<BatchFailure>, SqsError>>;
-    fn change_visibility_batch<'a>(
-        &'a self,
-        entries: &'a [(String, Duration)],
-    ) -> BoxFuture<'a, Result<Vec<BatchFailure>, SqsError>>;
-}
-
-impl BatchSink for Queue {
-    fn delete_batch<'a>(&'a self, handles: &'a [String]) -> BoxFuture<'a, Result<Vec<BatchFailure>, SqsError>> {
-        Box::pin(Queue::delete_batch(self, handles))
-    }
-
-    fn change_visibility_batch<'a>(
-        &'a self,
-        entries: &'a [(String, Duration)],
-    ) -> BoxFuture<'a, Result<Vec<BatchFailure>, SqsError>> {
-        Box::pin(Queue::change_visibility_batch(self, entries))
-    }
-}
+use crate::queue::{BatchFailure, MessageQueue, QueueError};
 
 /// SQS batch limit.
 pub const MAX_BATCH: usize = 10;
@@ -41,6 +17,10 @@ pub const MAX_BATCH: usize = 10;
 pub const LINGER: Duration = Duration::from_millis(20);
 /// Attempts for an entry whose batch call or entry failed transiently.
 const ATTEMPTS: u32 = 3;
+/// Actions queued but not yet sent. Settling a message waits while this many are pending, so a slow or failing SQS
+/// slows receiving down instead of piling up deletes: a SIGKILL strands at most this many settled-but-undeleted
+/// messages (plus the ones in flight), and the store recognises each as a duplicate when it comes back.
+pub const MAX_PENDING: usize = 2 * MAX_BATCH;
 
 #[derive(Debug, Clone)]
 pub enum Action {
@@ -53,25 +33,26 @@ pub enum Action {
 /// Handle to the batching task. Dropping every clone flushes what is pending and ends the task.
 #[derive(Clone)]
 pub struct Batcher {
-    tx: mpsc::UnboundedSender<Action>,
+    tx: mpsc::Sender<Action>,
 }
 
 impl Batcher {
     /// Spawns the task; await the returned handle after dropping every `Batcher` to be sure all was flushed.
-    pub fn spawn(sink: Arc<dyn BatchSink>) -> (Self, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (Self { tx }, tokio::spawn(run(sink, rx)))
+    pub fn spawn(queue: Arc<dyn MessageQueue>) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(MAX_PENDING);
+        (Self { tx }, tokio::spawn(run(queue, rx)))
     }
 
-    pub fn submit(&self, action: Action) {
-        if let Err(mpsc::error::SendError(action)) = self.tx.send(action) {
+    /// Queues `action`, waiting while [`MAX_PENDING`] actions are already queued.
+    pub async fn submit(&self, action: Action) {
+        if let Err(mpsc::error::SendError(action)) = self.tx.send(action).await {
             // Only after shutdown finished; the message reappears after its visibility timeout.
             tracing::error!(?action, "batcher already stopped; action dropped, message will be redelivered");
         }
     }
 }
 
-async fn run(queue: Arc<dyn BatchSink>, mut rx: mpsc::UnboundedReceiver<Action>) {
+async fn run(queue: Arc<dyn MessageQueue>, mut rx: mpsc::Receiver<Action>) {
     let mut deletes: Vec<(String, u32)> = Vec::new();
     let mut changes: Vec<(String, Duration, u32)> = Vec::new();
     let mut open = true;
@@ -109,7 +90,7 @@ fn push(action: Action, deletes: &mut Vec<(String, u32)>, changes: &mut Vec<(Str
     }
 }
 
-async fn flush_deletes(queue: &dyn BatchSink, batch: Vec<(String, u32)>, retry: &mut Vec<(String, u32)>) {
+async fn flush_deletes(queue: &dyn MessageQueue, batch: Vec<(String, u32)>, retry: &mut Vec<(String, u32)>) {
     let handles: Vec<String> = batch.iter().map(|(h, _)| h.clone()).collect();
     let failed = outcome(queue.delete_batch(&handles).await, &handles, "delete");
     for failure in failed {
@@ -124,7 +105,7 @@ async fn flush_deletes(queue: &dyn BatchSink, batch: Vec<(String, u32)>, retry: 
 }
 
 async fn flush_changes(
-    queue: &dyn BatchSink,
+    queue: &dyn MessageQueue,
     batch: Vec<(String, Duration, u32)>,
     retry: &mut Vec<(String, Duration, u32)>,
 ) {
@@ -143,7 +124,7 @@ async fn flush_changes(
 
 /// A failed call fails every entry (transiently); a backoff keeps a dead endpoint from spinning the retries.
 fn outcome(
-    result: Result<Vec<BatchFailure>, SqsError>,
+    result: Result<Vec<BatchFailure>, QueueError>,
     handles: &[String],
     operation: &'static str,
 ) -> Vec<BatchFailure> {
@@ -169,24 +150,47 @@ fn outcome(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::handler::BoxFuture;
+    use crate::queue::{QueueSettings, Received};
     use proptest::prelude::*;
     use std::sync::Mutex;
 
     /// Records every call; fails the first `fail_first` delete calls as a whole.
     #[derive(Default)]
     struct Recorder {
+        settings: QueueSettings,
         deletes: Mutex<Vec<Vec<String>>>,
         changes: Mutex<Vec<Vec<(String, Duration)>>>,
         fail_first: Mutex<usize>,
     }
 
-    impl BatchSink for Recorder {
-        fn delete_batch<'a>(&'a self, handles: &'a [String]) -> BoxFuture<'a, Result<Vec<BatchFailure>, SqsError>> {
+    impl MessageQueue for Recorder {
+        fn settings(&self) -> &QueueSettings {
+            &self.settings
+        }
+
+        fn receive(&self, _: usize, _: Duration) -> BoxFuture<'_, Result<Vec<Received>, QueueError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+
+        fn extend_visibility<'a>(&'a self, _: &'a str, _: Duration) -> BoxFuture<'a, Result<(), QueueError>> {
+            Box::pin(async { Ok(()) })
+        }
+
+        fn dead_letter<'a>(&'a self, _: &'a Received, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<(), QueueError>> {
+            Box::pin(async { Ok(()) })
+        }
+
+        fn delete_batch<'a>(&'a self, handles: &'a [String]) -> BoxFuture<'a, Result<Vec<BatchFailure>, QueueError>> {
             Box::pin(async move {
                 let mut fail = self.fail_first.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 if *fail > 0 {
                     *fail -= 1;
-                    return Err(SqsError("connection refused".into()));
+                    return Err(QueueError::Call {
+                        operation: "delete",
+                        detail: "connection refused".into(),
+                        source: None,
+                    });
                 }
                 self.deletes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(handles.to_vec());
                 Ok(Vec::new())
@@ -196,7 +200,7 @@ mod tests {
         fn change_visibility_batch<'a>(
             &'a self,
             entries: &'a [(String, Duration)],
-        ) -> BoxFuture<'a, Result<Vec<BatchFailure>, SqsError>> {
+        ) -> BoxFuture<'a, Result<Vec<BatchFailure>, QueueError>> {
             Box::pin(async move {
                 self.changes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(entries.to_vec());
                 Ok(Vec::new())
@@ -214,7 +218,7 @@ mod tests {
         let sink = Arc::new(Recorder::default());
         let (batcher, task) = Batcher::spawn(sink.clone());
         for n in 0..25 {
-            batcher.submit(delete(n));
+            batcher.submit(delete(n)).await;
         }
         drop(batcher);
         let _ = task.await;
@@ -228,7 +232,7 @@ mod tests {
         let sink = Arc::new(Recorder::default());
         let (batcher, _task) = Batcher::spawn(sink.clone());
         let started = Instant::now();
-        batcher.submit(delete(1));
+        batcher.submit(delete(1)).await;
         while sink.deletes.lock().map(|d| d.is_empty()).unwrap_or(true) {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -240,7 +244,7 @@ mod tests {
     async fn failed_calls_are_retried() {
         let sink = Arc::new(Recorder { fail_first: Mutex::new(2), ..Recorder::default() });
         let (batcher, task) = Batcher::spawn(sink.clone());
-        batcher.submit(delete(1));
+        batcher.submit(delete(1)).await;
         drop(batcher);
         let _ = task.await;
         assert_eq!(sink.deletes.lock().map(|d| d.concat()).unwrap_or_default(), ["h1"]);
@@ -256,7 +260,7 @@ mod tests {
             runtime.block_on(async {
                 let (batcher, task) = Batcher::spawn(sink.clone());
                 for (n, is_delete) in kinds.iter().enumerate() {
-                    batcher.submit(if *is_delete { delete(n) } else { Action::Visibility { receipt_handle: format!("h{n}"), after: Duration::ZERO } });
+                    batcher.submit(if *is_delete { delete(n) } else { Action::Visibility { receipt_handle: format!("h{n}"), after: Duration::ZERO } }).await;
                 }
                 drop(batcher);
                 let _ = task.await;

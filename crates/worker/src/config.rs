@@ -3,7 +3,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use platform::config::{in_range, required, Common, ConfigError, Lookup};
+use platform::config::{idempotency_table, in_range, orders_table, required, Common, ConfigError, Lookup};
 
 use crate::handler::Role;
 
@@ -21,15 +21,15 @@ pub struct Config {
     pub wait_time: Duration,
     /// How long in-flight handlers may run after SIGTERM before their messages are released.
     pub shutdown_grace: Duration,
-    /// Orders whose latest completed version is remembered.
-    pub dedup_capacity: u64,
-    /// How long a completed version is remembered.
-    pub dedup_ttl: Duration,
+    /// `ORDERS_TABLE`: order state (process role) and shipments (logistics role).
+    pub orders_table: String,
+    /// `IDEMPOTENCY_TABLE`: claims of handlers built on [`crate::idempotent::Idempotent`] (effects outside DynamoDB).
+    pub idempotency_table: String,
     /// First retry delay of a failed message; doubles per receive.
     pub retry_base: Duration,
     /// Cap on the retry delay (SQS allows up to 12 h).
     pub retry_max: Duration,
-    /// SQS failing continuously for this long turns `/health` to 503.
+    /// SQS or the store failing continuously for this long turns `/health` to 503.
     pub unhealthy_after: Duration,
 }
 
@@ -54,8 +54,8 @@ impl Config {
             concurrency: in_range(env, "WORKER_CONCURRENCY", 10, 1, 1000)?,
             wait_time: Duration::from_secs(in_range(env, "WAIT_TIME_SECONDS", 20, 0, 20)?),
             shutdown_grace: Duration::from_secs(in_range(env, "SHUTDOWN_GRACE_SECONDS", 25, 0, 3600)?),
-            dedup_capacity: in_range(env, "DEDUP_CAPACITY", 100_000, 1, 100_000_000)?,
-            dedup_ttl: Duration::from_secs(in_range(env, "DEDUP_TTL_SECONDS", 86_400, 1, 30 * 86_400)?),
+            orders_table: orders_table(env)?,
+            idempotency_table: idempotency_table(env)?,
             retry_base,
             retry_max: retry_max.max(retry_base),
             unhealthy_after: Duration::from_secs(in_range(env, "HEALTH_FAILURE_SECONDS", 60, 1, 3600)?),

@@ -1,25 +1,27 @@
-//! The receive loop and what happens to each message.
+//! The receive loop and each message's fate.
 //!
 //! Flow: take free handler slots, long-poll for at most that many messages, spawn one task per message. Each task
-//! ends in exactly one [`Outcome`]. Deletes and visibility changes go through the [`Batcher`].
+//! *decides* (decode, route, run the handler under a visibility lease) and gets a [`Decision`]: an [`Outcome`] and a
+//! [`Settle`] action. Then one step, [`Consumer::settle`], performs the action, logs one line and counts once.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
-use domain::{decode, DecodeError, Inbound, OrderEvent, Payload};
+use domain::{decode, Payload};
+use futures_util::FutureExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::backoff::{retry_visibility, ReceiveBackoff};
+use crate::backoff::{retry_visibility, RetryBackoff};
 use crate::batcher::{Action, Batcher, MAX_BATCH};
-use crate::dedup::{Claim, DedupStore};
-use crate::handler::{Handler, MessageContext};
+use crate::handler::{Effect, Handler, HandlerError, MessageContext};
 use crate::health::Health;
-use crate::queue::Queue;
+use crate::locks::OrderLocks;
+use crate::queue::{MessageQueue, QueueError, Received};
 
 /// How each message ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,11 +32,14 @@ pub enum Outcome {
     Ignored,
     Rejected,
     Failed,
-    /// Not an end state: released (shutdown, or another copy in progress) to be received again.
+    /// Not an end state: released at shutdown, to be received again.
     Released,
 }
 
 impl Outcome {
+    pub const ALL: [Self; 7] =
+        [Self::Processed, Self::Duplicate, Self::Stale, Self::Ignored, Self::Rejected, Self::Failed, Self::Released];
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Processed => "processed",
@@ -48,6 +53,62 @@ impl Outcome {
     }
 }
 
+/// What to do with a message once its outcome is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settle {
+    /// Done with it: delete (batched).
+    Delete,
+    /// Make it visible again after the delay (retry with backoff).
+    RetryAfter(Duration),
+    /// Make it visible again now (shutdown).
+    Release,
+    /// Copy it to the DLQ with the reason, then delete it.
+    DeadLetter { reason: String, detail: String },
+    /// Nothing can be done with its receipt handle (the lease was lost): it reappears after its visibility timeout.
+    Nothing,
+}
+
+impl Settle {
+    const fn as_str(&self) -> &'static str {
+        match self {
+            Self::Delete => "delete",
+            Self::RetryAfter(_) => "retry",
+            Self::Release => "release",
+            Self::DeadLetter { .. } => "dead_letter",
+            Self::Nothing => "none",
+        }
+    }
+}
+
+/// A message's outcome, the action it calls for, and a few words for the log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub outcome: Outcome,
+    pub settle: Settle,
+    pub note: String,
+}
+
+impl Decision {
+    fn new(outcome: Outcome, settle: Settle, note: impl Into<String>) -> Self {
+        Self { outcome, settle, note: note.into() }
+    }
+
+    fn reject(reason: &str, detail: impl Into<String>) -> Self {
+        let detail = detail.into();
+        Self::new(Outcome::Rejected, Settle::DeadLetter { reason: reason.to_owned(), detail: detail.clone() }, detail)
+    }
+}
+
+/// What is known about a message, for its one log line.
+#[derive(Debug, Default)]
+struct Facts {
+    pedido_id: Option<uuid::Uuid>,
+    version: Option<u64>,
+    event_type: Option<&'static str>,
+    request_id: Option<String>,
+    legacy: bool,
+}
+
 /// Tunables of the consumer (from [`crate::config::Config`]).
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -58,30 +119,39 @@ pub struct Settings {
     pub retry_max: Duration,
 }
 
-/// Delay before a message whose order is being handled is seen again; by then the other has usually finished and this
-/// one is a duplicate, a stale version or the next version.
-const IN_PROGRESS_RETRY: Duration = Duration::from_secs(2);
-
 /// Everything a message task needs.
 pub struct Consumer {
-    pub queue: Queue,
-    pub handler: Box<dyn Handler>,
-    pub dedup: Box<dyn DedupStore>,
+    pub queue: Arc<dyn MessageQueue>,
+    pub handler: Arc<dyn Handler>,
     pub health: Arc<Health>,
     pub settings: Settings,
+    locks: OrderLocks,
 }
 
 impl Consumer {
+    pub fn new(
+        queue: Arc<dyn MessageQueue>,
+        handler: Arc<dyn Handler>,
+        health: Arc<Health>,
+        settings: Settings,
+    ) -> Self {
+        // Every outcome's counter exists from start-up, so a rate or an alert on it works before the first event.
+        for outcome in Outcome::ALL {
+            count(outcome);
+        }
+        Self { queue, handler, health, settings, locks: OrderLocks::default() }
+    }
+
     /// Runs until `shutdown`: then stops receiving, gives in-flight handlers `shutdown_grace`, releases what is left
     /// and flushes pending deletes.
     pub async fn run(self, shutdown: CancellationToken) {
         let this = Arc::new(self);
-        let (batcher, batcher_task) = Batcher::spawn(Arc::new(this.queue.clone()));
+        let (batcher, batcher_task) = Batcher::spawn(Arc::clone(&this.queue));
         let slots = Arc::new(Semaphore::new(this.settings.concurrency));
         let tracker = TaskTracker::new();
         // Cancelled when the grace period ends: handlers still running are abandoned and their messages released.
         let abandon = CancellationToken::new();
-        let mut backoff = ReceiveBackoff::default();
+        let mut backoff = RetryBackoff::default();
         let mut failing_since: Option<Instant> = None;
 
         while !shutdown.is_cancelled() {
@@ -91,27 +161,26 @@ impl Consumer {
             };
             // The long poll is not abandoned on shutdown: messages SQS hands to a dropped request would stay invisible
             // for the whole visibility timeout. It returns within `wait_time` (or fails after the call budget).
-            let received = this.queue.receive(i32::try_from(permits.len()).unwrap_or(1), this.settings.wait_time).await;
-            match received {
+            match this.queue.receive(permits.len(), this.settings.wait_time).await {
                 Ok(messages) => {
                     if let Some(since) = failing_since.take() {
                         tracing::info!(down_for = ?since.elapsed(), "SQS reachable again; receiving");
                     }
-                    backoff = ReceiveBackoff::default();
+                    backoff = RetryBackoff::default();
                     this.health.received_ok();
                     let mut permits = permits;
                     for message in messages {
-                        if shutdown.is_cancelled() {
-                            // Received but not started: make it visible again at once.
-                            release(&batcher, &message);
-                            continue;
+                        match permits.pop() {
+                            Some(permit) if !shutdown.is_cancelled() => {
+                                let task = Arc::clone(&this).handle(message, batcher.clone(), abandon.clone(), permit);
+                                tracker.spawn(task);
+                            }
+                            // Received but not started (shutdown): visible again at once.
+                            _ => {
+                                let decision = Decision::new(Outcome::Released, Settle::Release, "shutting down");
+                                this.settle(&message, decision, &Facts::default(), &batcher).await;
+                            }
                         }
-                        let Some(permit) = permits.pop() else {
-                            release(&batcher, &message);
-                            continue;
-                        };
-                        let task = Arc::clone(&this).handle(message, batcher.clone(), abandon.clone(), permit);
-                        tracker.spawn(task);
                     }
                 }
                 Err(error) => {
@@ -148,209 +217,225 @@ impl Consumer {
 
     async fn handle(
         self: Arc<Self>,
-        message: Message,
+        message: Received,
         batcher: Batcher,
         abandon: CancellationToken,
         permit: OwnedSemaphorePermit,
     ) {
         let _permit = permit;
         let _in_flight = self.health.enter();
-        let message_id = message.message_id.clone().unwrap_or_default();
-        let receive_count = system_attribute(&message, &MessageSystemAttributeName::ApproximateReceiveCount)
-            .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(1);
-        if let Some(sent) =
-            system_attribute(&message, &MessageSystemAttributeName::SentTimestamp).and_then(|v| v.parse::<u64>().ok())
-        {
+        if let Some(sent) = message.sent_at_ms {
             let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
             metrics::histogram!("pedidos_worker_message_age_seconds").record(now.saturating_sub(sent) as f64 / 1000.0);
         }
-        let span = tracing::info_span!("message", message_id = %message_id, receive_count);
-        let decoded = decode(message.body.as_deref().unwrap_or_default());
-        let outcome = async {
-            match decoded {
-                Err(error) => self.reject(&message, &batcher, &error).await,
-                Ok(inbound) => self.dispatch(&message, inbound, receive_count, &batcher, &abandon).await,
-            }
+        let span =
+            tracing::info_span!("message", message_id = %message.message_id, receive_count = message.receive_count);
+        async {
+            let mut facts = Facts::default();
+            // A panic in one message's handling is contained here: the message is retried, the worker lives on.
+            let decided =
+                AssertUnwindSafe(self.decide_under_lease(&message, &mut facts, &abandon)).catch_unwind().await;
+            let decision = decided.unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                tracing::error!(panic = %what, "message handling panicked");
+                Decision::new(
+                    Outcome::Failed,
+                    Settle::RetryAfter(self.retry_delay(&message)),
+                    format!("panicked: {what}"),
+                )
+            });
+            self.settle(&message, decision, &facts, &batcher).await;
         }
         .instrument(span)
         .await;
-        if outcome != Outcome::Released {
-            metrics::counter!("pedidos_worker_messages_total", "outcome" => outcome.as_str()).increment(1);
-        } else {
-            metrics::counter!("pedidos_worker_released_total").increment(1);
+    }
+
+    fn retry_delay(&self, message: &Received) -> Duration {
+        retry_visibility(message.receive_count, self.settings.retry_base, self.settings.retry_max)
+    }
+
+    /// [`Self::decide`] while holding the message: its visibility is extended every half timeout, and the decision is
+    /// abandoned when an extension cannot be confirmed before the lease runs out, or when the shutdown grace is over.
+    async fn decide_under_lease(&self, message: &Received, facts: &mut Facts, abandon: &CancellationToken) -> Decision {
+        tokio::select! {
+            decision = self.decide(message, facts) => decision,
+            lost = keep_lease(self.queue.as_ref(), &message.receipt_handle, self.queue.settings().visibility_timeout) => {
+                Decision::new(Outcome::Failed, Settle::Nothing, format!("{lost}; handler cancelled, the message reappears after its visibility timeout"))
+            }
+            () = abandon.cancelled() => Decision::new(Outcome::Released, Settle::Release, "shutdown grace over; released for another worker"),
         }
     }
 
-    async fn dispatch(
-        &self,
-        message: &Message,
-        inbound: Inbound,
-        receive_count: u32,
-        batcher: &Batcher,
-        abandon: &CancellationToken,
-    ) -> Outcome {
-        let request_id = inbound
-            .attributes
-            .get("requestId")
-            .cloned()
-            .or_else(|| message.message_attributes.as_ref()?.get("requestId")?.string_value.clone());
+    /// [`Self::decide`] alone, for tests: what would happen to `message`, without performing it.
+    pub async fn decision(&self, message: &Received) -> Decision {
+        self.decide(message, &mut Facts::default()).await
+    }
+
+    /// The same, holding the message's lease like a running consumer does.
+    pub async fn decision_under_lease(&self, message: &Received) -> Decision {
+        self.decide_under_lease(message, &mut Facts::default(), &CancellationToken::new()).await
+    }
+
+    /// Decodes, routes and handles one message. Returns its outcome and the action it calls for; performs nothing.
+    async fn decide(&self, message: &Received, facts: &mut Facts) -> Decision {
+        let inbound = match decode(&message.body) {
+            Ok(inbound) => inbound,
+            Err(error) => return Decision::reject(error.code(), error.to_string()),
+        };
+        facts.legacy = inbound.legacy;
+        facts.request_id =
+            inbound.attributes.get("requestId").cloned().or_else(|| message.attribute("requestId").map(str::to_owned));
         let event = match inbound.payload {
-            Payload::Other { event_type } => {
-                delete(batcher, message);
-                tracing::info!(
-                    outcome = "ignored",
-                    event_type,
-                    request_id,
-                    "event type unknown to this contract version"
-                );
-                return Outcome::Ignored;
-            }
             Payload::Order(event) => event,
+            // Never deleted silently: after an upgrade that knows the type, it can be redriven.
+            Payload::Other { event_type } => {
+                return Decision::reject(
+                    "unknown_event_type",
+                    format!("event type {event_type:?} is unknown to this worker; redrive it after upgrading"),
+                )
+            }
         };
-        let fields = LogFields::new(&event, request_id.as_deref(), inbound.legacy);
+        facts.pedido_id = Some(event.order.pedido_id);
+        facts.version = Some(event.version);
+        facts.event_type = Some(event.event_type.as_str());
         if !self.handler.handles(event.event_type) {
-            delete(batcher, message);
-            fields.log(Outcome::Ignored, "event type not handled by this role");
-            return Outcome::Ignored;
+            return Decision::new(Outcome::Ignored, Settle::Delete, "event type not handled by this role");
         }
-        let key = event.dedup_key();
-        match self.dedup.claim(key).await {
-            Claim::Duplicate => {
-                delete(batcher, message);
-                fields.log(Outcome::Duplicate, "already applied");
-                return Outcome::Duplicate;
-            }
-            Claim::Stale { latest } => {
-                delete(batcher, message);
-                tracing::info!(latest, "newer version already applied");
-                fields.log(Outcome::Stale, "older than the applied version");
-                return Outcome::Stale;
-            }
-            Claim::InProgress => {
-                set_visibility(batcher, message, IN_PROGRESS_RETRY);
-                fields.log(Outcome::Released, "this order is being handled; retrying later");
-                return Outcome::Released;
-            }
-            Claim::Acquired => {}
-        }
+        let _order = self.locks.lock(event.order.pedido_id).await;
         let ctx = MessageContext {
-            message_id: message.message_id.clone().unwrap_or_default(),
-            receive_count,
-            request_id: request_id.clone(),
+            message_id: message.message_id.clone(),
+            receive_count: message.receive_count,
+            request_id: facts.request_id.clone(),
+            lease: self.queue.settings().visibility_timeout,
         };
-        let started = Instant::now();
-        let result = self.run_with_heartbeat(&event, &ctx, message, abandon).await;
-        metrics::histogram!("pedidos_worker_handler_duration_seconds").record(started.elapsed().as_secs_f64());
-        match result {
-            HandlerRun::Done => {
-                self.dedup.complete(key).await;
-                delete(batcher, message);
-                fields.log(Outcome::Processed, "handled");
-                Outcome::Processed
-            }
-            HandlerRun::Failed(reason) => {
-                self.dedup.release(key).await;
-                let delay = retry_visibility(receive_count, self.settings.retry_base, self.settings.retry_max);
-                set_visibility(batcher, message, delay);
-                tracing::warn!(%reason, retry_in = ?delay, max_receive_count = self.queue.settings.max_receive_count, "handler failed");
-                fields.log(Outcome::Failed, "will be retried");
-                Outcome::Failed
-            }
-            HandlerRun::Abandoned => {
-                self.dedup.release(key).await;
-                release(batcher, message);
-                fields.log(Outcome::Released, "shutdown grace over; released for another worker");
-                Outcome::Released
+        let mut backoff = RetryBackoff::default();
+        loop {
+            let started = Instant::now();
+            let result = self.handler.handle(&event, &ctx).await;
+            metrics::histogram!("pedidos_worker_handler_duration_seconds").record(started.elapsed().as_secs_f64());
+            let error = match result {
+                Ok(effect) => {
+                    self.health.store_ok();
+                    return match effect {
+                        Effect::Applied => Decision::new(Outcome::Processed, Settle::Delete, "applied"),
+                        Effect::Duplicate => Decision::new(Outcome::Duplicate, Settle::Delete, "already applied"),
+                        Effect::Stale { latest } => Decision::new(
+                            Outcome::Stale,
+                            Settle::Delete,
+                            format!("older than the applied version {latest}"),
+                        ),
+                    };
+                }
+                Err(error) => error,
+            };
+            match error {
+                // Held and retried in place (the lease keeps it ours): an outage never uses up maxReceiveCount.
+                HandlerError::Unavailable { dependency, source } => {
+                    let delay = backoff.next_delay();
+                    if self.health.store_failed() {
+                        tracing::warn!(dependency, error = %source, "dependency failing; holding messages and retrying");
+                    } else {
+                        tracing::debug!(dependency, error = %source, ?delay, "dependency still failing");
+                    }
+                    tokio::time::sleep(delay).await;
+                }
+                HandlerError::Transient { reason, .. } => {
+                    let delay = self.retry_delay(message);
+                    return Decision::new(Outcome::Failed, Settle::RetryAfter(delay), reason);
+                }
+                HandlerError::Permanent { reason, detail, .. } => return Decision::reject(reason, detail),
             }
         }
     }
 
-    /// Runs the handler, extending the message's visibility every half timeout while it runs.
-    async fn run_with_heartbeat(
-        &self,
-        event: &OrderEvent,
-        ctx: &MessageContext,
-        message: &Message,
-        abandon: &CancellationToken,
-    ) -> HandlerRun {
-        let timeout = self.queue.settings.visibility_timeout;
-        let period = (timeout / 2).max(Duration::from_secs(1));
-        let handle = message.receipt_handle.as_deref().unwrap_or_default();
-        let heartbeat = async {
-            loop {
-                tokio::time::sleep(period).await;
-                if let Err(error) = self.queue.extend_visibility(handle, timeout).await {
-                    return error;
+    /// Performs `decision`'s action, logs the message's one line, counts it once.
+    async fn settle(&self, message: &Received, decision: Decision, facts: &Facts, batcher: &Batcher) {
+        let Decision { outcome, settle, note } = decision;
+        let handle = || message.receipt_handle.clone();
+        let mut action = settle.as_str();
+        let mut retry_in = None;
+        match &settle {
+            Settle::Delete => batcher.submit(Action::Delete { receipt_handle: handle() }).await,
+            Settle::RetryAfter(after) => {
+                retry_in = Some(*after);
+                batcher.submit(Action::Visibility { receipt_handle: handle(), after: *after }).await;
+            }
+            Settle::Release => {
+                batcher.submit(Action::Visibility { receipt_handle: handle(), after: Duration::ZERO }).await
+            }
+            Settle::DeadLetter { reason, detail } => match self.queue.dead_letter(message, reason, detail).await {
+                Ok(()) => batcher.submit(Action::Delete { receipt_handle: handle() }).await,
+                // Not deleted: it comes back, and the redrive policy is the backstop.
+                Err(QueueError::NoDlq) => action = "none (the queue has no DLQ; left for redelivery)",
+                Err(error) => {
+                    tracing::error!(%error, "could not copy the message to the DLQ; left for redelivery");
+                    action = "none (DLQ copy failed; left for redelivery)";
                 }
+            },
+            Settle::Nothing => {}
+        }
+        let reason = match &settle {
+            Settle::DeadLetter { reason, .. } => Some(reason.as_str()),
+            _ => None,
+        };
+        macro_rules! line {
+            ($level:ident) => {
+                tracing::$level!(
+                    outcome = outcome.as_str(),
+                    action,
+                    reason,
+                    retry_in = retry_in.map(|d| d.as_secs()),
+                    pedido_id = facts.pedido_id.as_ref().map(tracing::field::display),
+                    version = facts.version,
+                    r#type = facts.event_type,
+                    request_id = facts.request_id.as_deref().unwrap_or_default(),
+                    legacy = facts.legacy,
+                    max_receive_count = self.queue.settings().max_receive_count,
+                    "{note}"
+                )
+            };
+        }
+        match outcome {
+            Outcome::Processed | Outcome::Duplicate | Outcome::Stale | Outcome::Ignored => line!(info),
+            Outcome::Rejected | Outcome::Failed | Outcome::Released => line!(warn),
+        }
+        metrics::counter!("pedidos_worker_messages_total", "outcome" => outcome.as_str()).increment(1);
+    }
+}
+
+fn count(outcome: Outcome) {
+    metrics::counter!("pedidos_worker_messages_total", "outcome" => outcome.as_str()).increment(0);
+}
+
+/// Keeps the message invisible while it is handled: extends it at each half of the visibility timeout, and returns
+/// (so the caller cancels the handler) when an extension fails or cannot be confirmed in time. The deadline is local:
+/// a call that hangs past the lease must not let the handler run on while another worker receives the message.
+async fn keep_lease(queue: &dyn MessageQueue, handle: &str, timeout: Duration) -> String {
+    // Confirmations must arrive this long before the lease ends, for clock skew and the delete that follows.
+    let margin = (timeout / 10).clamp(Duration::from_millis(200), Duration::from_secs(2));
+    let mut expires = Instant::now() + timeout;
+    loop {
+        tokio::time::sleep_until(expires - timeout / 2).await;
+        let asked = Instant::now();
+        match tokio::time::timeout_at(expires - margin, queue.extend_visibility(handle, timeout)).await {
+            Ok(Ok(())) => {
+                expires = asked + timeout;
                 tracing::debug!(extended_by = ?timeout, "visibility extended");
             }
-        };
-        tokio::select! {
-            result = self.handler.handle(event, ctx) => match result {
-                Ok(()) => HandlerRun::Done,
-                Err(e) => HandlerRun::Failed(e.to_string()),
-            },
-            error = heartbeat => HandlerRun::Failed(format!("visibility extension failed, handler cancelled: {error}")),
-            () = abandon.cancelled() => HandlerRun::Abandoned,
+            Ok(Err(error)) => return format!("visibility extension failed: {error}"),
+            Err(_) => return "visibility extension not confirmed before the lease ran out".to_owned(),
         }
-    }
-
-    async fn reject(&self, message: &Message, batcher: &Batcher, error: &DecodeError) -> Outcome {
-        let detail = error.to_string();
-        if self.queue.settings.dlq_url.is_none() {
-            tracing::error!(outcome = "rejected", reason = error.code(), %detail, "poison message and no DLQ: left for redelivery");
-            return Outcome::Rejected;
-        }
-        match self.queue.send_to_dlq(message, error.code(), &detail).await {
-            Ok(()) => {
-                delete(batcher, message);
-                tracing::warn!(outcome = "rejected", reason = error.code(), %detail, "poison message moved to the DLQ");
-            }
-            Err(send_error) => {
-                // Not deleted: it comes back, and the redrive policy is the backstop.
-                tracing::error!(outcome = "rejected", reason = error.code(), %detail, %send_error, "could not copy poison message to the DLQ; left for redelivery");
-            }
-        }
-        Outcome::Rejected
-    }
-}
-
-enum HandlerRun {
-    Done,
-    Failed(String),
-    Abandoned,
-}
-
-/// The fields every outcome line carries.
-struct LogFields<'a> {
-    event: &'a OrderEvent,
-    request_id: Option<&'a str>,
-    legacy: bool,
-}
-
-impl<'a> LogFields<'a> {
-    fn new(event: &'a OrderEvent, request_id: Option<&'a str>, legacy: bool) -> Self {
-        Self { event, request_id, legacy }
-    }
-
-    fn log(&self, outcome: Outcome, what: &str) {
-        tracing::info!(
-            outcome = outcome.as_str(),
-            pedido_id = %self.event.order.pedido_id,
-            version = self.event.version,
-            r#type = self.event.event_type.as_str(),
-            request_id = self.request_id.unwrap_or_default(),
-            legacy = self.legacy,
-            "{what}"
-        );
     }
 }
 
 /// How long the receive loop waits for more handler slots to free up before polling with fewer than a full batch.
 /// Under backlog, slots come back within milliseconds of each other; waiting for them makes every receive (and so
 /// every delete batch) full, which is what gets SQS calls per message down to 0.2.
-const SLOT_LINGER: Duration = Duration::from_millis(20);
+const SLOT_LINGER: Duration = crate::batcher::LINGER;
 
 /// Waits for one free slot, then for more (up to a full SQS batch) for at most [`SLOT_LINGER`], so no prefetched
 /// message ever waits for a slot while its visibility timer runs.
@@ -375,26 +460,6 @@ async fn take_slots(slots: &Arc<Semaphore>, max: usize) -> Vec<OwnedSemaphorePer
         }
     }
     permits
-}
-
-fn system_attribute<'m>(message: &'m Message, name: &MessageSystemAttributeName) -> Option<&'m str> {
-    message.attributes.as_ref()?.get(name).map(String::as_str)
-}
-
-fn handle_of(message: &Message) -> String {
-    message.receipt_handle.clone().unwrap_or_default()
-}
-
-fn delete(batcher: &Batcher, message: &Message) {
-    batcher.submit(Action::Delete { receipt_handle: handle_of(message) });
-}
-
-fn set_visibility(batcher: &Batcher, message: &Message, after: Duration) {
-    batcher.submit(Action::Visibility { receipt_handle: handle_of(message), after });
-}
-
-fn release(batcher: &Batcher, message: &Message) {
-    set_visibility(batcher, message, Duration::ZERO);
 }
 
 #[cfg(test)]

@@ -1,12 +1,24 @@
 //! Business logic behind one trait, so a role plugs in without touching the consumer.
+//!
+//! A handler's effect must be idempotent per `pedidoId#version` *by construction*: the two roles make their effect one
+//! conditional write in the order store, which is its own deduplication; effects outside DynamoDB go through
+//! [`crate::idempotent::Idempotent`].
 
 use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
 
+use chrono::Utc;
 use domain::{EventType, OrderEvent};
+use store::model::ENVIO_PREPARANDO;
+use store::{ChangeMeta, OrderWrites, Shipment, StoreError};
+
+pub use store::Applied as Effect;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// What the consumer knows about the message, for logs and handlers that need it.
 #[derive(Debug, Clone)]
@@ -14,19 +26,72 @@ pub struct MessageContext {
     pub message_id: String,
     pub receive_count: u32,
     pub request_id: Option<String>,
+    /// The message's visibility timeout: how long a claim on its effect may be held between heartbeats.
+    pub lease: Duration,
 }
 
-/// A handler failure: the message is retried later (with backoff), then dead-lettered by the redrive policy.
+/// Why a handler did not finish, and so what happens to the message.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct HandlerError(pub String);
+pub enum HandlerError {
+    /// A dependency (the store) is unreachable or throttling. Not the message's fault: the consumer keeps the message
+    /// (extending its visibility) and retries with backoff, so an outage never uses up `maxReceiveCount`.
+    #[error("{dependency} unavailable: {source}")]
+    Unavailable {
+        dependency: &'static str,
+        #[source]
+        source: BoxError,
+    },
+    /// Failed in a way that may work later: the message goes back to the queue with an exponential visibility delay,
+    /// and the redrive policy dead-letters it after `maxReceiveCount` receives.
+    #[error("{reason}")]
+    Transient {
+        reason: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// Can never succeed for this message: dead-lettered now, with `reason` as its `rejectReason`.
+    #[error("{reason}: {detail}")]
+    Permanent {
+        reason: &'static str,
+        detail: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+}
 
-/// One role's business logic. Must be idempotent per `pedidoId#version`: the consumer deduplicates, but at-least-once
-/// delivery means a crash between the effect and the delete can still repeat it.
+impl HandlerError {
+    pub fn transient(reason: impl Into<String>) -> Self {
+        Self::Transient { reason: reason.into(), source: None }
+    }
+}
+
+impl From<StoreError> for HandlerError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Corrupt { ref key, .. } => {
+                // Logged with its key; dead-lettered so an operator can fix the item and redrive.
+                tracing::error!(key = %key, error = %error, "stored item cannot be decoded");
+                Self::Permanent {
+                    reason: "store_item_corrupt",
+                    detail: error.to_string(),
+                    source: Some(Box::new(error)),
+                }
+            }
+            other => Self::Unavailable { dependency: "store", source: Box::new(other) },
+        }
+    }
+}
+
+/// One role's business logic.
 pub trait Handler: Send + Sync + 'static {
-    /// Event types this role acts on; others are deleted as `ignored`.
+    /// Event types this role acts on; other known types are deleted as `ignored`.
     fn handles(&self, event_type: EventType) -> bool;
-    fn handle<'a>(&'a self, event: &'a OrderEvent, ctx: &'a MessageContext) -> BoxFuture<'a, Result<(), HandlerError>>;
+    /// Applies the event's effect and says whether it happened now, was already applied, or is stale.
+    fn handle<'a>(
+        &'a self,
+        event: &'a OrderEvent,
+        ctx: &'a MessageContext,
+    ) -> BoxFuture<'a, Result<Effect, HandlerError>>;
 }
 
 /// Which queue this instance serves.
@@ -39,9 +104,8 @@ pub enum Role {
 }
 
 impl Role {
-    /// `logistic` anywhere in the queue name means logistics; anything else is the process queue.
     pub fn infer_from_queue(queue: &str) -> Self {
-        if queue.to_ascii_lowercase().contains("logistic") {
+        if platform::topology::is_logistics_queue(queue) {
             Self::Logistics
         } else {
             Self::Process
@@ -55,10 +119,10 @@ impl Role {
         }
     }
 
-    pub fn handler(self) -> Box<dyn Handler> {
+    pub fn handler(self, store: Arc<dyn OrderWrites>) -> Arc<dyn Handler> {
         match self {
-            Self::Process => Box::new(ProcessHandler),
-            Self::Logistics => Box::new(LogisticsHandler),
+            Self::Process => Arc::new(ProcessHandler { store }),
+            Self::Logistics => Arc::new(LogisticsHandler { store }),
         }
     }
 }
@@ -74,8 +138,10 @@ impl FromStr for Role {
     }
 }
 
-/// Applies the order's new state. For now the state lives in the structured log record.
-pub struct ProcessHandler;
+/// Applies the order's new state: one conditional write, which is also the deduplication.
+pub struct ProcessHandler {
+    pub store: Arc<dyn OrderWrites>,
+}
 
 impl Handler for ProcessHandler {
     fn handles(&self, event_type: EventType) -> bool {
@@ -85,24 +151,19 @@ impl Handler for ProcessHandler {
     fn handle<'a>(
         &'a self,
         event: &'a OrderEvent,
-        _ctx: &'a MessageContext,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        ctx: &'a MessageContext,
+    ) -> BoxFuture<'a, Result<Effect, HandlerError>> {
         Box::pin(async move {
-            tracing::info!(
-                pedido_id = %event.order.pedido_id,
-                version = event.version,
-                cliente_id = %event.order.cliente_id,
-                total = %event.order.total,
-                r#type = event.event_type.as_str(),
-                "order state applied"
-            );
-            Ok(())
+            let meta = ChangeMeta { request_id: ctx.request_id.clone(), at: Utc::now() };
+            Ok(self.store.apply(event, &meta).await?)
         })
     }
 }
 
-/// Creates the shipment of a new order. Updates do not create shipments.
-pub struct LogisticsHandler;
+/// Creates the shipment of a new order: one conditional put. Updates do not create shipments.
+pub struct LogisticsHandler {
+    pub store: Arc<dyn OrderWrites>,
+}
 
 impl Handler for LogisticsHandler {
     fn handles(&self, event_type: EventType) -> bool {
@@ -112,15 +173,18 @@ impl Handler for LogisticsHandler {
     fn handle<'a>(
         &'a self,
         event: &'a OrderEvent,
-        _ctx: &'a MessageContext,
-    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        ctx: &'a MessageContext,
+    ) -> BoxFuture<'a, Result<Effect, HandlerError>> {
         Box::pin(async move {
-            tracing::info!(
-                pedido_id = %event.order.pedido_id,
-                tracking_code = %tracking_code(event.order.pedido_id),
-                "shipment created"
-            );
-            Ok(())
+            let pedido_id = event.order.pedido_id;
+            let shipment = Shipment {
+                pedido_id,
+                tracking_code: tracking_code(pedido_id),
+                estado: ENVIO_PREPARANDO.to_owned(),
+                creado_en: Utc::now(),
+                request_id: ctx.request_id.clone(),
+            };
+            Ok(self.store.create_shipment(&shipment).await?)
         })
     }
 }
@@ -141,6 +205,7 @@ pub fn tracking_code(pedido_id: uuid::Uuid) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use store::memory::MemoryOrders;
 
     #[test]
     fn tracking_codes_are_deterministic_and_distinct() {
@@ -150,14 +215,24 @@ mod tests {
         assert_ne!(tracking_code(a), tracking_code(b));
         assert_eq!(tracking_code(a).len(), 16);
         // Pinned: a change here would give existing shipments new codes.
-        assert_eq!(tracking_code(uuid::Uuid::nil()), tracking_code(uuid::Uuid::from_u128(0)));
+        assert_eq!(tracking_code(uuid::Uuid::nil()), "ECX-53SYFG5QZ08G");
     }
 
     #[test]
     fn roles() {
+        let store: Arc<dyn OrderWrites> = Arc::new(MemoryOrders::new());
         assert_eq!(Role::infer_from_queue("http://h/1/ecomexpress-sqs-logistics"), Role::Logistics);
         assert_eq!(Role::infer_from_queue("ecomexpress-sqs-orders-process"), Role::Process);
-        assert!(!LogisticsHandler.handles(EventType::PedidoActualizado));
-        assert!(ProcessHandler.handles(EventType::PedidoActualizado));
+        assert!(!Role::Logistics.handler(Arc::clone(&store)).handles(EventType::PedidoActualizado));
+        assert!(Role::Process.handler(store).handles(EventType::PedidoActualizado));
+    }
+
+    #[test]
+    fn store_errors_map_to_retry_in_place_or_dead_letter() {
+        let outage =
+            StoreError::Unavailable { operation: "apply", throttled: true, detail: "x".into(), source: "x".into() };
+        assert!(matches!(HandlerError::from(outage), HandlerError::Unavailable { dependency: "store", .. }));
+        let corrupt = StoreError::Corrupt { key: "PEDIDO#1".into(), reason: "version".into() };
+        assert!(matches!(HandlerError::from(corrupt), HandlerError::Permanent { reason: "store_item_corrupt", .. }));
     }
 }

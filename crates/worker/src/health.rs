@@ -1,4 +1,4 @@
-//! Liveness state and the worker's HTTP endpoint (`/health`, `/metrics`) for ECS and Elastic Beanstalk checks.
+//! Liveness state (SQS and the order store) and the worker's HTTP endpoint (`/health`, `/metrics`) for ECS and Elastic Beanstalk checks.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -20,6 +20,8 @@ pub struct Health {
     last_ok: AtomicU64,
     /// Unix millis since when receives fail (0: they do not).
     failing_since: AtomicU64,
+    /// Unix millis since when the order store fails (0: it does not).
+    store_failing_since: AtomicU64,
     in_flight: AtomicUsize,
     started: u64,
     /// Receives failing continuously for this long make the worker unhealthy.
@@ -47,6 +49,7 @@ impl Health {
             queue,
             last_ok: AtomicU64::new(0),
             failing_since: AtomicU64::new(0),
+            store_failing_since: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             started: now_ms(),
             unhealthy_after,
@@ -62,6 +65,20 @@ impl Health {
         let _ = self.failing_since.compare_exchange(0, now_ms(), Ordering::Relaxed, Ordering::Relaxed);
     }
 
+    pub fn store_ok(&self) {
+        self.store_failing_since.store(0, Ordering::Relaxed);
+    }
+
+    /// Returns `true` when this starts a failing period (so the caller logs it once).
+    pub fn store_failed(&self) -> bool {
+        self.store_failing_since.compare_exchange(0, now_ms(), Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    }
+
+    /// The store is failing right now (`/health` turns 503 once that lasts `unhealthy_after`).
+    pub fn store_failing(&self) -> bool {
+        self.store_failing_since.load(Ordering::Relaxed) != 0
+    }
+
     pub fn enter(&self) -> InFlight<'_> {
         let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         metrics::gauge!("pedidos_worker_in_flight").set(now as f64);
@@ -72,22 +89,29 @@ impl Health {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Healthy unless receives have failed continuously for `unhealthy_after`.
+    /// Healthy unless SQS or the store has failed continuously for `unhealthy_after`.
     pub fn healthy(&self) -> bool {
-        let since = self.failing_since.load(Ordering::Relaxed);
-        since == 0 || u128::from(now_ms().saturating_sub(since)) < self.unhealthy_after.as_millis()
+        let now = now_ms();
+        [&self.failing_since, &self.store_failing_since].iter().all(|since| {
+            let since = since.load(Ordering::Relaxed);
+            since == 0 || u128::from(now.saturating_sub(since)) < self.unhealthy_after.as_millis()
+        })
     }
 
     fn report(&self) -> serde_json::Value {
         let now = now_ms();
         let last_ok = self.last_ok.load(Ordering::Relaxed);
         let failing_since = self.failing_since.load(Ordering::Relaxed);
+        let store_failing_since = self.store_failing_since.load(Ordering::Relaxed);
+        let seconds_since = |at: u64| (at != 0).then(|| now.saturating_sub(at) as f64 / 1000.0);
         json!({
             "status": if self.healthy() { "ok" } else { "unhealthy" },
             "role": self.role,
             "queue": self.queue,
-            "secondsSinceLastReceive": (last_ok != 0).then(|| now.saturating_sub(last_ok) as f64 / 1000.0),
-            "secondsFailing": (failing_since != 0).then(|| now.saturating_sub(failing_since) as f64 / 1000.0),
+            "secondsSinceLastReceive": seconds_since(last_ok),
+            "secondsFailing": seconds_since(failing_since),
+            "store": if store_failing_since == 0 { "ok" } else { "failing" },
+            "storeSecondsFailing": seconds_since(store_failing_since),
             "inFlight": self.in_flight(),
             "uptimeSeconds": now.saturating_sub(self.started) / 1000,
         })

@@ -1,20 +1,24 @@
-//! `pedidos-worker`: consumes one SQS queue (process or logistics role) reliably.
+//! `pedidos-worker`: consumes one SQS queue (process or logistics role) and applies each event's effect exactly once
+//! in the order store.
 //!
 //! # Layout
 //! - [`config`]: environment, validated once.
-//! - [`queue`]: the queue's settings and every SQS call (counted in metrics).
-//! - [`consumer`]: the receive loop and each message's outcome; [`batcher`] coalesces deletes/visibility changes.
-//! - [`dedup`]: `pedidoId#version` idempotency behind a store trait.
-//! - [`handler`]: the `Handler` trait and the two roles.
+//! - [`queue`]: the [`queue::MessageQueue`] seam over an owned message type; SQS and in-memory implementations.
+//! - [`consumer`]: the receive loop; each message is *decided* (outcome + action) and then *settled* in one place.
+//!   [`batcher`] coalesces deletes and visibility changes; [`locks`] serialises copies of one order in this process.
+//! - [`handler`]: the `Handler` trait, `HandlerError`, and the two roles (one conditional store write each).
+//! - [`idempotent`]: exactly-once for effects outside DynamoDB, on the idempotency store.
 //! - [`backoff`]: retry and error delays. [`health`]: `/health` and `/metrics`.
+//! - this file: [`run`] (composed by tests with any queue and handler) and [`start`] (the real wiring).
 
 pub mod backoff;
 pub mod batcher;
 pub mod config;
 pub mod consumer;
-pub mod dedup;
 pub mod handler;
 pub mod health;
+pub mod idempotent;
+pub mod locks;
 pub mod queue;
 
 use std::sync::Arc;
@@ -22,30 +26,58 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::RetryBackoff;
 use crate::config::Config;
 use crate::consumer::{Consumer, Settings};
-use crate::dedup::MemoryDedup;
+use crate::handler::Handler;
 use crate::health::Health;
-use crate::queue::Queue;
+use crate::queue::sqs::SqsQueue;
+use crate::queue::{MessageQueue, QueueError};
 
 /// Start-up failures.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
-    Queue(#[from] queue::QueueError),
+    Queue(#[from] QueueError),
     #[error("cannot listen on port {port}: {source}")]
     Bind { port: u16, source: std::io::Error },
 }
 
-/// Reads the queue's settings, serves `/health` and `/metrics`, and consumes until `shutdown`.
+/// Serves `/health` and `/metrics` on `listener` and consumes `queue` with `handler` until `shutdown`; the endpoint
+/// keeps answering until the consumer has drained.
+pub async fn run(
+    listener: TcpListener,
+    queue: Arc<dyn MessageQueue>,
+    handler: Arc<dyn Handler>,
+    health: Arc<Health>,
+    settings: Settings,
+    shutdown: CancellationToken,
+) {
+    let http_stop = CancellationToken::new();
+    let http = tokio::spawn({
+        let stop = http_stop.clone();
+        let router = health::router(Arc::clone(&health));
+        async move { axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await }
+    });
+    Consumer::new(queue, handler, health, settings).run(shutdown).await;
+    http_stop.cancel();
+    match http.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "health endpoint stopped with an error"),
+        Err(e) => tracing::warn!(error = %e, "health endpoint task failed"),
+    }
+}
+
+/// Reads the queue's settings (retrying while SQS is unreachable), wires the role's handler to the order store, and
+/// runs until `shutdown`.
 ///
 /// # Errors
-/// The queue does not exist or cannot be reached at start-up, or the port is taken.
+/// The queue does not exist, or the port is taken.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
     // Attempts get the long-poll wait on top of the budget, so a 20 s poll is not cut short.
     let sdk = platform::aws::load(&config.common.region, platform::aws::CallBudget::BACKGROUND, config.wait_time).await;
     let client = aws_sdk_sqs::Client::new(&sdk);
-    let settings = queue::discover(&client, &config.queue).await?;
+    let Some(settings) = discover_with_retry(&client, &config.queue, &shutdown).await? else { return Ok(()) };
     tracing::info!(
         queue = %settings.url,
         role = config.role.as_str(),
@@ -53,6 +85,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<(), St
         dlq = settings.dlq_url.as_deref().unwrap_or("none"),
         max_receive_count = settings.max_receive_count,
         concurrency = config.concurrency,
+        orders_table = %config.orders_table,
         endpoint = config.common.endpoint_url.as_deref().unwrap_or("aws"),
         "pedidos-worker starting"
     );
@@ -63,35 +96,39 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<(), St
     let listener =
         TcpListener::bind((config.common.bind_addr, port)).await.map_err(|source| StartError::Bind { port, source })?;
     let health = Arc::new(Health::new(config.role.as_str(), settings.url.clone(), config.unhealthy_after));
-    let consumer = Consumer {
-        queue: Queue::new(client, settings),
-        handler: config.role.handler(),
-        dedup: Box::new(MemoryDedup::new(config.dedup_capacity, config.dedup_ttl)),
-        health: Arc::clone(&health),
-        settings: Settings {
-            concurrency: config.concurrency,
-            wait_time: config.wait_time,
-            shutdown_grace: config.shutdown_grace,
-            retry_base: config.retry_base,
-            retry_max: config.retry_max,
-        },
+    let store = Arc::new(store::dynamo::DynamoOrders::new(aws_sdk_dynamodb::Client::new(&sdk), &config.orders_table));
+    let tunables = Settings {
+        concurrency: config.concurrency,
+        wait_time: config.wait_time,
+        shutdown_grace: config.shutdown_grace,
+        retry_base: config.retry_base,
+        retry_max: config.retry_max,
     };
-    // The HTTP endpoint outlives the consumer's drain so health checks keep answering during shutdown.
-    let http_stop = CancellationToken::new();
-    let http = tokio::spawn({
-        let stop = http_stop.clone();
-        async move {
-            axum::serve(listener, health::router(health))
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        }
-    });
-    consumer.run(shutdown).await;
-    http_stop.cancel();
-    match http.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "health endpoint stopped with an error"),
-        Err(e) => tracing::warn!(error = %e, "health endpoint task failed"),
-    }
+    let queue = Arc::new(SqsQueue::new(client, settings));
+    run(listener, queue, config.role.handler(store), health, tunables, shutdown).await;
     Ok(())
+}
+
+/// A missing queue is a configuration error (exit); an unreachable one is retried with backoff, so an SQS outage at
+/// deploy time does not become a crash loop. `None` when shutdown came first.
+async fn discover_with_retry(
+    client: &aws_sdk_sqs::Client,
+    queue: &str,
+    shutdown: &CancellationToken,
+) -> Result<Option<queue::QueueSettings>, StartError> {
+    let mut backoff = RetryBackoff::default();
+    loop {
+        match queue::sqs::discover(client, queue).await {
+            Ok(settings) => return Ok(Some(settings)),
+            Err(error @ QueueError::NotFound { .. }) => return Err(error.into()),
+            Err(error) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(%error, retry_in = ?delay, "cannot read the queue's settings yet; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => return Ok(None),
+                }
+            }
+        }
+    }
 }

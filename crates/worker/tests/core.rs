@@ -1,0 +1,396 @@
+//! The worker's core with the in-memory queue and store under a paused clock: every outcome, every settle action,
+//! leases, shutdown, panics and store outages, without an emulator.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use domain::{OrderEvent, OrderState};
+use pedidos_worker::consumer::{Consumer, Decision, Outcome, Settings, Settle};
+use pedidos_worker::handler::{BoxFuture, Effect, Handler, HandlerError, MessageContext, Role};
+use pedidos_worker::health::Health;
+use pedidos_worker::queue::memory::MemoryQueue;
+use pedidos_worker::queue::{BatchFailure, MessageQueue, QueueError, QueueSettings, Received};
+use rust_decimal::Decimal;
+use store::memory::MemoryOrders;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const VISIBILITY: Duration = Duration::from_secs(30);
+
+fn settings() -> Settings {
+    Settings {
+        concurrency: 10,
+        wait_time: Duration::from_secs(1),
+        shutdown_grace: Duration::from_secs(5),
+        retry_base: Duration::from_secs(5),
+        retry_max: Duration::from_secs(300),
+    }
+}
+
+fn event(pedido: u128, version: u64) -> OrderEvent {
+    let order = OrderState {
+        pedido_id: Uuid::from_u128(pedido),
+        cliente_id: Uuid::from_u128(9),
+        fecha: Utc::now().fixed_offset(),
+        total: Decimal::new(5998, 2),
+        items: None,
+    };
+    if version == 1 {
+        OrderEvent::created(order, Utc::now())
+    } else {
+        OrderEvent::updated(order, version, Utc::now())
+    }
+}
+
+fn body(pedido: u128, version: u64) -> String {
+    event(pedido, version).to_json().unwrap_or_default()
+}
+
+fn received(body: &str) -> Received {
+    Received {
+        message_id: "m1".into(),
+        receipt_handle: "h1".into(),
+        body: body.to_owned(),
+        receive_count: 1,
+        sent_at_ms: None,
+        attributes: Default::default(),
+        group_id: None,
+    }
+}
+
+fn health() -> Arc<Health> {
+    Arc::new(Health::new("process", "memory://queue".into(), Duration::from_secs(60)))
+}
+
+/// A handler whose behaviour the test scripts.
+struct Scripted<F>(F);
+
+impl<F, Fut> Handler for Scripted<F>
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Effect, HandlerError>> + Send + 'static,
+{
+    fn handles(&self, _: domain::EventType) -> bool {
+        true
+    }
+    fn handle<'a>(
+        &'a self,
+        event: &'a OrderEvent,
+        _: &'a MessageContext,
+    ) -> BoxFuture<'a, Result<Effect, HandlerError>> {
+        Box::pin((self.0)(event.version))
+    }
+}
+
+fn consumer(queue: Arc<dyn MessageQueue>, handler: Arc<dyn Handler>) -> Consumer {
+    Consumer::new(queue, handler, health(), settings())
+}
+
+fn process(store: &Arc<MemoryOrders>) -> Arc<dyn Handler> {
+    Role::Process.handler(Arc::clone(store) as Arc<dyn store::OrderWrites>)
+}
+
+/// Runs a consumer on `queue` in the background; `stop` shuts it down and waits for it.
+struct Running {
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    fn start(queue: Arc<MemoryQueue>, handler: Arc<dyn Handler>) -> Self {
+        let shutdown = CancellationToken::new();
+        let consumer = consumer(queue, handler);
+        let task = tokio::spawn(consumer.run(shutdown.clone()));
+        Self { shutdown, task }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Polls `condition` on the paused clock until it holds; panics after `within` (virtual time).
+async fn until(within: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !condition() {
+        assert!(Instant::now() < deadline, "condition not met within {within:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Deciding: each outcome and the action it calls for
+
+#[tokio::test(start_paused = true)]
+async fn applied_duplicate_and_stale_come_from_the_store() {
+    let store = Arc::new(MemoryOrders::new());
+    let c = consumer(Arc::new(MemoryQueue::new(VISIBILITY, 5)), process(&store));
+    let d = c.decision(&received(&body(1, 1))).await;
+    assert_eq!((d.outcome, d.settle), (Outcome::Processed, Settle::Delete));
+    let d = c.decision(&received(&body(1, 1))).await;
+    assert_eq!((d.outcome, d.settle), (Outcome::Duplicate, Settle::Delete));
+    assert_eq!(c.decision(&received(&body(1, 3))).await.outcome, Outcome::Processed);
+    let d = c.decision(&received(&body(1, 2))).await;
+    assert_eq!((d.outcome, d.settle), (Outcome::Stale, Settle::Delete));
+    assert!(d.note.contains('3'), "{}", d.note);
+    let history: Vec<u64> =
+        store.order(Uuid::from_u128(1)).map(|o| o.versiones.iter().map(|v| v.version).collect()).unwrap_or_default();
+    assert_eq!(history, [1, 3], "each version once, never backwards");
+}
+
+#[tokio::test(start_paused = true)]
+async fn logistics_ignores_updates_and_creates_one_shipment() {
+    let store = Arc::new(MemoryOrders::new());
+    let handler = Role::Logistics.handler(Arc::clone(&store) as Arc<dyn store::OrderWrites>);
+    let c = consumer(Arc::new(MemoryQueue::new(VISIBILITY, 5)), handler);
+    let d = c.decision(&received(&body(1, 2))).await;
+    assert_eq!((d.outcome, d.settle), (Outcome::Ignored, Settle::Delete));
+    assert_eq!(c.decision(&received(&body(1, 1))).await.outcome, Outcome::Processed);
+    assert_eq!(c.decision(&received(&body(1, 1))).await.outcome, Outcome::Duplicate);
+    assert!(store.shipment(Uuid::from_u128(1)).is_some_and(|s| s.tracking_code.starts_with("ECX-")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn poison_and_unknown_event_types_are_dead_lettered_with_a_reason() {
+    let store = Arc::new(MemoryOrders::new());
+    let c = consumer(Arc::new(MemoryQueue::new(VISIBILITY, 5)), process(&store));
+    let reason = |d: Decision| match d.settle {
+        Settle::DeadLetter { reason, .. } if d.outcome == Outcome::Rejected => reason,
+        other => panic!("expected a dead letter, got {other:?}"),
+    };
+    assert_eq!(reason(c.decision(&received("not json")).await), "not_json");
+    let unknown = r#"{"type":"PedidoCancelado","version":3,"pedidoId":"6f1c2a9e-4b7d-4c1e-9a3f-2d5e8b7c6a10"}"#;
+    assert_eq!(reason(c.decision(&received(unknown)).await), "unknown_event_type");
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_errors_retry_with_backoff_and_permanent_ones_dead_letter() {
+    let queue: Arc<dyn MessageQueue> = Arc::new(MemoryQueue::new(VISIBILITY, 5));
+    let transient =
+        consumer(Arc::clone(&queue), Arc::new(Scripted(|_| async { Err(HandlerError::transient("gateway 502")) })));
+    let mut message = received(&body(1, 1));
+    message.receive_count = 3;
+    let d = transient.decision(&message).await;
+    assert_eq!((d.outcome, d.settle), (Outcome::Failed, Settle::RetryAfter(Duration::from_secs(20))), "5 s * 2^(3-1)");
+    let permanent = consumer(
+        queue,
+        Arc::new(Scripted(|_| async {
+            Err(HandlerError::Permanent { reason: "card_declined", detail: "do not retry".into(), source: None })
+        })),
+    );
+    let d = permanent.decision(&received(&body(1, 1))).await;
+    assert_eq!(d.settle, Settle::DeadLetter { reason: "card_declined".into(), detail: "do not retry".into() });
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_outage_holds_the_message_and_retries_in_place() {
+    let store = Arc::new(MemoryOrders::new());
+    store.set_unavailable(true);
+    let c = Arc::new(consumer(Arc::new(MemoryQueue::new(VISIBILITY, 5)), process(&store)));
+    let deciding = tokio::spawn({
+        let c = Arc::clone(&c);
+        async move { c.decision(&received(&body(1, 1))).await }
+    });
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert!(!deciding.is_finished(), "still held while the store is down");
+    assert!(c.health.store_failing(), "/health reports the store");
+    store.set_unavailable(false);
+    let decision = deciding.await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(decision.outcome, Outcome::Processed);
+    assert!(!c.health.store_failing());
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Settling: what happens to the message on the queue
+
+#[tokio::test(start_paused = true)]
+async fn run_applies_deletes_and_dead_letters_in_one_receive() {
+    let queue = Arc::new(MemoryQueue::new(VISIBILITY, 5));
+    let store = Arc::new(MemoryOrders::new());
+    queue.send(body(1, 1), &[]);
+    queue.send(body(1, 1), &[]);
+    queue.send("{not json", &[("requestId", "r-1")]);
+    let running = Running::start(Arc::clone(&queue), process(&store));
+    until(Duration::from_secs(10), || queue.is_empty()).await;
+    running.stop().await;
+    assert_eq!(store.order(Uuid::from_u128(1)).map(|o| o.versiones.len()), Some(1));
+    let dlq = queue.dead_lettered();
+    assert_eq!(dlq.len(), 1);
+    let attribute = |name: &str| dlq[0].attributes.get(name).map(|a| a.value.clone());
+    assert_eq!(attribute("rejectReason").as_deref(), Some("not_json"));
+    assert_eq!(attribute("requestId").as_deref(), Some("r-1"), "original attributes travel to the DLQ");
+    assert!(queue.calls.delete.load(Ordering::SeqCst) <= 2, "deletes are batched");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_message_comes_back_after_its_delay_and_is_dead_lettered_by_redrive() {
+    let queue = Arc::new(MemoryQueue::new(VISIBILITY, 3));
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&attempts);
+    let handler = Arc::new(Scripted(move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async { Err(HandlerError::transient("downstream 500")) }
+    }));
+    queue.send(body(1, 1), &[]);
+    let started = Instant::now();
+    let running = Running::start(Arc::clone(&queue), handler);
+    until(Duration::from_secs(120), || !queue.dead_lettered().is_empty()).await;
+    running.stop().await;
+    assert_eq!(attempts.load(Ordering::SeqCst), 3, "maxReceiveCount receives, then the redrive policy");
+    // 5 s then 10 s of backoff between the three attempts.
+    assert!(started.elapsed() >= Duration::from_secs(15), "{:?}", started.elapsed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn copies_of_one_order_wait_in_the_worker_not_in_the_queue() {
+    let queue = Arc::new(MemoryQueue::new(VISIBILITY, 5));
+    let store = Arc::new(MemoryOrders::new());
+    let slow = {
+        let store = Arc::clone(&store);
+        Arc::new(Scripted(move |version| {
+            let store = Arc::clone(&store);
+            async move {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                let meta = store::ChangeMeta { request_id: None, at: Utc::now() };
+                Ok(store::OrderWrites::apply(store.as_ref(), &event(1, version), &meta).await?)
+            }
+        }))
+    };
+    for version in [1, 1, 2] {
+        queue.send(body(1, version), &[]);
+    }
+    let running = Running::start(Arc::clone(&queue), slow);
+    until(Duration::from_secs(30), || queue.is_empty()).await;
+    running.stop().await;
+    assert_eq!(queue.calls.change_visibility.load(Ordering::SeqCst), 0, "no copy went back to the queue");
+    assert_eq!(store.order(Uuid::from_u128(1)).map(|o| o.version), Some(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_long_handler_keeps_its_lease_and_is_not_redelivered() {
+    let queue = Arc::new(MemoryQueue::new(VISIBILITY, 5));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&runs);
+    let handler = Arc::new(Scripted(move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async {
+            tokio::time::sleep(VISIBILITY * 4).await;
+            Ok(Effect::Applied)
+        }
+    }));
+    queue.send(body(1, 1), &[]);
+    let running = Running::start(Arc::clone(&queue), handler);
+    until(Duration::from_secs(300), || queue.is_empty()).await;
+    running.stop().await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "heartbeats kept the message invisible for 2 minutes");
+    assert!(queue.calls.change_visibility.load(Ordering::SeqCst) >= 7);
+}
+
+/// Delegates to a [`MemoryQueue`] but never answers visibility extensions: a call that hangs.
+struct HangingExtensions(MemoryQueue);
+
+impl MessageQueue for HangingExtensions {
+    fn settings(&self) -> &QueueSettings {
+        self.0.settings()
+    }
+    fn receive(&self, max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<Received>, QueueError>> {
+        self.0.receive(max, wait)
+    }
+    fn delete_batch<'a>(&'a self, handles: &'a [String]) -> BoxFuture<'a, Result<Vec<BatchFailure>, QueueError>> {
+        self.0.delete_batch(handles)
+    }
+    fn change_visibility_batch<'a>(
+        &'a self,
+        entries: &'a [(String, Duration)],
+    ) -> BoxFuture<'a, Result<Vec<BatchFailure>, QueueError>> {
+        self.0.change_visibility_batch(entries)
+    }
+    fn extend_visibility<'a>(&'a self, _: &'a str, _: Duration) -> BoxFuture<'a, Result<(), QueueError>> {
+        Box::pin(std::future::pending())
+    }
+    fn dead_letter<'a>(&'a self, m: &'a Received, r: &'a str, d: &'a str) -> BoxFuture<'a, Result<(), QueueError>> {
+        self.0.dead_letter(m, r, d)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_that_cannot_be_confirmed_in_time_cancels_the_handler() {
+    let queue = Arc::new(HangingExtensions(MemoryQueue::new(VISIBILITY, 5)));
+    let c = consumer(queue, Arc::new(Scripted(|_| std::future::pending())));
+    let started = Instant::now();
+    let d = c.decision_under_lease(&received(&body(1, 1))).await;
+    assert_eq!((d.outcome, d.settle.clone()), (Outcome::Failed, Settle::Nothing), "{}", d.note);
+    assert!(started.elapsed() < VISIBILITY, "cancelled before the lease ran out, at {:?}", started.elapsed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_releases_what_outlives_the_grace() {
+    let queue = Arc::new(MemoryQueue::new(VISIBILITY, 5));
+    let handler = Arc::new(Scripted(|_| async {
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        Ok(Effect::Applied)
+    }));
+    queue.send(body(1, 1), &[]);
+    let running = Running::start(Arc::clone(&queue), handler);
+    until(Duration::from_secs(5), || queue.in_flight() == 1).await;
+    let stopping = Instant::now();
+    running.stop().await;
+    assert!(stopping.elapsed() <= settings().shutdown_grace + Duration::from_secs(2), "{:?}", stopping.elapsed());
+    assert_eq!(queue.in_flight(), 0, "released at once, not stranded for a visibility timeout");
+    assert_eq!(queue.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_handler_is_contained_and_the_worker_goes_on() {
+    let queue = Arc::new(MemoryQueue::new(VISIBILITY, 5));
+    let store = Arc::new(MemoryOrders::new());
+    let inner = process(&store);
+    let handler = Arc::new(PanicsOn { version: 2, inner });
+    queue.send(body(1, 2), &[]);
+    queue.send(body(7, 1), &[]);
+    let running = Running::start(Arc::clone(&queue), handler);
+    until(Duration::from_secs(10), || store.order(Uuid::from_u128(7)).is_some()).await;
+    until(Duration::from_secs(10), || queue.len() == 1).await;
+    running.stop().await;
+    assert_eq!(queue.receive_counts().values().copied().collect::<Vec<_>>(), [1], "kept for a retry");
+}
+
+struct PanicsOn {
+    version: u64,
+    inner: Arc<dyn Handler>,
+}
+
+impl Handler for PanicsOn {
+    fn handles(&self, t: domain::EventType) -> bool {
+        self.inner.handles(t)
+    }
+    fn handle<'a>(
+        &'a self,
+        event: &'a OrderEvent,
+        ctx: &'a MessageContext,
+    ) -> BoxFuture<'a, Result<Effect, HandlerError>> {
+        assert!(event.version != self.version, "handler bug on version {}", self.version);
+        self.inner.handle(event, ctx)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unreachable_queue_is_retried_and_health_reports_it() {
+    let queue = Arc::new(MemoryQueue::new(VISIBILITY, 5));
+    let store = Arc::new(MemoryOrders::new());
+    queue.set_unreachable(true);
+    queue.send(body(1, 1), &[]);
+    let running = Running::start(Arc::clone(&queue), process(&store));
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let failed_receives = queue.calls.receive.load(Ordering::SeqCst);
+    assert!((3..=20).contains(&failed_receives), "backs off, never gives up: {failed_receives} calls in 60 s");
+    queue.set_unreachable(false);
+    until(Duration::from_secs(60), || queue.is_empty()).await;
+    running.stop().await;
+    assert!(store.order(Uuid::from_u128(1)).is_some());
+}
