@@ -89,7 +89,7 @@ def metrics(port):
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     values = {}
     for line in text.splitlines():
-        m = re.match(r"^(pedidos_worker_[a-z_]+(?:\{[^}]*\})?) ([0-9.e+-]+)$", line)
+        m = re.match(r"^(pedidos_(?:worker|store)_[a-z_]+(?:\{[^}]*\})?) ([0-9.e+-]+)$", line)
         if m:
             values[m.group(1)] = float(m.group(2))
     return values
@@ -138,6 +138,8 @@ def main():
         wait(lambda: _reachable(endpoint), 30, "moto")
         topo = dict(line.split("=", 1) for line in subprocess.check_output([os.path.join(RELEASE, "pedidos-api"), "topology"], env=env, text=True).split())
         url, topic = topo["PROCESS_QUEUE_URL"], topo["SNS_TOPIC_ARN"]
+        # The process role applies each order to the orders table: one conditional write per message.
+        env["ORDERS_TABLE"] = topo["ORDERS_TABLE"]
         sqs = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
 
         # pedidos-worker
@@ -150,8 +152,9 @@ def main():
             elapsed, cpu = time.monotonic() - t0, cpu_seconds(proc.pid) - cpu0
             m = metrics(port)
             calls = sum(v for k, v in m.items() if k.startswith("pedidos_worker_sqs_calls_total"))
+            store_calls = sum(v for k, v in m.items() if k.startswith("pedidos_store_calls_total"))
             # Receives while idle before the fill also count; they are a handful.
-            results.append(("pedidos-worker", n, elapsed, cpu, calls, status_kib(proc.pid, "VmHWM"), idle_rss, m))
+            results.append(("pedidos-worker (process role, DynamoDB)", n, elapsed, cpu, calls, status_kib(proc.pid, "VmHWM"), idle_rss, m, store_calls))
         finally:
             proc.terminate()
             proc.wait(timeout=60)
@@ -174,18 +177,20 @@ def main():
         out = seed.stdout.read()
         counts = dict(kv.split("=") for kv in out.split())
         calls = int(counts["receive_calls"]) + int(counts["delete_calls"])
-        results.append(("seed-style loop", n, elapsed, last_cpu - cpu0, calls, peak, None, {}))
+        results.append(("seed-style loop (no store)", n, elapsed, last_cpu - cpu0, calls, peak, None, {}, None))
     finally:
         moto.kill()
 
-    print(f"| consumer | messages | wall s | msg/s (moto-bound) | CPU µs/msg | SQS calls/msg | peak RSS MiB | idle RSS MiB |")
-    print(f"|---|---|---|---|---|---|---|---|")
-    for name, count, elapsed, cpu, calls, peak, idle, _ in results:
+    print(f"| consumer | messages | wall s | msg/s (moto-bound) | CPU µs/msg | SQS calls/msg | store calls/msg | peak RSS MiB | idle RSS MiB |")
+    print(f"|---|---|---|---|---|---|---|---|---|")
+    for name, count, elapsed, cpu, calls, peak, idle, _, store_calls in results:
         idle_text = f"{idle / 1024:.1f}" if idle else "n/a"
-        print(f"| {name} | {count} | {elapsed:.1f} | {count / elapsed:.1f} | {cpu * 1e6 / count:.1f} | {calls / count:.3f} | {peak / 1024:.1f} | {idle_text} |")
+        store_text = f"{store_calls / count:.3f}" if store_calls is not None else "n/a"
+        print(f"| {name} | {count} | {elapsed:.1f} | {count / elapsed:.1f} | {cpu * 1e6 / count:.1f} | {calls / count:.3f} | {store_text} | {peak / 1024:.1f} | {idle_text} |")
     worker_metrics = results[0][7]
     print()
     print("pedidos-worker SQS calls by operation:", {k: v for k, v in worker_metrics.items() if "sqs_calls" in k})
+    print("pedidos-worker store calls by operation and result:", {k: v for k, v in worker_metrics.items() if "store_calls" in k})
 
 
 def _reachable(endpoint):
