@@ -23,7 +23,7 @@ use crate::orders::{OrderReads, OrderWrites, MAX_PAGE};
 use crate::schema::{attr, CUSTOMER_INDEX};
 use crate::{cursor, BoxFuture, StoreError};
 
-pub type Attributes = HashMap<String, AttributeValue>;
+pub(crate) type Attributes = HashMap<String, AttributeValue>;
 
 /// Partition key of an order's state.
 pub fn order_key(pedido_id: Uuid) -> String {
@@ -35,25 +35,21 @@ pub fn shipment_key(pedido_id: Uuid) -> String {
     format!("ENVIO#{pedido_id}")
 }
 
-/// The orders table.
-#[derive(Clone)]
-pub struct DynamoOrders {
-    client: Client,
-    table: String,
+/// Applies version *v* only when the order is absent or holds a lower version.
+pub(crate) const APPLY_CONDITION: &str = "attribute_not_exists(pk) OR #version < :v";
+/// Creates the shipment only when absent.
+pub(crate) const SHIPMENT_CONDITION: &str = "attribute_not_exists(pk)";
+
+/// The update that applies one version of an order: key, expression and values (names: [`apply_names`]).
+pub(crate) struct ApplyWrite {
+    pub key: String,
+    pub expression: String,
+    pub values: Attributes,
 }
 
-impl DynamoOrders {
-    pub fn new(client: Client, table: impl Into<String>) -> Self {
-        Self { client, table: table.into() }
-    }
-
-    pub fn table(&self) -> &str {
-        &self.table
-    }
-
-    async fn apply_now(&self, event: &OrderEvent, meta: &ChangeMeta) -> Result<Applied, StoreError> {
+impl ApplyWrite {
+    pub fn new(event: &OrderEvent, meta: &ChangeMeta) -> Self {
         let order = &event.order;
-        let key = order_key(order.pedido_id);
         let at = s(meta.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
         let mut entry =
             HashMap::from([("version".to_owned(), n(event.version)), ("aplicadaEn".to_owned(), at.clone())]);
@@ -105,18 +101,74 @@ impl DynamoOrders {
         if !remove.is_empty() {
             expression.push_str(&format!(" REMOVE {}", remove.join(", ")));
         }
+        Self { key: order_key(order.pedido_id), expression, values }
+    }
+}
+
+/// `version`, `total` and `items` are reserved words in DynamoDB expressions.
+pub(crate) fn apply_names() -> HashMap<String, String> {
+    HashMap::from([
+        ("#version".to_owned(), "version".to_owned()),
+        ("#total".to_owned(), "total".to_owned()),
+        ("#items".to_owned(), "items".to_owned()),
+    ])
+}
+
+/// What a failed apply condition means, from the stored item DynamoDB returned with the failure.
+pub(crate) fn apply_verdict(old: Option<&Attributes>, version: u64, key: &str) -> Result<Applied, StoreError> {
+    match old.and_then(|item| item.get("version")).map(|v| number::<u64>(v, key, "version")) {
+        Some(Ok(latest)) if latest == version => Ok(Applied::Duplicate),
+        Some(Ok(latest)) => Ok(Applied::Stale { latest }),
+        Some(Err(corrupt)) => Err(corrupt),
+        // The endpoint did not return the item: the condition alone says "not newer than stored".
+        None => Ok(Applied::Duplicate),
+    }
+}
+
+/// The shipment's item.
+pub(crate) fn shipment_item(shipment: &Shipment) -> Attributes {
+    let mut item: Attributes = HashMap::from([
+        (attr::PK.to_owned(), s(shipment_key(shipment.pedido_id))),
+        ("tipo".to_owned(), s("ENVIO")),
+        ("pedidoId".to_owned(), s(shipment.pedido_id.to_string())),
+        ("trackingCode".to_owned(), s(shipment.tracking_code.clone())),
+        ("estado".to_owned(), s(shipment.estado.clone())),
+        ("creadoEn".to_owned(), s(shipment.creado_en.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))),
+    ]);
+    if let Some(request_id) = &shipment.request_id {
+        item.insert("requestId".to_owned(), s(request_id.clone()));
+    }
+    item
+}
+
+/// The orders table.
+#[derive(Clone)]
+pub struct DynamoOrders {
+    client: Client,
+    table: String,
+}
+
+impl DynamoOrders {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self { client, table: table.into() }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    async fn apply_now(&self, event: &OrderEvent, meta: &ChangeMeta) -> Result<Applied, StoreError> {
+        let write = ApplyWrite::new(event, meta);
         let started = Instant::now();
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
-            .key(attr::PK, s(key.clone()))
-            .update_expression(expression)
-            .condition_expression("attribute_not_exists(pk) OR #version < :v")
-            .expression_attribute_names("#version", "version")
-            .expression_attribute_names("#total", "total")
-            .expression_attribute_names("#items", "items")
-            .set_expression_attribute_values(Some(values))
+            .key(attr::PK, s(write.key.clone()))
+            .update_expression(write.expression)
+            .condition_expression(APPLY_CONDITION)
+            .set_expression_attribute_names(Some(apply_names()))
+            .set_expression_attribute_values(Some(write.values))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
@@ -129,14 +181,7 @@ impl DynamoOrders {
                     }
                     _ => None,
                 };
-                let stored = old.and_then(|item| item.get("version")).map(|v| number::<u64>(v, &key, "version"));
-                match stored {
-                    Some(Ok(latest)) if latest == event.version => Ok(Applied::Duplicate),
-                    Some(Ok(latest)) => Ok(Applied::Stale { latest }),
-                    Some(Err(corrupt)) => Err(corrupt),
-                    // The emulator or an old SDK did not return the item: the condition alone says "not newer".
-                    None => Ok(Applied::Duplicate),
-                }
+                apply_verdict(old, event.version, &write.key)
             }
             Err(e) => Err(unavailable("apply", e)),
         };
@@ -145,24 +190,14 @@ impl DynamoOrders {
     }
 
     async fn create_shipment_now(&self, shipment: &Shipment) -> Result<Applied, StoreError> {
-        let mut item: Attributes = HashMap::from([
-            (attr::PK.to_owned(), s(shipment_key(shipment.pedido_id))),
-            ("tipo".to_owned(), s("ENVIO")),
-            ("pedidoId".to_owned(), s(shipment.pedido_id.to_string())),
-            ("trackingCode".to_owned(), s(shipment.tracking_code.clone())),
-            ("estado".to_owned(), s(shipment.estado.clone())),
-            ("creadoEn".to_owned(), s(shipment.creado_en.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))),
-        ]);
-        if let Some(request_id) = &shipment.request_id {
-            item.insert("requestId".to_owned(), s(request_id.clone()));
-        }
+        let item = shipment_item(shipment);
         let started = Instant::now();
         let result = self
             .client
             .put_item()
             .table_name(&self.table)
             .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk)")
+            .condition_expression(SHIPMENT_CONDITION)
             .send()
             .await;
         let verdict = match result {
@@ -174,6 +209,10 @@ impl DynamoOrders {
         };
         record("create_shipment", started, &verdict);
         verdict
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
     }
 
     async fn get_now(&self, pedido_id: Uuid) -> Result<Option<OrderView>, StoreError> {
@@ -318,6 +357,7 @@ macro_rules! throttling {
 
 throttling!(
     aws_sdk_dynamodb::operation::update_item::UpdateItemError,
+    aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError,
     aws_sdk_dynamodb::operation::put_item::PutItemError,
     aws_sdk_dynamodb::operation::delete_item::DeleteItemError,
     aws_sdk_dynamodb::operation::batch_get_item::BatchGetItemError,

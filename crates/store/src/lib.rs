@@ -7,6 +7,7 @@
 //! - [`dynamo`]: both traits on DynamoDB (one conditional write per effect); [`schema`] creates the tables.
 //! - [`memory`]: the same semantics in memory, for unit tests of the worker and the API.
 //! - [`idempotency`]: claims for generic handlers whose effect lives outside DynamoDB (lease, fencing, TTL).
+//! - [`transact`]: the writes of one received batch as one `TransactWriteItems` (fewer store calls per message).
 //! - [`cursor`]: the opaque pagination cursor.
 //!
 //! The item layout and every access pattern are described in `docs/data-model.md`.
@@ -19,6 +20,7 @@ pub mod memory;
 pub mod model;
 pub mod orders;
 pub mod schema;
+pub mod transact;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -23,6 +23,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// `ORDERS_TABLE`: order state (process role) and shipments (logistics role).
     pub orders_table: String,
+    /// `STORE_WRITES=batched`: the writes of messages handled together go out as one `TransactWriteItems`.
+    pub batched_writes: bool,
     /// `IDEMPOTENCY_TABLE`: claims of handlers built on [`crate::idempotent::Idempotent`] (effects outside DynamoDB).
     pub idempotency_table: String,
     /// First retry delay of a failed message; doubles per receive.
@@ -56,6 +58,17 @@ impl Config {
             shutdown_grace: Duration::from_secs(in_range(env, "SHUTDOWN_GRACE_SECONDS", 25, 0, 3600)?),
             orders_table: orders_table(env)?,
             idempotency_table: idempotency_table(env)?,
+            batched_writes: match env("STORE_WRITES").as_deref().map(str::trim) {
+                None | Some("single") => false,
+                Some("batched") => true,
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        var: "STORE_WRITES",
+                        value: other.to_owned(),
+                        reason: "expected `single` or `batched`".into(),
+                    })
+                }
+            },
             retry_base,
             retry_max: retry_max.max(retry_base),
             unhealthy_after: Duration::from_secs(in_range(env, "HEALTH_FAILURE_SECONDS", 60, 1, 3600)?),

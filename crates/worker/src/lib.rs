@@ -86,6 +86,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<(), St
         max_receive_count = settings.max_receive_count,
         concurrency = config.concurrency,
         orders_table = %config.orders_table,
+        store_writes = if config.batched_writes { "batched" } else { "single" },
         endpoint = config.common.endpoint_url.as_deref().unwrap_or("aws"),
         "pedidos-worker starting"
     );
@@ -96,7 +97,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<(), St
     let listener =
         TcpListener::bind((config.common.bind_addr, port)).await.map_err(|source| StartError::Bind { port, source })?;
     let health = Arc::new(Health::new(config.role.as_str(), settings.url.clone(), config.unhealthy_after));
-    let store = Arc::new(store::dynamo::DynamoOrders::new(aws_sdk_dynamodb::Client::new(&sdk), &config.orders_table));
+    let orders = store::dynamo::DynamoOrders::new(aws_sdk_dynamodb::Client::new(&sdk), &config.orders_table);
+    let store: Arc<dyn store::OrderWrites> =
+        if config.batched_writes { Arc::new(store::transact::BatchedWrites::spawn(orders)) } else { Arc::new(orders) };
     let tunables = Settings {
         concurrency: config.concurrency,
         wait_time: config.wait_time,
