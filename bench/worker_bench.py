@@ -95,10 +95,10 @@ def metrics(port):
     return values
 
 
-def run_worker(env, url, n, concurrency):
+def run_worker(env, url, n, concurrency, binary):
     port = free_port()
     env = dict(env, SQS_QUEUE_URL=url, PORT=str(port), BIND_ADDR="127.0.0.1", WORKER_CONCURRENCY=str(concurrency), LOG_FORMAT="json", RUST_LOG=os.environ.get("BENCH_RUST_LOG", "info"))
-    proc = subprocess.Popen([os.path.join(RELEASE, "pedidos-worker")], env=env, stdout=open(os.path.join(ROOT, "target", "bench-worker.log"), "w"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([os.path.join(RELEASE, binary)], env=env, stdout=open(os.path.join(ROOT, "target", "bench-worker.log"), "w"), stderr=subprocess.STDOUT)
     try:
         wait(lambda: _healthy(port), 30, "worker health")
         time.sleep(3)  # let it settle into idle long polls before reading idle RSS (measurement, not synchronisation)
@@ -142,22 +142,29 @@ def main():
         env["ORDERS_TABLE"] = topo["ORDERS_TABLE"]
         sqs = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
 
-        # pedidos-worker
-        proc, port, idle_rss = run_worker(env, url, n, args.concurrency)
-        try:
-            # CPU counted from before the fill: the worker starts consuming while the backlog is still being written.
-            cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
-            fill(sqs, url, topic, n)
-            wait(lambda: metrics(port).get('pedidos_worker_messages_total{outcome="processed"}', 0) >= n, 3600, "worker drain")
-            elapsed, cpu = time.monotonic() - t0, cpu_seconds(proc.pid) - cpu0
-            m = metrics(port)
-            calls = sum(v for k, v in m.items() if k.startswith("pedidos_worker_sqs_calls_total"))
-            store_calls = sum(v for k, v in m.items() if k.startswith("pedidos_store_calls_total"))
-            # Receives while idle before the fill also count; they are a handful.
-            results.append(("pedidos-worker (process role, DynamoDB)", n, elapsed, cpu, calls, status_kib(proc.pid, "VmHWM"), idle_rss, m, store_calls))
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+        # The same consumer three ways: no store (queue path alone), one conditional write per message, and the writes of
+        # each received batch as one TransactWriteItems.
+        variants = [
+            ("pedidos-worker, queue only (no-op handler)", os.path.join("examples", "queue_only"), {}),
+            ("pedidos-worker, process role, single writes", "pedidos-worker", {}),
+            ("pedidos-worker, process role, batched writes", "pedidos-worker", {"STORE_WRITES": "batched"}),
+        ]
+        for name, binary, extra in variants:
+            proc, port, idle_rss = run_worker(dict(env, **extra), url, n, args.concurrency, binary)
+            try:
+                # CPU counted from before the fill: the worker starts consuming while the backlog is still written.
+                cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+                fill(sqs, url, topic, n)
+                wait(lambda: metrics(port).get('pedidos_worker_messages_total{outcome="processed"}', 0) >= n, 3600, "worker drain")
+                elapsed, cpu = time.monotonic() - t0, cpu_seconds(proc.pid) - cpu0
+                m = metrics(port)
+                calls = sum(v for k, v in m.items() if k.startswith("pedidos_worker_sqs_calls_total"))
+                store_calls = sum(v for k, v in m.items() if k.startswith("pedidos_store_calls_total"))
+                # Receives while idle before the fill also count; they are a handful.
+                results.append((name, n, elapsed, cpu, calls, status_kib(proc.pid, "VmHWM"), idle_rss, m, store_calls))
+            finally:
+                proc.terminate()
+                proc.wait(timeout=60)
 
         # Seed-style loop
         # Same protocol as for the worker: the consumer runs while the backlog is written.
@@ -187,10 +194,10 @@ def main():
         idle_text = f"{idle / 1024:.1f}" if idle else "n/a"
         store_text = f"{store_calls / count:.3f}" if store_calls is not None else "n/a"
         print(f"| {name} | {count} | {elapsed:.1f} | {count / elapsed:.1f} | {cpu * 1e6 / count:.1f} | {calls / count:.3f} | {store_text} | {peak / 1024:.1f} | {idle_text} |")
-    worker_metrics = results[0][7]
     print()
-    print("pedidos-worker SQS calls by operation:", {k: v for k, v in worker_metrics.items() if "sqs_calls" in k})
-    print("pedidos-worker store calls by operation and result:", {k: v for k, v in worker_metrics.items() if "store_calls" in k})
+    for name, _, _, _, _, _, _, worker_metrics, _ in results[:3]:
+        print(f"{name}: SQS calls", {k: v for k, v in worker_metrics.items() if "sqs_calls" in k})
+        print(f"{name}: store calls", {k: v for k, v in worker_metrics.items() if "store_calls_total" in k})
 
 
 def _reachable(endpoint):

@@ -74,6 +74,26 @@ pub async fn run(
 /// # Errors
 /// The queue does not exist, or the port is taken.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+    start_with(config, shutdown, role_handler).await
+}
+
+/// The configured role's handler on the orders table (single or batched writes).
+fn role_handler(sdk: &aws_config::SdkConfig, config: &Config) -> Arc<dyn Handler> {
+    let orders = store::dynamo::DynamoOrders::new(aws_sdk_dynamodb::Client::new(sdk), &config.orders_table);
+    let store: Arc<dyn store::OrderWrites> =
+        if config.batched_writes { Arc::new(store::transact::BatchedWrites::spawn(orders)) } else { Arc::new(orders) };
+    config.role.handler(store)
+}
+
+/// [`start`] with another handler (benchmarks measure the queue path alone with a no-op one).
+///
+/// # Errors
+/// The queue does not exist, or the port is taken.
+pub async fn start_with(
+    config: Config,
+    shutdown: CancellationToken,
+    handler: impl FnOnce(&aws_config::SdkConfig, &Config) -> Arc<dyn Handler>,
+) -> Result<(), StartError> {
     // Attempts get the long-poll wait on top of the budget, so a 20 s poll is not cut short.
     let sdk = platform::aws::load(&config.common.region, platform::aws::CallBudget::BACKGROUND, config.wait_time).await;
     let client = aws_sdk_sqs::Client::new(&sdk);
@@ -97,9 +117,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<(), St
     let listener =
         TcpListener::bind((config.common.bind_addr, port)).await.map_err(|source| StartError::Bind { port, source })?;
     let health = Arc::new(Health::new(config.role.as_str(), settings.url.clone(), config.unhealthy_after));
-    let orders = store::dynamo::DynamoOrders::new(aws_sdk_dynamodb::Client::new(&sdk), &config.orders_table);
-    let store: Arc<dyn store::OrderWrites> =
-        if config.batched_writes { Arc::new(store::transact::BatchedWrites::spawn(orders)) } else { Arc::new(orders) };
+    let handler = handler(&sdk, &config);
     let tunables = Settings {
         concurrency: config.concurrency,
         wait_time: config.wait_time,
@@ -108,7 +126,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<(), St
         retry_max: config.retry_max,
     };
     let queue = Arc::new(SqsQueue::new(client, settings));
-    run(listener, queue, config.role.handler(store), health, tunables, shutdown).await;
+    run(listener, queue, handler, health, tunables, shutdown).await;
     Ok(())
 }
 
