@@ -5,7 +5,9 @@ Measures, against a running pedidos-api and the moto server behind it:
   * latency of POST /api/pedidos (sequential, so the numbers are not queueing), interleaved with the same SNS Publish
     sent straight to moto by the same lightweight HTTP client ("direct"), and with boto3 as a second reference;
   * a concurrent run: throughput and the API's CPU time per accepted order (utime+stime from /proc/<pid>/stat);
-  * the API's own histograms from /metrics: time in the SNS call vs whole request, i.e. the API's share in-process.
+  * the API's own histograms from /metrics: time in the SNS call vs whole request, i.e. the API's share in-process;
+  * order tracking: sequential GET /api/pedidos/{id} of unknown orders (a 404 after one DynamoDB BatchGetItem on
+    moto), next to the store-call histogram the API records.
 Prints a Markdown report and writes the raw numbers as JSON.
 
 moto's Publish gets slower as messages pile up in the subscribed queues (about 15 ms at depth 0, 70 ms at depth
@@ -54,7 +56,9 @@ def cpu_seconds(pid):
 
 
 def order_body(total="59.98"):
-    return json.dumps({"pedidoId": str(uuid.uuid4()), "clienteId": CLIENTE, "total": total})
+    # No client pedidoId: with one, the API first reads the order store (a retry or a reused id must be told apart),
+    # which would put a DynamoDB call inside what this benchmark reports as the API's own share of a publish.
+    return json.dumps({"clienteId": CLIENTE, "total": total})
 
 
 def event_json():
@@ -75,6 +79,13 @@ class Api:
         body = order_body()
         started = time.perf_counter()
         self.conn.request("POST", "/api/pedidos", body, {"Content-Type": "application/json"})
+        response = self.conn.getresponse()
+        response.read()
+        return response.status, time.perf_counter() - started
+
+    def get(self, path):
+        started = time.perf_counter()
+        self.conn.request("GET", path)
         response = self.conn.getresponse()
         response.read()
         return response.status, time.perf_counter() - started
@@ -266,12 +277,22 @@ def main():
     purge()
     accepted = statuses.get(202, 0)
 
+    # Tracking reads: orders nobody applied, so each is one store read answered 404 (no worker runs here).
+    get_lat, get_statuses = [], {}
+    for _ in range(args.sequential):
+        status, elapsed = api.get(f"/api/pedidos/{uuid.uuid4()}")
+        get_statuses[status] = get_statuses.get(status, 0) + 1
+        get_lat.append(elapsed)
+
     conn = http.client.HTTPConnection(urllib.parse.urlsplit(args.api).hostname, urllib.parse.urlsplit(args.api).port)
     conn.request("GET", "/metrics")
     metrics_text = conn.getresponse().read().decode()
     publish_sum, publish_count, publish_buckets = histogram(metrics_text, "pedidos_api_publish_duration_seconds")
     http_sum, http_count, http_buckets = histogram(
         metrics_text, "pedidos_api_http_request_duration_seconds", 'route="/api/pedidos"'
+    )
+    store_sum, store_count, store_buckets = histogram(
+        metrics_text, "pedidos_store_call_duration_seconds", 'operation="get"'
     )
     time.sleep(2)  # let the process settle before reading RSS "idle after load"
     rss_after = rss_kib(args.pid)
@@ -310,11 +331,19 @@ def main():
             "http_p50_bucket_ms": ms(bucket_quantile(http_buckets, 0.50)),
             "publish_p50_bucket_ms": ms(bucket_quantile(publish_buckets, 0.50)),
         },
+        "tracking": {
+            "n": args.sequential,
+            "statuses": {str(k): v for k, v in get_statuses.items()},
+            "get_p50_ms": ms(percentile(get_lat, 0.50)),
+            "get_p99_ms": ms(percentile(get_lat, 0.99)),
+            "store_get_mean_ms": ms(store_sum / store_count) if store_count else float("nan"),
+            "store_get_p99_bucket_ms": ms(bucket_quantile(store_buckets, 0.99)),
+        },
     }
     with open(args.json_out, "w") as f:
         json.dump(result, f, indent=2)
 
-    s, c, p = result["sequential"], result["concurrent"], result["in_process"]
+    s, c, p, t = result["sequential"], result["concurrent"], result["in_process"], result["tracking"]
     print(f"""
 | measure | value |
 |---|---|
@@ -329,6 +358,8 @@ def main():
 | API CPU time per accepted order | {c['api_cpu_ms_per_order']:.3f} ms ({c['api_cpu_s']:.2f} s for {c['statuses'].get('202', 0)}) |
 | in-process mean: whole request / SNS call / API's own share | {p['http_mean_ms']:.3f} / {p['publish_mean_ms']:.3f} / {p['api_own_mean_ms']:.3f} ms |
 | in-process p99 bucket (upper bound): whole request / SNS call | <= {p['http_p99_bucket_ms']:g} / <= {p['publish_p99_bucket_ms']:g} ms |
+| sequential GET /api/pedidos/{{id}} (unknown order) p50 / p99 (n={t['n']}) | {t['get_p50_ms']:.2f} / {t['get_p99_ms']:.2f} ms, statuses {t['statuses']} |
+| in-process store read (BatchGetItem): mean / p99 bucket | {t['store_get_mean_ms']:.3f} / <= {t['store_get_p99_bucket_ms']:g} ms |
 """)
 
 

@@ -351,6 +351,39 @@ def paths_and_queries(r: Runner) -> None:
     r.request("query on a JSON route", "POST", "/api/pedidos?x=%FF&x=1", body=json.dumps(order()).encode(), expect={202})
 
 
+def tracking(r: Runner) -> None:
+    """The order-tracking reads (DynamoDB behind them): hostile ids, queries, cursors and conditional headers."""
+    unknown = str(uuid.uuid4())
+    r.request("GET an unknown order", "GET", f"/api/pedidos/{unknown}", content_type=None, expect={404})
+    r.request("HEAD an unknown order", "HEAD", f"/api/pedidos/{unknown}", content_type=None, expect={404})
+    garbage = ["%FF%FE", "%00", "%C0%AF", "%ED%A0%80", "%", "%%", "%2F", "%0D%0AX-Injected:%201", "a%20b", "%E2%80%8B",
+               urllib.parse.quote("ñandú"), "x" * 5000, urllib.parse.quote(CLIENTE + "\u0000"), "{" + CLIENTE + "}",
+               "00000000-0000-0000-0000-000000000000", "-1", "1e400", "null"]
+    for g in garbage:
+        r.request(f"GET /api/pedidos/{g[:40]}", "GET", f"/api/pedidos/{g}", content_type=None, expect={400, 404, 422})
+        r.request(f"GET /api/clientes/{g[:40]}/pedidos", "GET", f"/api/clientes/{g}/pedidos", content_type=None,
+                  expect={200, 400, 404, 422})
+    for tag in [b"*", b'"1-0"', b'W/"1-0"', b'"1-0", "2-1"', b"", b"\xff\xfe", b'"' + b"9" * 5000 + b'"', b",,,", b"W/"]:
+        r.request(f"If-None-Match {tag[:20]!r}", "GET", f"/api/pedidos/{unknown}", headers=[(b"If-None-Match", tag)],
+                  content_type=None, expect={404})
+    base = f"/api/clientes/{CLIENTE}/pedidos"
+    r.request("list a customer's orders", "GET", base, content_type=None, expect={200})
+    for q in ["limit=0", "limit=101", "limit=-1", "limit=abc", "limit=1e2", "limit=99999999999999999999", "limit=%FF",
+              "limit=", "limit=1.5", "cursor=", "cursor=zz", "cursor=%00", "cursor=" + "ab" * 5000, "cursor=%FF%FE",
+              "cursor=" + "68656c6c6f", "limit=0&cursor=zz"]:
+        r.request(f"GET list ?{q[:50]}", "GET", f"{base}?{q}", content_type=None, expect={422})
+    for q in ["limit=1&limit=2", "cursor=a&cursor=b"]:
+        r.request(f"GET list ?{q}", "GET", f"{base}?{q}", content_type=None, expect={400})
+    # Cursors shaped like the store's own (hex of `<RFC 3339>#<uuid>`), pointing nowhere: an empty page, never a 5xx.
+    for key in [f"2026-11-21T10:30:00.000Z#{unknown}", f"1970-01-01T00:00:00+14:00#{unknown}", f"9999-12-31T23:59:59Z#{CLIENTE}"]:
+        r.request(f"GET list with a foreign cursor {key[:24]}", "GET", f"{base}?limit=5&cursor={key.encode().hex()}",
+                  content_type=None, expect={200})
+    r.request("GET list, unknown query parameters", "GET", f"{base}?x=%FF&limit=1&y", content_type=None, expect={200})
+    for method in ["DELETE", "POST", "PUT", "PATCH"]:
+        r.request(f"{method} a customer's orders", method, base, content_type=None, expect={405})
+    r.request("DELETE an order", "DELETE", f"/api/pedidos/{unknown}", content_type=None, expect={405})
+
+
 def slow_clients(r: Runner) -> None:
     """Slowloris: several connections trickle their headers a byte at a time; a normal request must still be quick."""
     stop = threading.Event()
@@ -412,7 +445,7 @@ def protocol(r: Runner) -> None:
 
 
 GROUPS: list[Callable[[Runner], None]] = [numbers, nesting, encodings, fields, sizes, headers, methods_and_routes, paths_and_queries,
-                                          slow_clients, protocol]
+                                          tracking, slow_clients, protocol]
 
 
 def main() -> int:

@@ -14,9 +14,14 @@ const CLIENTE: &str = "6f1c2a0e-9a51-4c1e-8d0b-0c8f4f1a2b3c";
 const HEALTHY: Duration = Duration::from_secs(20);
 const DELIVERY: Duration = Duration::from_secs(15);
 
-/// Starts `pedidos-api` against `moto` with the topic given as `var=value`.
-async fn start_api(moto: &Moto, name: &str, var: &str, value: &str) -> Service {
-    let mut api = Service::builder("pedidos-api").name(unique(name)).endpoint(moto.endpoint()).env(var, value).spawn();
+/// Starts `pedidos-api` against `moto` with the topic given as `var=value`, reading `topology`'s orders table.
+async fn start_api(moto: &Moto, topology: &Topology, name: &str, var: &str, value: &str) -> Service {
+    let mut api = Service::builder("pedidos-api")
+        .name(unique(name))
+        .endpoint(moto.endpoint())
+        .env(var, value)
+        .env("ORDERS_TABLE", &topology.orders_table)
+        .spawn();
     api.wait_healthy(HEALTHY).await;
     api
 }
@@ -94,7 +99,7 @@ async fn post_reaches_both_queues_with_envelope_attributes_and_exact_money() {
     let moto = Moto::start().await;
     let suffix = unique("post");
     let topology = topology(&moto, &suffix).await;
-    let api = start_api(&moto, "api-post", "SNS_TOPIC_ARN", &topology.topic_arn).await;
+    let api = start_api(&moto, &topology, "api-post", "SNS_TOPIC_ARN", &topology.topic_arn).await;
 
     let pedido_id = uuid::Uuid::new_v4().to_string();
     let request_id = unique("req");
@@ -143,12 +148,13 @@ async fn post_reaches_both_queues_with_envelope_attributes_and_exact_money() {
     assert!(api.log_text().contains(&request_id), "request id missing from the log:\n{}", api.log_text());
 }
 
-/// PUT publishes PedidoActualizado with its own subject and version attribute.
+/// PUT publishes PedidoActualizado with its own subject and version attribute. It reaches the process queue only:
+/// the logistics subscription's filter policy takes `PedidoCreado` alone (a shipment is created once per order).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn put_publishes_pedido_actualizado_to_both_queues() {
+async fn put_publishes_pedido_actualizado_to_the_process_queue_only() {
     let moto = Moto::start().await;
     let topology = topology(&moto, &unique("put")).await;
-    let api = start_api(&moto, "api-put", "SNS_TOPIC_ARN", &topology.topic_arn).await;
+    let api = start_api(&moto, &topology, "api-put", "SNS_TOPIC_ARN", &topology.topic_arn).await;
 
     let pedido_id = uuid::Uuid::new_v4().to_string();
     let body = format!(r#"{{"clienteId":"{CLIENTE}","total":"64.50","version":2}}"#);
@@ -156,15 +162,25 @@ async fn put_publishes_pedido_actualizado_to_both_queues() {
     assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
     assert_eq!(answer["version"], json!(2));
 
-    for envelope in one_from_each_queue(&topology, &moto.endpoint()).await {
-        assert_eq!(envelope["Subject"], json!("Pedido actualizado"), "{envelope}");
-        let message = envelope["Message"].as_str().unwrap_or_default();
-        assert!(message.contains(r#""type":"PedidoActualizado""#), "{message}");
-        assert!(message.contains(r#""total":64.50"#), "{message}");
-        assert!(message.contains(&format!(r#""pedidoId":"{pedido_id}""#)), "{message}");
-        assert_attribute(&envelope, "eventType", "String", "PedidoActualizado");
-        assert_attribute(&envelope, "version", "Number", "2");
-        assert_attribute(&envelope, "requestId", "String", "req-put");
+    let (_, sqs) = sdk(&moto.endpoint()).await;
+    let is_process = |q: &&e2e::QueueInfo| q.name.starts_with(platform::topology::PROCESS_QUEUE_NAME);
+    let process = topology.queues.iter().find(is_process).unwrap_or_else(|| panic!("no process queue"));
+    let messages = drain(&sqs, &process.url, 1, DELIVERY).await;
+    assert_eq!(messages.len(), 1, "expected one message on {}", process.name);
+    let envelope = envelope(&messages[0]);
+    assert_eq!(envelope["Subject"], json!("Pedido actualizado"), "{envelope}");
+    let message = envelope["Message"].as_str().unwrap_or_default();
+    assert!(message.contains(r#""type":"PedidoActualizado""#), "{message}");
+    assert!(message.contains(r#""total":64.50"#), "{message}");
+    assert!(message.contains(&format!(r#""pedidoId":"{pedido_id}""#)), "{message}");
+    assert_attribute(&envelope, "eventType", "String", "PedidoActualizado");
+    assert_attribute(&envelope, "version", "Number", "2");
+    assert_attribute(&envelope, "requestId", "String", "req-put");
+
+    // SNS delivered to the process queue already, so a filtered-out copy would have arrived by now too.
+    for queue in topology.queues.iter().filter(|q| !is_process(q)) {
+        let stray = drain(&sqs, &queue.url, 1, Duration::from_secs(2)).await;
+        assert!(stray.is_empty(), "{} received a PedidoActualizado", queue.name);
     }
 }
 
@@ -175,7 +191,7 @@ async fn bare_topic_name_is_resolved() {
     let suffix = unique("bare");
     let topology = topology(&moto, &suffix).await;
     let name = format!("{}{suffix}", platform::topology::TOPIC_NAME);
-    let api = start_api(&moto, "api-bare", "SNS_TOPIC_ARN", &name).await;
+    let api = start_api(&moto, &topology, "api-bare", "SNS_TOPIC_ARN", &name).await;
 
     let (status, _, _) = get(&api, "/ready").await;
     assert_eq!(status, StatusCode::OK);
@@ -193,7 +209,7 @@ async fn bare_topic_name_is_resolved() {
 async fn topic_arn_alias_is_accepted() {
     let moto = Moto::start().await;
     let topology = topology(&moto, &unique("alias")).await;
-    let api = start_api(&moto, "api-alias", "TOPIC_ARN", &topology.topic_arn).await;
+    let api = start_api(&moto, &topology, "api-alias", "TOPIC_ARN", &topology.topic_arn).await;
 
     let body = format!(r#"{{"ClienteId":"{CLIENTE}","Total":1.50}}"#);
     let (status, answer, _) = post_raw(&api, "/api/pedidos", &body, "req-alias").await;
@@ -209,7 +225,7 @@ async fn topic_arn_alias_is_accepted() {
 async fn unreachable_emulator_yields_503_not_hangs() {
     let moto = Moto::start().await;
     let topology = topology(&moto, &unique("pause")).await;
-    let api = start_api(&moto, "api-pause", "SNS_TOPIC_ARN", &topology.topic_arn).await;
+    let api = start_api(&moto, &topology, "api-pause", "SNS_TOPIC_ARN", &topology.topic_arn).await;
     let body = format!(r#"{{"clienteId":"{CLIENTE}","total":9.99}}"#);
 
     let (status, _, _) = get(&api, "/ready").await;
@@ -292,11 +308,12 @@ async fn invalid_topic_arn_exits_non_zero_naming_the_variable() {
 /// SIGTERM makes the API stop promptly with exit code 0, also while SNS is unreachable.
 #[tokio::test]
 async fn sigterm_exits_zero_promptly() {
-    // Nothing listens on the endpoint: the API must start and stop regardless.
+    // Nothing listens on the endpoint: the API must start and stop regardless. A bare topic name (resolved lazily)
+    // rather than an ARN, so no emulator's account id is baked in (moto and LocalStack use different ones).
     let mut api = Service::builder("pedidos-api")
         .name(unique("api-sigterm"))
         .endpoint(format!("http://127.0.0.1:{}", e2e::free_port()))
-        .env("SNS_TOPIC_ARN", "arn:aws:sns:us-east-1:123456789012:ecomexpress-sns-orders-events")
+        .env("SNS_TOPIC_ARN", platform::topology::TOPIC_NAME)
         .spawn();
     api.wait_healthy(HEALTHY).await;
     let started = Instant::now();
@@ -386,7 +403,7 @@ async fn topology_subcommand_is_idempotent() {
 async fn email_subscription_against_moto() {
     let moto = Moto::start().await;
     let topology = topology(&moto, &unique("email")).await;
-    let api = start_api(&moto, "api-email", "SNS_TOPIC_ARN", &topology.topic_arn).await;
+    let api = start_api(&moto, &topology, "api-email", "SNS_TOPIC_ARN", &topology.topic_arn).await;
     let email = format!("{}@example.com", unique("cliente"));
 
     let (status, answer, _) = post_raw(&api, "/api/suscripcion", &json!({"email": email}).to_string(), "req-sub").await;
@@ -420,4 +437,234 @@ async fn email_subscription_against_moto() {
 
     let (status, problem, _) = get(&api, "/api/suscripcion/estado/nadie@example.com").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Order tracking: state a worker applied to DynamoDB, read back through the real binary
+
+/// `GET uri` with optional `If-None-Match`, returning status, headers and the raw body text.
+async fn get_text(
+    api: &Service,
+    path: &str,
+    if_none_match: Option<&str>,
+) -> (StatusCode, reqwest::header::HeaderMap, String) {
+    let mut request = http().get(format!("{}{path}", api.base_url()));
+    if let Some(tag) = if_none_match {
+        request = request.header("if-none-match", tag);
+    }
+    let response = request.send().await.unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    let status = response.status();
+    let headers = response.headers().clone();
+    (status, headers, response.text().await.unwrap_or_else(|e| panic!("reading the body: {e}")))
+}
+
+/// The orders table of `topology` on `moto`, as the workers write it.
+async fn orders_store(moto: &Moto, topology: &Topology) -> store::dynamo::DynamoOrders {
+    store::dynamo::DynamoOrders::new(e2e::dynamodb(&moto.endpoint()).await, topology.orders_table.clone())
+}
+
+fn order_state(
+    pedido_id: uuid::Uuid,
+    cliente_id: uuid::Uuid,
+    fecha: &str,
+    total: &str,
+    items: Option<Vec<domain::Item>>,
+) -> domain::OrderState {
+    domain::OrderState {
+        pedido_id,
+        cliente_id,
+        fecha: chrono::DateTime::parse_from_rfc3339(fecha).unwrap_or_else(|e| panic!("{fecha}: {e}")),
+        total: total.parse().unwrap_or_else(|e| panic!("{total}: {e}")),
+        items,
+    }
+}
+
+async fn apply(orders: &store::dynamo::DynamoOrders, event: &domain::OrderEvent, request_id: &str) {
+    use store::OrderWrites;
+    let meta = store::ChangeMeta { request_id: Some(request_id.to_owned()), at: chrono::Utc::now() };
+    let applied = orders.apply(event, &meta).await.unwrap_or_else(|e| panic!("apply on moto: {e}"));
+    assert_eq!(applied, store::Applied::Applied);
+}
+
+/// What a worker applied to DynamoDB reads back over HTTP: exact money digits, versions, the shipment, an ETag that
+/// changes when the shipment appears, 304 on revalidation; a PUT of a stored version is a 409; an unknown order 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_reads_what_a_worker_applied_to_dynamodb() {
+    use store::OrderWrites;
+    let moto = Moto::start().await;
+    let topology = topology(&moto, &unique("track")).await;
+    let api = start_api(&moto, &topology, "api-track", "SNS_TOPIC_ARN", &topology.topic_arn).await;
+    let orders = orders_store(&moto, &topology).await;
+
+    let pedido_id = uuid::Uuid::new_v4();
+    let cliente_id = uuid::Uuid::new_v4();
+    let line = |price: &str, n: u32| {
+        Some(vec![domain::Item {
+            producto_id: "SKU-1".into(),
+            cantidad: n,
+            precio_unitario: price.parse().unwrap_or_default(),
+        }])
+    };
+    let v1 = domain::OrderEvent::created(
+        order_state(pedido_id, cliente_id, "2026-11-21T10:30:00-03:00", "59.90", line("29.95", 2)),
+        chrono::Utc::now(),
+    );
+    let v2 = domain::OrderEvent::updated(
+        order_state(pedido_id, cliente_id, "2026-11-21T10:30:00-03:00", "0.30", line("0.10", 3)),
+        2,
+        chrono::Utc::now(),
+    );
+    apply(&orders, &v1, "req-v1").await;
+    apply(&orders, &v2, "req-v2").await;
+
+    let path = format!("/api/pedidos/{pedido_id}");
+    let (status, headers, text) = get_text(&api, &path, None).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let etag = headers.get("etag").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    assert_eq!(etag, "\"2-0\"");
+    // Exact digits through DynamoDB's decimal numbers and back, as JSON numbers.
+    assert!(text.contains(r#""total":0.30"#), "{text}");
+    assert!(text.contains(r#""precioUnitario":0.10"#), "{text}");
+    let body: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(body["estado"], json!("ACTUALIZADO"));
+    assert_eq!(body["clienteId"], json!(cliente_id.to_string()));
+    assert_eq!(body["fecha"], json!("2026-11-21T10:30:00-03:00"));
+    assert_eq!(body["requestId"], json!("req-v2"));
+    assert_eq!(body["envio"], Value::Null);
+    let versions: Vec<(Value, Value)> = body["versiones"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no versiones: {body}"))
+        .iter()
+        .map(|v| (v["version"].clone(), v["requestId"].clone()))
+        .collect();
+    assert_eq!(versions, [(json!(1), json!("req-v1")), (json!(2), json!("req-v2"))]);
+
+    let (status, headers, text) = get_text(&api, &path, Some(&etag)).await;
+    assert_eq!(status, StatusCode::NOT_MODIFIED, "{text}");
+    assert!(text.is_empty(), "{text}");
+    assert_eq!(headers.get("etag").and_then(|v| v.to_str().ok()), Some(etag.as_str()));
+
+    let shipment = store::Shipment {
+        pedido_id,
+        tracking_code: "ECX-E2E000000001".into(),
+        estado: "PREPARANDO".into(),
+        creado_en: chrono::Utc::now(),
+        request_id: Some("req-v1".into()),
+    };
+    assert_eq!(orders.create_shipment(&shipment).await.ok(), Some(store::Applied::Applied));
+    let (status, headers, text) = get_text(&api, &path, Some(&etag)).await;
+    assert_eq!(status, StatusCode::OK, "the shipment changes the ETag: {text}");
+    assert_eq!(headers.get("etag").and_then(|v| v.to_str().ok()), Some("\"2-1\""));
+    let body: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(body["envio"]["trackingCode"], json!("ECX-E2E000000001"));
+
+    // The store decides the PUT: version 2 is stored, so it is a 409; version 3 is published.
+    let put = |version: u64| format!(r#"{{"clienteId":"{cliente_id}","total":"1.00","version":{version}}}"#);
+    let (status, problem, _) = put_raw(&api, &path, &put(2), "req-put-2").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert!(problem["detail"].as_str().unwrap_or_default().contains("the stored version is 2"), "{problem}");
+    let (status, answer, _) = put_raw(&api, &path, &put(3), "req-put-3").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+
+    let (status, problem, _) = get(&api, &format!("/api/pedidos/{}", uuid::Uuid::new_v4())).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
+    assert!(problem["detail"].as_str().unwrap_or_default().contains("worker"), "{problem}");
+
+    let (status, ready, _) = get(&api, "/ready").await;
+    assert_eq!(status, StatusCode::OK, "{ready}");
+    assert_eq!(ready["dependencies"], json!({"sns": "ok", "store": "ok"}));
+}
+
+/// An item the API cannot decode (written by hand: `version` as the string "three") is a 500 whose body names
+/// neither the key, the attribute, nor the table; the log names the key and the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_stored_item_is_500_without_internals() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let moto = Moto::start().await;
+    let topology = topology(&moto, &unique("corrupt")).await;
+    let api = start_api(&moto, &topology, "api-corrupt", "SNS_TOPIC_ARN", &topology.topic_arn).await;
+
+    let pedido_id = uuid::Uuid::new_v4();
+    let key = store::dynamo::order_key(pedido_id);
+    let s = |v: &str| AttributeValue::S(v.to_owned());
+    e2e::dynamodb(&moto.endpoint())
+        .await
+        .put_item()
+        .table_name(&topology.orders_table)
+        .item("pk", s(&key))
+        .item("tipo", s("PEDIDO"))
+        .item("pedidoId", s(&pedido_id.to_string()))
+        .item("version", s("three"))
+        .item("estado", s("CREADO"))
+        .item("clienteId", s(CLIENTE))
+        .item("fecha", s("2026-11-21T10:30:00Z"))
+        .item("fechaOrden", s(&format!("2026-11-21T10:30:00.000Z#{pedido_id}")))
+        .item("total", AttributeValue::N("1.00".into()))
+        .item("creadoEn", s("2026-11-21T10:30:01.000Z"))
+        .item("actualizadoEn", s("2026-11-21T10:30:01.000Z"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("put_item: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e)));
+
+    let (status, headers, text) = get_text(&api, &format!("/api/pedidos/{pedido_id}"), None).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{text}");
+    assert_eq!(headers.get("content-type").and_then(|v| v.to_str().ok()), Some("application/problem+json"));
+    for internal in ["PEDIDO#", "three", "version", &topology.orders_table, "dynamo", "Dynamo"] {
+        assert!(!text.contains(internal), "{internal:?} in {text}");
+    }
+    // The same item breaks its customer's listing the same way.
+    let (status, _, text) = get_text(&api, &format!("/api/clientes/{CLIENTE}/pedidos"), None).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{text}");
+    assert!(!text.contains("PEDIDO#") && !text.contains("three"), "{text}");
+
+    let log = api.log_text();
+    assert!(log.contains(&key) && log.contains("version is not a number"), "key and reason not logged:\n{log}");
+}
+
+/// A customer's orders on DynamoDB, newest first across two pages: the cursor of page one leads to the rest, and
+/// the last page has no cursor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customer_orders_page_across_two_pages_on_dynamodb() {
+    let moto = Moto::start().await;
+    let topology = topology(&moto, &unique("pages")).await;
+    let api = start_api(&moto, &topology, "api-pages", "SNS_TOPIC_ARN", &topology.topic_arn).await;
+    let orders = orders_store(&moto, &topology).await;
+
+    let cliente_id = uuid::Uuid::new_v4();
+    let mut ids = Vec::new();
+    for (i, fecha) in
+        ["2026-11-01T09:00:00Z", "2026-11-02T09:00:00-03:00", "2026-11-03T09:00:00+01:00"].iter().enumerate()
+    {
+        let id = uuid::Uuid::new_v4();
+        let event = domain::OrderEvent::created(order_state(id, cliente_id, fecha, "10.50", None), chrono::Utc::now());
+        apply(&orders, &event, &format!("req-{i}")).await;
+        ids.push(id.to_string());
+    }
+    // Another customer's order never shows up.
+    let other = domain::OrderEvent::created(
+        order_state(uuid::Uuid::new_v4(), uuid::Uuid::new_v4(), "2026-11-02T12:00:00Z", "1.00", None),
+        chrono::Utc::now(),
+    );
+    apply(&orders, &other, "req-other").await;
+
+    let base = format!("/api/clientes/{cliente_id}/pedidos");
+    let (status, first, _) = get(&api, &format!("{base}?limit=2")).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let cursor = first["nextCursor"].as_str().unwrap_or_else(|| panic!("no cursor on page one: {first}")).to_owned();
+    let (status, second, _) = get(&api, &format!("{base}?limit=2&cursor={cursor}")).await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    assert_eq!(second["nextCursor"], Value::Null, "{second}");
+
+    let seen: Vec<String> = [&first, &second]
+        .iter()
+        .flat_map(|page| page["pedidos"].as_array().cloned().unwrap_or_default())
+        .map(|p| p["pedidoId"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+    assert_eq!(seen, newest_first);
+    assert_eq!(first["pedidos"][0]["total"].to_string(), "10.50", "{first}");
+
+    let (status, problem, _) = get(&api, &format!("{base}?cursor=zz")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert!(problem["errors"]["cursor"].is_array(), "{problem}");
 }

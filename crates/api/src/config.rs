@@ -1,6 +1,6 @@
 //! `pedidos-api` configuration, loaded once at start-up.
 
-use platform::config::{required, Common, ConfigError, Lookup};
+use platform::config::{orders_table, required, Common, ConfigError, Lookup};
 
 pub const DEFAULT_PORT: u16 = 8080;
 
@@ -9,6 +9,8 @@ pub struct Config {
     pub common: Common,
     /// Topic ARN, or a bare topic name resolved at start-up.
     pub topic: String,
+    /// `ORDERS_TABLE`: the DynamoDB table the workers apply orders to, read here.
+    pub orders_table: String,
 }
 
 impl Config {
@@ -24,6 +26,6 @@ impl Config {
                 reason: "not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)".into(),
             });
         }
-        Ok(Self { common: Common::from_env(env, DEFAULT_PORT)?, topic })
+        Ok(Self { common: Common::from_env(env, DEFAULT_PORT)?, topic, orders_table: orders_table(env)? })
     }
 }

@@ -1,12 +1,15 @@
 //! Every way a request can fail, mapped to an RFC 9457 `application/problem+json` response.
 //!
-//! Client mistakes are 4xx with a specific message; infrastructure trouble is 503 with `Retry-After` and no internal
-//! text (that is logged with the request id instead).
+//! Client mistakes are 4xx with a specific message; infrastructure trouble is 503 with `Retry-After`, and a bug or a
+//! corrupt stored item is a 500, both with no internal text (that is logged with the request id instead).
+
+use std::collections::BTreeMap;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use domain::FieldErrors;
 use serde::Serialize;
+use store::StoreError;
 use utoipa::ToSchema;
 
 /// Seconds a client should wait before retrying after a 503.
@@ -28,9 +31,21 @@ pub enum ApiError {
     NotFound(String),
     #[error("method not allowed on this resource")]
     MethodNotAllowed,
+    /// 409: the request contradicts what the store already holds (a version already applied, a pedidoId taken).
+    #[error("{0}")]
+    Conflict(String),
     /// SNS unreachable, throttling or timing out after bounded retries. The cause is logged, never returned.
     #[error("the message bus is unavailable")]
     Unavailable(String),
+    /// 503: the order store is unreachable, throttling or refusing. The cause is logged, never returned.
+    #[error("the order store is unavailable")]
+    StoreUnavailable(String),
+    /// 503 from `/ready`: each dependency's state (`ok` or `unavailable`), which the body names.
+    #[error("a dependency is unavailable")]
+    NotReady(BTreeMap<&'static str, &'static str>),
+    /// 500: a stored item this version cannot decode. Key and reason are logged, never returned.
+    #[error("stored item {key} cannot be decoded: {reason}")]
+    CorruptRecord { key: String, reason: String },
     /// A bug or unexpected AWS answer. The cause is logged, never returned.
     #[error("internal error")]
     Internal(String),
@@ -49,6 +64,10 @@ pub struct Problem {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<std::collections::BTreeMap<String, Vec<String>>>)]
     pub errors: Option<FieldErrors>,
+    /// Dependency name to `ok` or `unavailable` (`/ready` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<std::collections::BTreeMap<String, String>>)]
+    pub dependencies: Option<BTreeMap<&'static str, &'static str>>,
 }
 
 impl ApiError {
@@ -67,16 +86,36 @@ impl ApiError {
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Unavailable(_) | Self::StoreUnavailable(_) | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::CorruptRecord { .. } | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn detail(&self) -> String {
         match self {
             Self::Unavailable(_) => "The order could not be published right now. Retry with the same pedidoId.".into(),
-            Self::Internal(_) => "An unexpected error occurred; it has been logged with the request id.".into(),
+            Self::StoreUnavailable(_) => "The order store cannot be reached right now. Retry shortly.".into(),
+            Self::NotReady(dependencies) => {
+                let down: Vec<&str> =
+                    dependencies.iter().filter(|(_, state)| **state != "ok").map(|(name, _)| *name).collect();
+                format!("not ready: {} unavailable", down.join(", "))
+            }
+            Self::CorruptRecord { .. } | Self::Internal(_) => {
+                "An unexpected error occurred; it has been logged with the request id.".into()
+            }
             other => other.to_string(),
+        }
+    }
+}
+
+/// Store failures as HTTP answers. [`StoreError::BadCursor`] can only come from a listing, so it names `cursor`.
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable { .. } => Self::StoreUnavailable(error.to_string()),
+            StoreError::Corrupt { key, reason } => Self::CorruptRecord { key, reason },
+            StoreError::BadCursor => Self::invalid_field("cursor", "is not a cursor this API handed out"),
         }
     }
 }
@@ -85,7 +124,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         match &self {
-            Self::Unavailable(cause) => tracing::warn!(%cause, "answering 503"),
+            Self::Unavailable(cause) | Self::StoreUnavailable(cause) => tracing::warn!(%cause, "answering 503"),
+            Self::NotReady(dependencies) => tracing::warn!(?dependencies, "answering 503 (not ready)"),
+            Self::CorruptRecord { key, reason } => tracing::error!(%key, %reason, "answering 500: corrupt stored item"),
             Self::Internal(cause) => tracing::error!(%cause, "answering 500"),
             _ => tracing::debug!(error = %self, "client error"),
         }
@@ -94,10 +135,13 @@ impl IntoResponse for ApiError {
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             status: status.as_u16(),
             detail: self.detail(),
-            errors: match self {
-                Self::Validation(errors) => Some(errors),
-                _ => None,
-            },
+            errors: None,
+            dependencies: None,
+        };
+        let problem = match self {
+            Self::Validation(errors) => Problem { errors: Some(errors), ..problem },
+            Self::NotReady(dependencies) => Problem { dependencies: Some(dependencies), ..problem },
+            _ => problem,
         };
         let mut response = (status, axum::Json(problem)).into_response();
         let headers = response.headers_mut();

@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`config`]: environment, validated once.
-//! - [`bus`]: the `EventBus` port and its SNS adapter.
+//! - [`bus`]: the `EventBus` port and its SNS adapter. The order store (`store::OrderReads`, DynamoDB behind it) is
+//!   the other port: the API only reads what the workers applied.
 //! - [`routes`]: handlers; [`order_input`] turns bodies into valid orders; [`extract`] reads JSON bodies.
 //! - [`error`]: `ApiError` and its problem+json mapping.
 //! - [`openapi`]: the generated OpenAPI document.
@@ -24,9 +25,11 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{get, post};
 use axum::Router;
 use platform::metrics::PrometheusHandle;
+use store::dynamo::DynamoOrders;
+use store::OrderReads;
 use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -50,14 +53,16 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct AppState {
     pub bus: Arc<dyn EventBus>,
+    /// What the workers applied: tracking reads, and the checks before a PUT or a re-POST.
+    pub orders: Arc<dyn OrderReads>,
     pub metrics: PrometheusHandle,
     /// Last readiness answer and when it was taken.
-    pub readiness: Arc<Mutex<Option<(Instant, bool)>>>,
+    pub readiness: Arc<Mutex<Option<(Instant, routes::ops::Checked)>>>,
 }
 
 impl AppState {
-    pub fn new(bus: Arc<dyn EventBus>) -> Self {
-        Self { bus, metrics: platform::metrics::handle(), readiness: Arc::new(Mutex::new(None)) }
+    pub fn new(bus: Arc<dyn EventBus>, orders: Arc<dyn OrderReads>) -> Self {
+        Self { bus, orders, metrics: platform::metrics::handle(), readiness: Arc::new(Mutex::new(None)) }
     }
 }
 
@@ -66,7 +71,9 @@ pub fn router(state: AppState) -> Router {
     let x_request_id = axum::http::HeaderName::from_static("x-request-id");
     Router::new()
         .route("/api/pedidos", post(routes::orders::create))
-        .route("/api/pedidos/{pedido_id}", put(routes::orders::update))
+        // Parameter names as in the OpenAPI document, so the `route` metrics label matches it.
+        .route("/api/pedidos/{pedidoId}", get(routes::tracking::get_order).put(routes::orders::update))
+        .route("/api/clientes/{clienteId}/pedidos", get(routes::tracking::list_by_cliente))
         .route("/api/suscripcion", post(routes::subscriptions::subscribe))
         .route("/api/suscripcion/estado/{email}", get(routes::subscriptions::status))
         .route("/health", get(routes::ops::health))
@@ -174,20 +181,23 @@ pub async fn run(listener: TcpListener, state: AppState, shutdown: CancellationT
     }
 }
 
-/// Builds the SNS-backed state from `config`, binds the port and serves until `shutdown`.
+/// Builds the SNS- and DynamoDB-backed state from `config`, binds the port and serves until `shutdown`.
 ///
 /// # Errors
 /// Binding the port or serving failed.
 pub async fn start(config: Config, shutdown: CancellationToken) -> std::io::Result<()> {
+    // One budget for both: a client waits on every call, SNS publish and DynamoDB read alike.
     let sdk = platform::aws::load(&config.common.region, platform::aws::CallBudget::INTERACTIVE, Duration::ZERO).await;
     let bus = SnsBus::new(aws_sdk_sns::Client::new(&sdk), config.topic.clone());
+    let orders = DynamoOrders::new(aws_sdk_dynamodb::Client::new(&sdk), config.orders_table.clone());
     let listener = TcpListener::bind((config.common.bind_addr, config.common.port)).await?;
     tracing::info!(
         addr = %listener.local_addr()?,
         topic = %config.topic,
+        orders_table = %config.orders_table,
         endpoint = config.common.endpoint_url.as_deref().unwrap_or("aws"),
         region = %config.common.region,
         "pedidos-api listening"
     );
-    run(listener, AppState::new(Arc::new(bus)), shutdown).await
+    run(listener, AppState::new(Arc::new(bus), Arc::new(orders)), shutdown).await
 }

@@ -3,11 +3,12 @@
 //! Field names match case-insensitively, so the seed's PascalCase (`PedidoId`, `ClienteId`, `Fecha`, `Total`) works as
 //! ASP.NET's binder did. Unknown fields are rejected by name. Money is parsed from the JSON text, never via f64.
 
+use std::collections::HashSet;
 use std::str::FromStr;
 
 use chrono::{DateTime, FixedOffset, Utc};
-use domain::validation::{check_order, FieldErrors};
-use domain::{Item, OrderState};
+use domain::validation::{check_amount, check_order, FieldErrors};
+use domain::{Item, OrderState, MAX_VERSION};
 use rust_decimal::Decimal;
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -26,6 +27,10 @@ pub enum Mode {
 pub struct OrderInput {
     pub order: OrderState,
     pub version: Option<u64>,
+    /// The client chose the `pedidoId` (on POST): only then can the order collide with one already stored.
+    pub pedido_id_given: bool,
+    /// The client gave `fecha`; otherwise it is the time of the request, which differs on every retry.
+    pub fecha_given: bool,
 }
 
 const FIELDS: [&str; 6] = ["pedidoId", "clienteId", "fecha", "total", "items", "version"];
@@ -73,23 +78,120 @@ pub fn parse(body: Map<String, Value>, mode: Mode, now: DateTime<Utc>) -> Result
         (Mode::Create, None) => None,
         (Mode::Update { .. }, None) => missing("version", &mut errors),
         (Mode::Update { .. }, Some(v)) => match v.as_u64() {
-            Some(n) if n >= 2 => Some(n),
+            Some(n) if (2..=MAX_VERSION).contains(&n) => Some(n),
             _ => {
-                errors.add("version", "must be an integer >= 2 (version 1 is the creation)");
+                errors
+                    .add("version", format!("must be an integer from 2 to {MAX_VERSION} (version 1 is the creation)"));
                 None
             }
         },
     };
 
-    match (pedido_id, cliente_id, fecha, total) {
-        (Some(pedido_id), Some(cliente_id), Some(fecha), Some(total)) => {
-            let order = OrderState { pedido_id, cliente_id, fecha, total, items };
-            check_order(&order, &mut errors);
-            errors.into_result().map(|()| OrderInput { order, version })
+    let parsed = Parsed { pedido_id, cliente_id, total, items };
+    check_parsed(&parsed, now, &mut errors);
+    // `None` when a line did not parse (already reported); `Some(None)` when the order has no items.
+    let items = match parsed.items {
+        None => Some(None),
+        Some(lines) => lines.into_iter().map(Line::complete).collect::<Option<Vec<Item>>>().map(Some),
+    };
+    match (parsed.pedido_id, parsed.cliente_id, fecha, parsed.total, items) {
+        (Some(pedido_id), Some(cliente_id), Some(fecha), Some(total), Some(items)) if errors.is_empty() => {
+            Ok(OrderInput {
+                order: OrderState { pedido_id, cliente_id, fecha, total, items },
+                version,
+                pedido_id_given: get("pedidoId").is_some(),
+                fecha_given: get("fecha").is_some(),
+            })
         }
         _ => Err(errors),
     }
 }
+
+/// The fields the business rules look at, each `None` when it did not parse.
+struct Parsed {
+    pedido_id: Option<Uuid>,
+    cliente_id: Option<Uuid>,
+    total: Option<Decimal>,
+    /// `None` when absent (or not an array, already reported).
+    items: Option<Vec<Line>>,
+}
+
+/// One order line, each part `None` when it did not parse.
+#[derive(Default)]
+struct Line {
+    producto_id: Option<String>,
+    cantidad: Option<u32>,
+    precio_unitario: Option<Decimal>,
+}
+
+impl Line {
+    fn complete(self) -> Option<Item> {
+        Some(Item { producto_id: self.producto_id?, cantidad: self.cantidad?, precio_unitario: self.precio_unitario? })
+    }
+}
+
+/// Runs the business rules on every field that parsed, so one answer lists every problem: a bad `clienteId` must not
+/// hide an out-of-range `total`, nor a bad `cantidad` its line's `productoId`.
+///
+/// `check_order` judges a whole order, so each field that did not parse is stood in by a value that passes every rule
+/// (a line part adding nothing to the sum), and the problems reported on stand-ins are dropped. The sum rule needs
+/// `total` and every line part; without them `total` still gets its own rules.
+fn check_parsed(parsed: &Parsed, now: DateTime<Utc>, errors: &mut FieldErrors) {
+    let mut stand_ins: HashSet<String> = HashSet::new();
+    let mut stand_in = |field: String| stand_ins.insert(field);
+    if parsed.pedido_id.is_none() {
+        stand_in("pedidoId".into());
+    }
+    if parsed.cliente_id.is_none() {
+        stand_in("clienteId".into());
+    }
+    let lines = parsed.items.as_deref().unwrap_or_default();
+    let mut sum_is_real = parsed.total.is_some();
+    let probe_lines: Vec<Item> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, line)| {
+            for (name, missing) in [
+                ("productoId", line.producto_id.is_none()),
+                ("cantidad", line.cantidad.is_none()),
+                ("precioUnitario", line.precio_unitario.is_none()),
+            ] {
+                if missing {
+                    stand_in(format!("items[{i}].{name}"));
+                    sum_is_real = false;
+                }
+            }
+            Item {
+                producto_id: line.producto_id.clone().unwrap_or_else(|| "-".into()),
+                cantidad: line.cantidad.unwrap_or(1),
+                precio_unitario: line.precio_unitario.unwrap_or(Decimal::ZERO),
+            }
+        })
+        .collect();
+    if !sum_is_real {
+        stand_in("total".into());
+    }
+    let probe = OrderState {
+        pedido_id: parsed.pedido_id.unwrap_or(STAND_IN_ID),
+        cliente_id: parsed.cliente_id.unwrap_or(STAND_IN_ID),
+        fecha: now.fixed_offset(),
+        total: parsed.total.unwrap_or(Decimal::ONE),
+        items: parsed.items.as_ref().map(|_| probe_lines),
+    };
+    let mut found = FieldErrors::default();
+    check_order(&probe, &mut found);
+    for field in found.fields().filter(|field| !stand_ins.contains(*field)) {
+        for message in found.get(field).unwrap_or_default() {
+            errors.add(field, message.clone());
+        }
+    }
+    if let (Some(total), false) = (parsed.total, sum_is_real) {
+        check_amount("total", total, false, errors);
+    }
+}
+
+/// Stands in for an id that did not parse: not nil, so it passes every rule.
+const STAND_IN_ID: Uuid = Uuid::from_u128(1);
 
 /// Maps keys case-insensitively onto `known`, reporting unknown and repeated ones.
 fn canonical_fields(
@@ -161,7 +263,8 @@ fn decimal(value: &Value, field: &str, errors: &mut FieldErrors) -> Option<Decim
     }
 }
 
-fn items(value: &Value, errors: &mut FieldErrors) -> Option<Vec<Item>> {
+/// Each line and each of its parts parsed on its own (problems reported), so the rest is still judged.
+fn items(value: &Value, errors: &mut FieldErrors) -> Option<Vec<Line>> {
     let Some(array) = value.as_array() else {
         errors.add("items", "must be an array of {productoId, cantidad, precioUnitario}");
         return None;
@@ -170,6 +273,7 @@ fn items(value: &Value, errors: &mut FieldErrors) -> Option<Vec<Item>> {
     for (i, raw) in array.iter().enumerate() {
         let Some(object) = raw.as_object() else {
             errors.add(format!("items[{i}]"), "must be an object");
+            out.push(Line::default());
             continue;
         };
         let prefix = format!("items[{i}].");
@@ -195,11 +299,9 @@ fn items(value: &Value, errors: &mut FieldErrors) -> Option<Vec<Item>> {
             Some(v) => decimal(v, &format!("{prefix}precioUnitario"), errors),
             None => missing(&format!("{prefix}precioUnitario"), errors),
         };
-        if let (Some(producto_id), Some(cantidad), Some(precio_unitario)) = (producto_id, cantidad, precio) {
-            out.push(Item { producto_id, cantidad, precio_unitario });
-        }
+        out.push(Line { producto_id, cantidad, precio_unitario: precio });
     }
-    (out.len() == array.len()).then_some(out)
+    Some(out)
 }
 
 #[cfg(test)]
@@ -260,6 +362,37 @@ mod tests {
         assert!(create(json!({"clienteId": CLIENTE, "total": 0.50, "items": items})).is_ok());
         let wrong = create(json!({"clienteId": CLIENTE, "total": 0.51, "items": items}));
         assert!(wrong.err().and_then(|e| e.get("total").map(|m| m[0].clone())).unwrap_or_default().contains("0.50"));
+    }
+
+    /// Each field's rules run whether or not the others parsed; rules on stand-ins report nothing.
+    #[test]
+    fn field_checks_run_independently() {
+        let messages =
+            |errors: &FieldErrors, field: &str| errors.get(field).map(<[String]>::to_vec).unwrap_or_default();
+        let Err(errors) = create(json!({"clienteId": "x", "total": "1000000000"})) else { panic!("must fail") };
+        assert_eq!(messages(&errors, "clienteId"), ["must be a UUID string"]);
+        assert_eq!(messages(&errors, "total"), ["must be at most 999999999.99"]);
+
+        // Missing total: only "is required", no sum rule against a stand-in.
+        let items = json!([{"productoId": "A", "cantidad": 1, "precioUnitario": "5"}]);
+        let Err(errors) = create(json!({"clienteId": CLIENTE, "items": items})) else { panic!("must fail") };
+        assert_eq!(errors.fields().collect::<Vec<_>>(), ["total"]);
+        assert_eq!(messages(&errors, "total"), ["is required"]);
+
+        // A bad cantidad does not hide its line's empty productoId, nor total's own rules; the sum is not judged.
+        let items = json!([{"productoId": "", "cantidad": "x", "precioUnitario": 1}, {"productoId": "B", "cantidad": 1, "precioUnitario": "2"}]);
+        let Err(errors) = create(json!({"clienteId": CLIENTE, "total": "0.001", "items": items})) else {
+            panic!("must fail")
+        };
+        assert_eq!(errors.fields().collect::<Vec<_>>(), ["items[0].cantidad", "items[0].productoId", "total"]);
+        assert_eq!(messages(&errors, "total"), ["must have at most 2 decimal places"]);
+
+        // Everything parsed: the sum rule applies as before.
+        let items = json!([{"productoId": "A", "cantidad": 2, "precioUnitario": "5"}]);
+        let Err(errors) = create(json!({"clienteId": CLIENTE, "total": 9, "items": items})) else {
+            panic!("must fail")
+        };
+        assert!(messages(&errors, "total").iter().any(|m| m.contains("(10)")), "{errors}");
     }
 
     #[test]

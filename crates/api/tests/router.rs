@@ -1,8 +1,10 @@
-//! Router tests: the whole HTTP surface of `pedidos-api` driven with `oneshot`, the bus replaced by a fake.
+//! Router tests: the whole HTTP surface of `pedidos-api` driven with `oneshot`, the bus replaced by a fake and the
+//! order store by its in-memory twin (`store::memory::MemoryOrders`), seeded the way the workers write it.
 //!
-//! The fake records what the router hands it (the event, its exact JSON text, the request id), so these tests check
-//! both what the client sees and what would reach SNS. Behaviour that depends on AWS itself (envelopes, attributes
-//! on the wire, outages) is covered against a real moto server in `tests/tests/api_e2e.rs`.
+//! The fake bus records what the router hands it (the event, its exact JSON text, the request id), so these tests
+//! check both what the client sees and what would reach SNS. Behaviour that depends on AWS itself (envelopes,
+//! attributes on the wire, outages, DynamoDB's encoding) is covered against a real moto server in
+//! `tests/tests/api_e2e.rs`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,10 +13,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use axum::body::Body;
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
-use domain::{EventType, OrderEvent};
+use chrono::{DateTime, TimeZone, Utc};
+use domain::{EventType, Item, OrderEvent, OrderState};
 use pedidos_api::bus::{BoxFuture, BusError, EventBus, SubscriptionStatus};
 use pedidos_api::{router, AppState};
+use rust_decimal::Decimal;
 use serde_json::{json, Value};
+use store::memory::MemoryOrders;
+use store::{Applied, ChangeMeta, OrderReads, OrderView, OrderWrites, Page, Shipment, StoreError};
 use tower::ServiceExt;
 use uuid::Uuid;
 
@@ -115,17 +121,47 @@ impl EventBus for FakeBus {
     }
 }
 
-/// The app under test and the fake behind it.
+/// The app under test and the fakes behind it.
 struct App {
     router: Router,
     bus: Arc<FakeBus>,
+    /// The store the router reads; tests write to it as the workers would.
+    store: Arc<MemoryOrders>,
 }
 
 impl App {
     fn new(bus: FakeBus) -> Self {
+        let store = Arc::new(MemoryOrders::new());
         let bus = Arc::new(bus);
-        let state = AppState::new(bus.clone());
-        Self { router: router(state), bus }
+        let state = AppState::new(bus.clone(), store.clone());
+        Self { router: router(state), bus, store }
+    }
+
+    /// An app reading from `reads` instead of the in-memory store.
+    fn reading_from(reads: Arc<dyn OrderReads>) -> Self {
+        let bus = Arc::new(FakeBus::new(PublishMode::Accept));
+        let state = AppState::new(bus.clone(), reads);
+        Self { router: router(state), bus, store: Arc::new(MemoryOrders::new()) }
+    }
+
+    /// Applies `event` as the process worker would, with `request_id` as the change's request id.
+    async fn apply(&self, event: &OrderEvent, request_id: Option<&str>) {
+        let meta = ChangeMeta { request_id: request_id.map(str::to_owned), at: Utc::now() };
+        let applied = self.store.apply(event, &meta).await;
+        assert!(matches!(applied, Ok(Applied::Applied)), "seeding {event:?}: {applied:?}");
+    }
+
+    /// Creates the order's shipment as the logistics worker would.
+    async fn ship(&self, pedido_id: Uuid) {
+        let shipment = Shipment {
+            pedido_id,
+            tracking_code: "ECX-TEST00000001".into(),
+            estado: "PREPARANDO".into(),
+            creado_en: Utc::now(),
+            request_id: Some("req-ship".into()),
+        };
+        let created = self.store.create_shipment(&shipment).await;
+        assert!(matches!(created, Ok(Applied::Applied)), "{created:?}");
     }
 
     fn accepting() -> Self {
@@ -154,6 +190,13 @@ impl App {
 
     async fn put_json(&self, uri: &str, body: &Value) -> Reply {
         self.send(request(Method::PUT, uri, Some("application/json"), Body::from(body.to_string()))).await
+    }
+
+    /// `GET uri` with `If-None-Match: tag`.
+    async fn get_if_none_match(&self, uri: &str, tag: &str) -> Reply {
+        let mut req = request(Method::GET, uri, None, Body::empty());
+        req.headers_mut().insert(header::IF_NONE_MATCH, tag.parse().unwrap_or_else(|e| panic!("{tag}: {e}")));
+        self.send(req).await
     }
 
     fn published(&self) -> MutexGuard<'_, Vec<Published>> {
@@ -780,4 +823,501 @@ async fn subscription_status() {
     assert_eq!(confirmed.json()["status"], json!("Confirmado"));
     app.get("/api/suscripcion/estado/nadie@example.com").await.problem(StatusCode::NOT_FOUND);
     assert!(!app.get("/api/suscripcion/estado/not-an-email").await.field_errors("email").is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Order store: what the workers applied, read back
+
+fn dec(text: &str) -> Decimal {
+    text.parse().unwrap_or_else(|e| panic!("bad test decimal {text}: {e}"))
+}
+
+fn day(d: u32) -> DateTime<chrono::FixedOffset> {
+    Utc.with_ymd_and_hms(2026, 11, d, 10, 30, 0).single().unwrap_or_else(|| panic!("day {d}")).fixed_offset()
+}
+
+fn state(pedido_id: Uuid, cliente_id: &str, total: &str, items: Option<Vec<Item>>) -> OrderState {
+    OrderState {
+        pedido_id,
+        cliente_id: Uuid::parse_str(cliente_id).unwrap_or_else(|e| panic!("{cliente_id}: {e}")),
+        fecha: day(21),
+        total: dec(total),
+        items,
+    }
+}
+
+fn pedido() -> Uuid {
+    Uuid::parse_str(PEDIDO).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A stored order reads back with its state, its history, exact money and its ETag; a missing shipment is null and
+/// missing items are left out.
+#[tokio::test]
+async fn get_returns_the_stored_order_with_exact_money_and_versions() {
+    let app = App::accepting();
+    let lines = |price: &str, n: u32| {
+        Some(vec![Item { producto_id: "SKU-1".into(), cantidad: n, precio_unitario: dec(price) }])
+    };
+    app.apply(&OrderEvent::created(state(pedido(), CLIENTE, "59.90", lines("29.95", 2)), Utc::now()), Some("req-1"))
+        .await;
+    app.apply(&OrderEvent::updated(state(pedido(), CLIENTE, "0.30", lines("0.10", 3)), 3, Utc::now()), Some("req-3"))
+        .await;
+
+    let reply = app.get(&format!("/api/pedidos/{PEDIDO}")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.header("etag"), Some("\"3-0\""));
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    let text = reply.text();
+    // Exact digits, as JSON numbers: no f64 on the way out either.
+    assert!(text.contains(r#""total":0.30"#), "{text}");
+    assert!(text.contains(r#""precioUnitario":0.10"#), "{text}");
+    let body = reply.json();
+    assert_eq!(body["pedidoId"], json!(PEDIDO));
+    assert_eq!(body["version"], json!(3));
+    assert_eq!(body["estado"], json!("ACTUALIZADO"));
+    assert_eq!(body["clienteId"], json!(CLIENTE));
+    assert_eq!(body["fecha"], json!("2026-11-21T10:30:00Z"));
+    // Parsed from text: `json!(0.10)` would go through f64 and compare as `0.1`.
+    let lines: Value = serde_json::from_str(r#"[{"productoId":"SKU-1","cantidad":3,"precioUnitario":0.10}]"#)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(body["items"], lines);
+    assert_eq!(body["requestId"], json!("req-3"));
+    assert_eq!(body["envio"], Value::Null);
+    for stamp in ["creadoEn", "actualizadoEn"] {
+        let text = body[stamp].as_str().unwrap_or_default();
+        assert!(DateTime::parse_from_rfc3339(text).is_ok(), "{stamp}: {body}");
+    }
+    let history: Vec<(Value, Value)> = body["versiones"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no versiones in {body}"))
+        .iter()
+        .map(|v| (v["version"].clone(), v["requestId"].clone()))
+        .collect();
+    assert_eq!(history, [(json!(1), json!("req-1")), (json!(3), json!("req-3"))]);
+    assert!(body["versiones"][0]["aplicadaEn"].as_str().is_some(), "{body}");
+
+    // Without items and without a request id (a legacy event): no `items` member, `requestId` null.
+    let bare = Uuid::new_v4();
+    app.apply(&OrderEvent::created(state(bare, CLIENTE, "12.00", None), Utc::now()), None).await;
+    let body = app.get(&format!("/api/pedidos/{bare}")).await.json();
+    assert!(body.get("items").is_none(), "{body}");
+    assert_eq!(body["requestId"], Value::Null);
+    assert_eq!(body["versiones"], json!([{"version": 1, "aplicadaEn": body["creadoEn"], "requestId": null}]));
+    assert!(app.published().is_empty(), "reads publish nothing");
+}
+
+/// `If-None-Match` with the current ETag (alone, in a list, weak, or `*`) is a 304 without a body; the ETag changes
+/// when the shipment appears, although the version does not.
+#[tokio::test]
+async fn etag_answers_304_and_changes_when_the_shipment_appears() {
+    let app = App::accepting();
+    app.apply(&OrderEvent::created(state(pedido(), CLIENTE, "10.00", None), Utc::now()), Some("req-1")).await;
+    let uri = format!("/api/pedidos/{PEDIDO}");
+    let first = app.get(&uri).await;
+    assert_eq!(first.header("etag"), Some("\"1-0\""));
+
+    for tag in ["\"1-0\"", "*", "\"0-0\", \"1-0\"", "W/\"1-0\""] {
+        let reply = app.get_if_none_match(&uri, tag).await;
+        assert_eq!(reply.status, StatusCode::NOT_MODIFIED, "{tag}: {}", reply.text());
+        assert_eq!(reply.header("etag"), Some("\"1-0\""), "{tag}");
+        assert!(reply.body.is_empty(), "{tag}: {}", reply.text());
+    }
+    assert_eq!(app.get_if_none_match(&uri, "\"2-0\"").await.status, StatusCode::OK);
+
+    app.ship(pedido()).await;
+    let after = app.get_if_none_match(&uri, "\"1-0\"").await;
+    assert_eq!(after.status, StatusCode::OK, "the old tag must not match once the shipment exists");
+    assert_eq!(after.header("etag"), Some("\"1-1\""));
+    let body = after.json();
+    assert_eq!(body["version"], json!(1));
+    assert_eq!(body["envio"]["trackingCode"], json!("ECX-TEST00000001"));
+    assert_eq!(body["envio"]["estado"], json!("PREPARANDO"));
+    assert!(body["envio"]["creadoEn"].as_str().is_some(), "{body}");
+    assert_eq!(app.get_if_none_match(&uri, "\"1-1\"").await.status, StatusCode::NOT_MODIFIED);
+}
+
+/// An order no worker has applied is a 404 problem that says so; a non-UUID id is a 422 on `pedidoId`.
+#[tokio::test]
+async fn get_unknown_order_is_404_and_bad_id_is_422() {
+    let app = App::accepting();
+    let problem = app.get(&format!("/api/pedidos/{}", Uuid::new_v4())).await.problem(StatusCode::NOT_FOUND);
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("once a worker has applied it"), "{detail}");
+    assert!(!app.get("/api/pedidos/not-a-uuid").await.field_errors("pedidoId").is_empty());
+}
+
+/// A store outage is a 503 with Retry-After on every read, without the cause in the body.
+#[tokio::test]
+async fn store_outage_is_503_with_retry_after_on_reads() {
+    let app = App::accepting();
+    app.store.set_unavailable(true);
+    for uri in [format!("/api/pedidos/{PEDIDO}"), format!("/api/clientes/{CLIENTE}/pedidos")] {
+        let reply = app.get(&uri).await;
+        let problem = reply.problem(StatusCode::SERVICE_UNAVAILABLE);
+        assert!(reply.header("retry-after").is_some_and(|v| v.parse::<u64>().is_ok()), "{uri}: {:?}", reply.headers);
+        assert!(!reply.text().contains("simulated outage"), "{uri}: {problem}");
+        assert!(problem["detail"].as_str().unwrap_or_default().contains("store"), "{uri}: {problem}");
+    }
+}
+
+/// Reads that always find a corrupt item, as DynamoDB would report one written by hand.
+struct CorruptReads;
+
+const CORRUPT_KEY: &str = "PEDIDO#0b9e4a52-3c1d-4f7e-9a2b-5d6c7e8f9a0b";
+const CORRUPT_REASON: &str = "version=\"three\" is out of range";
+
+impl OrderReads for CorruptReads {
+    fn get(&self, _: Uuid) -> store::BoxFuture<'_, Result<Option<OrderView>, StoreError>> {
+        Box::pin(async { Err(StoreError::Corrupt { key: CORRUPT_KEY.into(), reason: CORRUPT_REASON.into() }) })
+    }
+
+    fn list_by_cliente<'a>(
+        &'a self,
+        _: Uuid,
+        _: u32,
+        _: Option<&'a str>,
+    ) -> store::BoxFuture<'a, Result<Page, StoreError>> {
+        Box::pin(async { Err(StoreError::Corrupt { key: CORRUPT_KEY.into(), reason: CORRUPT_REASON.into() }) })
+    }
+
+    fn check(&self) -> store::BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// A stored item the API cannot decode is a 500 problem whose body names neither the key nor the reason (they are
+/// logged), on reads and on the checks before publishing.
+#[tokio::test]
+async fn corrupt_stored_item_is_500_without_internals() {
+    let app = App::reading_from(Arc::new(CorruptReads));
+    let replies = [
+        app.get(&format!("/api/pedidos/{PEDIDO}")).await,
+        app.get(&format!("/api/clientes/{CLIENTE}/pedidos")).await,
+        app.put_json(&format!("/api/pedidos/{PEDIDO}"), &json!({"clienteId": CLIENTE, "total": 1, "version": 2})).await,
+    ];
+    for reply in replies {
+        reply.problem(StatusCode::INTERNAL_SERVER_ERROR);
+        let text = reply.text();
+        assert!(!text.contains("PEDIDO#") && !text.contains("three") && !text.contains("version="), "{text}");
+    }
+    assert!(app.published().is_empty());
+}
+
+/// Reads never touch SNS: they keep working while the bus is down.
+#[tokio::test]
+async fn reads_work_while_the_bus_is_down() {
+    let app = App::new(FakeBus { ready: false, ..FakeBus::new(PublishMode::Unavailable) });
+    app.apply(&OrderEvent::created(state(pedido(), CLIENTE, "10.00", None), Utc::now()), None).await;
+    assert_eq!(app.get(&format!("/api/pedidos/{PEDIDO}")).await.status, StatusCode::OK);
+    assert_eq!(app.get(&format!("/api/clientes/{CLIENTE}/pedidos")).await.status, StatusCode::OK);
+    assert_eq!(app.bus.checks.load(Ordering::SeqCst), 0);
+}
+
+/// A customer's orders come newest first, a page at a time, until `nextCursor` is null; other customers' orders
+/// never appear.
+#[tokio::test]
+async fn customer_orders_page_newest_first() {
+    let app = App::accepting();
+    let ids: Vec<Uuid> = (1..=5u32).map(|_| Uuid::new_v4()).collect();
+    for (d, id) in (1..=5u32).zip(&ids) {
+        let order = OrderState { fecha: day(d), ..state(*id, CLIENTE, "1.00", None) };
+        app.apply(&OrderEvent::created(order, Utc::now()), None).await;
+    }
+    let other =
+        OrderState { fecha: day(9), ..state(Uuid::new_v4(), "11111111-2222-4333-8444-555555555555", "1.00", None) };
+    app.apply(&OrderEvent::created(other, Utc::now()), None).await;
+
+    let one: Value = serde_json::from_str("1.00").unwrap_or_else(|e| panic!("{e}"));
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    let mut uri = format!("/api/clientes/{CLIENTE}/pedidos?limit=2");
+    loop {
+        let reply = app.get(&uri).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        let body = reply.json();
+        let pedidos = body["pedidos"].as_array().unwrap_or_else(|| panic!("no pedidos in {body}"));
+        assert!(pedidos.len() <= 2, "{body}");
+        assert!(pedidos.iter().all(|p| p["clienteId"] == json!(CLIENTE) && p["total"] == one), "{body}");
+        seen.extend(pedidos.iter().map(|p| p["pedidoId"].as_str().unwrap_or_default().to_owned()));
+        pages += 1;
+        match &body["nextCursor"] {
+            Value::String(cursor) => uri = format!("/api/clientes/{CLIENTE}/pedidos?limit=2&cursor={cursor}"),
+            Value::Null => break,
+            other => panic!("nextCursor {other}"),
+        }
+    }
+    let newest_first: Vec<String> = ids.iter().rev().map(Uuid::to_string).collect();
+    assert_eq!(seen, newest_first);
+    assert_eq!(pages, 3);
+
+    // Default limit (20): one page with all five.
+    let all = app.get(&format!("/api/clientes/{CLIENTE}/pedidos")).await.json();
+    assert_eq!(all["pedidos"].as_array().map(Vec::len), Some(5), "{all}");
+    assert_eq!(all["nextCursor"], Value::Null);
+    // A customer without orders gets an empty page, not a 404.
+    let none = app.get(&format!("/api/clientes/{}/pedidos", Uuid::new_v4())).await;
+    assert_eq!(none.status, StatusCode::OK);
+    assert_eq!(none.json(), json!({"pedidos": [], "nextCursor": null}));
+}
+
+/// `limit` outside 1..=100, a cursor the store did not hand out and a non-UUID clienteId are 422s naming the
+/// parameter (together when several are wrong); a query that cannot be read at all is still problem+json.
+#[tokio::test]
+async fn listing_parameters_are_checked() {
+    let app = App::accepting();
+    let base = format!("/api/clientes/{CLIENTE}/pedidos");
+    for limit in ["0", "101", "abc", "-1", "", "1.5"] {
+        let reply = app.get(&format!("{base}?limit={limit}")).await;
+        assert!(!reply.field_errors("limit").is_empty(), "limit={limit}");
+    }
+    for limit in ["1", "100"] {
+        assert_eq!(app.get(&format!("{base}?limit={limit}")).await.status, StatusCode::OK, "limit={limit}");
+    }
+    for cursor in ["zz", "", "abc", "68656c6c6f"] {
+        let reply = app.get(&format!("{base}?cursor={cursor}")).await;
+        assert!(!reply.field_errors("cursor").is_empty(), "cursor={cursor}");
+    }
+    let both = app.get("/api/clientes/nope/pedidos?limit=0").await;
+    assert!(!both.field_errors("clienteId").is_empty());
+    assert!(!both.field_errors("limit").is_empty());
+    app.get(&format!("{base}?limit=1&limit=2")).await.problem(StatusCode::BAD_REQUEST);
+}
+
+/// A PUT for a version the store already holds, or an older one, is a 409 naming both versions; nothing is published.
+/// A newer version is published.
+#[tokio::test]
+async fn put_of_an_applied_or_older_version_is_409() {
+    let app = App::accepting();
+    app.apply(&OrderEvent::created(state(pedido(), CLIENTE, "10.00", None), Utc::now()), None).await;
+    app.apply(&OrderEvent::updated(state(pedido(), CLIENTE, "11.00", None), 3, Utc::now()), None).await;
+    let uri = format!("/api/pedidos/{PEDIDO}");
+
+    let same = app.put_json(&uri, &update(json!(3))).await.problem(StatusCode::CONFLICT);
+    let detail = same["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("version 3 is already applied; the stored version is 3"), "{detail}");
+    let older = app.put_json(&uri, &update(json!(2))).await.problem(StatusCode::CONFLICT);
+    let detail = older["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("version 2 is older than the stored version 3"), "{detail}");
+    assert!(app.published().is_empty());
+
+    assert_eq!(app.put_json(&uri, &update(json!(4))).await.status, StatusCode::ACCEPTED);
+    assert_eq!(app.published().len(), 1);
+}
+
+/// Versions are bounded by `domain::MAX_VERSION`: one above is a 422 on `version`, the bound itself is published.
+#[tokio::test]
+async fn put_version_above_the_bound_is_422() {
+    let app = App::accepting();
+    let uri = format!("/api/pedidos/{PEDIDO}");
+    let messages = app.put_json(&uri, &update(json!(domain::MAX_VERSION + 1))).await.field_errors("version");
+    assert!(messages.iter().any(|m| m.contains("1000000")), "{messages:?}");
+    assert!(app.published().is_empty());
+    assert_eq!(app.put_json(&uri, &update(json!(domain::MAX_VERSION))).await.status, StatusCode::ACCEPTED);
+}
+
+/// A PUT while the store is unreachable is a 503: the version cannot be checked, so nothing is published.
+#[tokio::test]
+async fn put_while_the_store_is_down_is_503() {
+    let app = App::accepting();
+    app.store.set_unavailable(true);
+    let reply = app.put_json(&format!("/api/pedidos/{PEDIDO}"), &update(json!(2))).await;
+    reply.problem(StatusCode::SERVICE_UNAVAILABLE);
+    assert!(reply.header("retry-after").is_some());
+    assert!(app.published().is_empty());
+}
+
+/// Retrying a POST whose order a worker already applied (same content, still version 1) is answered as the first
+/// time and published again with the stored fecha; the workers drop the repeat.
+#[tokio::test]
+async fn post_retry_of_an_applied_order_is_202_again() {
+    let app = App::accepting();
+    let items = json!([{"productoId": "A", "cantidad": 2, "precioUnitario": "19.99"}]);
+    for body in [
+        json!({"pedidoId": PEDIDO, "clienteId": CLIENTE, "total": "39.98", "items": items}),
+        json!({"pedidoId": PEDIDO, "clienteId": CLIENTE, "total": 39.98, "items": items, "fecha": "2026-11-21T10:30:00-03:00"}),
+    ] {
+        let app = App::accepting();
+        let first = app.post_json("/api/pedidos", &body).await;
+        assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.text());
+        let event = app.published()[0].event.clone();
+        app.apply(&event, Some("req-first")).await;
+
+        let again = app.post_json("/api/pedidos", &body).await;
+        assert_eq!(again.status, StatusCode::ACCEPTED, "{}", again.text());
+        assert_eq!(
+            again.json(),
+            json!({"status": "publicado", "pedidoId": PEDIDO, "version": 1, "messageId": "fake-message-2"})
+        );
+        let published = app.published();
+        assert_eq!(published.len(), 2);
+        assert_eq!(published[1].event.version, 1);
+        assert_eq!(published[1].event.order, event.order, "the repeat carries the stored order, fecha included");
+    }
+    assert!(app.published().is_empty());
+}
+
+/// A POST reusing a stored pedidoId for a different order, or for an order already updated, is a 409 saying why.
+#[tokio::test]
+async fn post_reusing_a_stored_pedido_id_is_409() {
+    let app = App::accepting();
+    app.apply(&OrderEvent::created(state(pedido(), CLIENTE, "59.98", None), Utc::now()), None).await;
+    let different =
+        app.post_json("/api/pedidos", &json!({"pedidoId": PEDIDO, "clienteId": CLIENTE, "total": 10})).await;
+    let detail = different.problem(StatusCode::CONFLICT)["detail"].as_str().unwrap_or_default().to_owned();
+    assert!(detail.contains("different total") && detail.contains("new pedidoId"), "{detail}");
+    let other_date = json!({"pedidoId": PEDIDO, "clienteId": CLIENTE, "total": 59.98, "fecha": "2020-01-01T00:00:00Z"});
+    let detail = app.post_json("/api/pedidos", &other_date).await.problem(StatusCode::CONFLICT)["detail"].to_string();
+    assert!(detail.contains("fecha"), "{detail}");
+
+    app.apply(&OrderEvent::updated(state(pedido(), CLIENTE, "59.98", None), 2, Utc::now()), None).await;
+    let same_content = json!({"pedidoId": PEDIDO, "clienteId": CLIENTE, "total": 59.98});
+    let detail = app.post_json("/api/pedidos", &same_content).await.problem(StatusCode::CONFLICT)["detail"].to_string();
+    assert!(detail.contains("version 2") && detail.contains("PUT"), "{detail}");
+    assert!(app.published().is_empty());
+}
+
+/// Without a client pedidoId there is nothing to collide with, so the store is not read (and its outage does not
+/// matter); with one, an outage is a 503.
+#[tokio::test]
+async fn post_reads_the_store_only_for_a_client_pedido_id() {
+    let app = App::accepting();
+    app.store.set_unavailable(true);
+    assert_eq!(app.post_json("/api/pedidos", &order()).await.status, StatusCode::ACCEPTED);
+    let with_id = app.post_json("/api/pedidos", &json!({"pedidoId": PEDIDO, "clienteId": CLIENTE, "total": 1})).await;
+    with_id.problem(StatusCode::SERVICE_UNAVAILABLE);
+    assert!(with_id.header("retry-after").is_some());
+    assert_eq!(app.published().len(), 1);
+}
+
+/// One 422 lists every field's problems: a bad clienteId does not hide an out-of-range total, and a bad line does
+/// not hide another line's problem.
+#[tokio::test]
+async fn validation_reports_every_field_at_once() {
+    let app = App::accepting();
+    let reply = app.post_json("/api/pedidos", &json!({"clienteId": "not-a-uuid", "total": "1000000000"})).await;
+    assert_eq!(reply.field_errors("clienteId"), ["must be a UUID string"]);
+    assert!(reply.field_errors("total").iter().any(|m| m.contains("at most 999999999.99")), "{}", reply.text());
+
+    let items = json!([{"productoId": "A", "cantidad": "x", "precioUnitario": 1}, {"productoId": "", "cantidad": 1, "precioUnitario": "0.001"}]);
+    let reply = app.post_json("/api/pedidos", &json!({"clienteId": Uuid::nil(), "total": 0, "items": items})).await;
+    assert!(!reply.field_errors("clienteId").is_empty(), "nil UUID: {}", reply.text());
+    assert!(reply.field_errors("total").iter().any(|m| m.contains("greater than 0")), "{}", reply.text());
+    assert!(!reply.field_errors("items[0].cantidad").is_empty());
+    assert!(!reply.field_errors("items[1].productoId").is_empty());
+    assert!(!reply.field_errors("items[1].precioUnitario").is_empty());
+    assert!(app.published().is_empty());
+}
+
+/// /ready names each dependency's state, in the 200 and in the 503.
+#[tokio::test]
+async fn ready_names_each_dependency() {
+    let app = App::accepting();
+    let reply = app.get("/ready").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json(), json!({"status": "ready", "dependencies": {"sns": "ok", "store": "ok"}}));
+
+    let app = App::accepting();
+    app.store.set_unavailable(true);
+    let reply = app.get("/ready").await;
+    let problem = reply.problem(StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(problem["dependencies"], json!({"sns": "ok", "store": "unavailable"}), "{problem}");
+    assert!(reply.header("retry-after").is_some());
+    assert!(!reply.text().contains("simulated outage"));
+
+    let problem = App::new(FakeBus::not_ready()).get("/ready").await.problem(StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(problem["dependencies"], json!({"sns": "unavailable", "store": "ok"}), "{problem}");
+}
+
+/// The `route` label of the HTTP metrics is the OpenAPI path, parameter names included.
+#[tokio::test]
+async fn metrics_route_label_is_the_openapi_path() {
+    let app = App::accepting();
+    app.get(&format!("/api/pedidos/{}", Uuid::new_v4())).await;
+    app.get(&format!("/api/clientes/{CLIENTE}/pedidos")).await;
+    let text = app.get("/metrics").await.text();
+    for route in ["/api/pedidos/{pedidoId}", "/api/clientes/{clienteId}/pedidos"] {
+        let label = format!("route=\"{route}\"");
+        assert!(
+            text.lines().any(|l| l.starts_with("pedidos_api_http_requests_total{") && l.contains(&label)),
+            "{label} in:\n{text}"
+        );
+    }
+}
+
+/// The OpenAPI document describes the tracking routes: parameters named as in the paths, every answer documented.
+#[tokio::test]
+async fn openapi_documents_the_tracking_routes() {
+    let doc = App::accepting().get("/openapi.json").await.json();
+    let get_order = &doc["paths"]["/api/pedidos/{pedidoId}"]["get"];
+    for status in ["200", "304", "404", "422", "500", "503"] {
+        assert!(get_order["responses"][status].is_object(), "GET order {status}: {get_order}");
+    }
+    assert!(get_order["responses"]["200"]["headers"]["ETag"].is_object(), "{get_order}");
+    let list = &doc["paths"]["/api/clientes/{clienteId}/pedidos"]["get"];
+    for status in ["200", "422", "500", "503"] {
+        assert!(list["responses"][status].is_object(), "list {status}: {list}");
+    }
+    let names = |op: &Value| -> Vec<String> {
+        op["parameters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert!(names(get_order).contains(&"pedidoId".to_owned()), "{get_order}");
+    let list_names = names(list);
+    for name in ["clienteId", "limit", "cursor"] {
+        assert!(list_names.contains(&name.to_owned()), "{name}: {list_names:?}");
+    }
+    for method in ["put", "post"] {
+        let path = if method == "put" { "/api/pedidos/{pedidoId}" } else { "/api/pedidos" };
+        assert!(doc["paths"][path][method]["responses"]["409"].is_object(), "{method} 409");
+    }
+    // The bound is a literal in the annotation: it must stay the contract's.
+    let version = &doc["components"]["schemas"]["ActualizarPedido"]["properties"]["version"];
+    assert_eq!(version["maximum"].as_u64(), Some(domain::MAX_VERSION), "{version}");
+    for schema in ["Pedido", "PedidoResumen", "PaginaPedidos", "Envio", "VersionAplicada", "Readiness"] {
+        assert!(doc["components"]["schemas"][schema].is_object(), "{schema} missing");
+    }
+}
+
+/// What the tracking routes answer conforms to the schemas the OpenAPI document gives for them (exact-money numbers,
+/// nullable members, the shipment), so clients generated from the document read real answers.
+#[tokio::test]
+async fn tracking_answers_match_their_openapi_schemas() {
+    let app = App::accepting();
+    let lines = Some(vec![Item { producto_id: "SKU-1".into(), cantidad: 3, precio_unitario: dec("0.10") }]);
+    app.apply(&OrderEvent::created(state(pedido(), CLIENTE, "0.30", lines), Utc::now()), None).await;
+    app.apply(&OrderEvent::updated(state(pedido(), CLIENTE, "7.00", None), 2, Utc::now()), Some("req-2")).await;
+    let doc = app.get("/openapi.json").await.json();
+    let violations = |schema: &str, body: &Value| -> Vec<String> {
+        let root = json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$ref": format!("#/components/schemas/{schema}"),
+            "components": doc["components"],
+        });
+        let validator = jsonschema::validator_for(&root).unwrap_or_else(|e| panic!("schema {schema}: {e}"));
+        validator.iter_errors(body).map(|e| format!("{e} at {}", e.instance_path())).collect()
+    };
+    let conforms = |schema: &str, body: &Value| {
+        let errors = violations(schema, body);
+        assert!(errors.is_empty(), "{schema}: {errors:?} in {body}");
+    };
+    // The check is not vacuous: money as a string and a missing history are caught.
+    let mut wrong = app.get(&format!("/api/pedidos/{PEDIDO}")).await.json();
+    wrong["total"] = json!("7.00");
+    assert!(!violations("Pedido", &wrong).is_empty(), "{wrong}");
+    if let Some(object) = wrong.as_object_mut() {
+        object.remove("versiones");
+    }
+    assert!(violations("Pedido", &wrong).len() >= 2, "{wrong}");
+    let uri = format!("/api/pedidos/{PEDIDO}");
+    conforms("Pedido", &app.get(&uri).await.json());
+    app.ship(pedido()).await;
+    conforms("Pedido", &app.get(&uri).await.json());
+    conforms("PaginaPedidos", &app.get(&format!("/api/clientes/{CLIENTE}/pedidos?limit=1")).await.json());
+    conforms("Readiness", &app.get("/ready").await.json());
+    conforms("Problem", &app.get(&format!("/api/pedidos/{}", Uuid::new_v4())).await.json());
+    conforms("Problem", &app.get("/api/clientes/x/pedidos?limit=0").await.json());
 }

@@ -8,6 +8,11 @@ use uuid::Uuid;
 use crate::dedup::DedupKey;
 use crate::validation::{self, FieldErrors};
 
+/// Highest version an order can reach. A bound keeps versions far from `u64` edges in every consumer (DynamoDB
+/// numbers, JSON readers that go through f64, `version + 1` in messages) and makes a runaway producer visible: an event
+/// above it is invalid, so the workers dead-letter it instead of storing it.
+pub const MAX_VERSION: u64 = 1_000_000;
+
 /// Which event a message is. Serialised as the `type` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EventType {
@@ -155,6 +160,9 @@ impl OrderEvent {
                 errors.add("version", "must be >= 2 for PedidoActualizado");
             }
             _ => {}
+        }
+        if self.version > MAX_VERSION {
+            errors.add("version", format!("must be at most {MAX_VERSION}"));
         }
         validation::check_order(&self.order, &mut errors);
         errors.into_result()

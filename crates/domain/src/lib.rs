@@ -14,6 +14,6 @@ pub mod inbound;
 pub mod validation;
 
 pub use dedup::DedupKey;
-pub use event::{EventType, Item, OrderEvent, OrderState};
+pub use event::{EventType, Item, OrderEvent, OrderState, MAX_VERSION};
 pub use inbound::{decode, DecodeError, Inbound, Payload, Source};
 pub use validation::FieldErrors;

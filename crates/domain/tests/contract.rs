@@ -3,7 +3,7 @@
 use std::str::FromStr;
 
 use chrono::{DateTime, TimeZone, Utc};
-use domain::{decode, DecodeError, EventType, Item, OrderEvent, OrderState, Payload, Source};
+use domain::{decode, DecodeError, EventType, Item, OrderEvent, OrderState, Payload, Source, MAX_VERSION};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use uuid::Uuid;
@@ -77,6 +77,23 @@ fn schemas_reject_what_the_contract_rejects() {
     value["version"] = Value::from(1);
     value["total"] = Value::from(-1);
     assert!(!created.is_valid(&value), "negative totals");
+    let updated = schema("pedido-actualizado");
+    let mut value: Value = serde_json::from_str(
+        &OrderEvent::updated(sample_order(), MAX_VERSION, occurred()).to_json().unwrap_or_default(),
+    )
+    .unwrap_or_default();
+    assert!(updated.is_valid(&value), "MAX_VERSION itself is valid");
+    value["version"] = Value::from(MAX_VERSION + 1);
+    assert!(!updated.is_valid(&value), "versions above MAX_VERSION");
+}
+
+/// Versions are bounded: an event above [`MAX_VERSION`] is invalid (the workers dead-letter it), at it is fine.
+#[test]
+fn versions_above_the_bound_are_invalid() {
+    assert!(OrderEvent::updated(sample_order(), MAX_VERSION, occurred()).validate().is_ok());
+    let errors = OrderEvent::updated(sample_order(), MAX_VERSION + 1, occurred()).validate().err();
+    let messages = errors.as_ref().and_then(|e| e.get("version")).unwrap_or_default();
+    assert_eq!(messages, [format!("must be at most {MAX_VERSION}")]);
 }
 
 /// Payloads the seed's .NET API published still decode, as PedidoCreado version 1.

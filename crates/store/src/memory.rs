@@ -115,15 +115,14 @@ impl OrderWrites for MemoryOrders {
     }
 
     fn create_shipment<'a>(&'a self, shipment: &'a Shipment) -> BoxFuture<'a, Result<Applied, StoreError>> {
-        let result = self.available("create_shipment").map(|()| {
-            let mut tables = self.lock();
-            if tables.shipments.contains_key(&shipment.pedido_id) {
-                Applied::Duplicate
-            } else {
-                tables.shipments.insert(shipment.pedido_id, shipment.clone());
-                Applied::Applied
-            }
-        });
+        let result =
+            self.available("create_shipment").map(|()| match self.lock().shipments.entry(shipment.pedido_id) {
+                std::collections::hash_map::Entry::Occupied(_) => Applied::Duplicate,
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(shipment.clone());
+                    Applied::Applied
+                }
+            });
         Box::pin(async move { result })
     }
 }

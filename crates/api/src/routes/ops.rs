@@ -1,17 +1,20 @@
 //! Operational endpoints: liveness, readiness, metrics, and fallbacks for unknown routes and methods.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
+use serde::Serialize;
 use serde_json::json;
+use utoipa::ToSchema;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::AppState;
 
-/// How long a readiness answer is reused, so load-balancer probes do not hammer SNS.
+/// How long a readiness answer is reused, so load-balancer probes do not hammer SNS and DynamoDB.
 pub const READY_CACHE: Duration = Duration::from_secs(5);
 
 /// Liveness: the process serves HTTP. Never depends on SNS, so an SNS outage does not get the task killed.
@@ -26,29 +29,59 @@ pub async fn status() -> Json<serde_json::Value> {
     Json(json!({"message": "API Corriendo"}))
 }
 
-/// Readiness: 200 only when the topic answers (cached a few seconds), else 503.
-#[utoipa::path(get, path = "/ready", tag = "ops", responses((status = 200, description = "SNS topic reachable"), (status = 503, description = "SNS topic not reachable")))]
-pub async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    // The lock also coalesces concurrent probes into one SNS call.
+/// What the last readiness probe found, per dependency.
+#[derive(Debug, Clone, Copy)]
+pub struct Checked {
+    pub sns: bool,
+    pub store: bool,
+}
+
+impl Checked {
+    /// Dependency name to `ok` or `unavailable`, as both answers show it.
+    fn dependencies(self) -> BTreeMap<&'static str, &'static str> {
+        let state = |ok: bool| if ok { "ok" } else { "unavailable" };
+        BTreeMap::from([("sns", state(self.sns)), ("store", state(self.store))])
+    }
+}
+
+/// Body of a 200 from `/ready`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// Always `ready`.
+    pub status: &'static str,
+    /// Dependency name (`sns`, `store`) to its state (`ok`).
+    #[schema(value_type = BTreeMap<String, String>, example = json!({"sns": "ok", "store": "ok"}))]
+    pub dependencies: BTreeMap<&'static str, &'static str>,
+}
+
+/// Readiness: 200 only when the topic and the order table both answer (cached a few seconds), else 503 naming which
+/// dependency is down.
+#[utoipa::path(get, path = "/ready", tag = "ops", responses(
+    (status = 200, description = "SNS topic and order store reachable", body = Readiness),
+    (status = 503, description = "A dependency is unreachable; `dependencies` names each one's state", body = Problem, content_type = "application/problem+json"),
+))]
+pub async fn ready(State(state): State<AppState>) -> Result<Json<Readiness>, ApiError> {
+    // The lock also coalesces concurrent probes into one round of checks.
     let mut cached = state.readiness.lock().await;
-    let ok = match *cached {
-        Some((at, ok)) if at.elapsed() < READY_CACHE => ok,
+    let checked = match *cached {
+        Some((at, checked)) if at.elapsed() < READY_CACHE => checked,
         _ => {
-            let ok = match state.bus.check().await {
-                Ok(()) => true,
-                Err(err) => {
-                    tracing::warn!(error = %err, "readiness check failed");
-                    false
-                }
-            };
-            *cached = Some((Instant::now(), ok));
-            ok
+            let (sns, store) = tokio::join!(state.bus.check(), state.orders.check());
+            if let Err(err) = &sns {
+                tracing::warn!(error = %err, "readiness: SNS check failed");
+            }
+            if let Err(err) = &store {
+                tracing::warn!(error = %err, "readiness: order store check failed");
+            }
+            let checked = Checked { sns: sns.is_ok(), store: store.is_ok() };
+            *cached = Some((Instant::now(), checked));
+            checked
         }
     };
-    if ok {
-        Ok(Json(json!({"status": "ready"})))
+    if checked.sns && checked.store {
+        Ok(Json(Readiness { status: "ready", dependencies: checked.dependencies() }))
     } else {
-        Err(ApiError::Unavailable("topic not reachable".into()))
+        Err(ApiError::NotReady(checked.dependencies()))
     }
 }
 

@@ -1,4 +1,9 @@
-//! `POST /api/pedidos` and `PUT /api/pedidos/{pedidoId}`: validate, publish, answer 202 only after SNS accepted.
+//! `POST /api/pedidos` and `PUT /api/pedidos/{pedidoId}`: validate, check the order store, publish, answer 202 only
+//! after SNS accepted.
+//!
+//! The store check is advisory: the workers' conditional write is what keeps versions from going backwards. The
+//! check only turns what would be a silent drop in a worker (a version already applied, a reused pedidoId) into a
+//! 409 the client can act on. An order accepted but not applied yet is absent, so it is published as before.
 
 use std::time::Instant;
 
@@ -9,13 +14,14 @@ use axum::Json;
 use chrono::Utc;
 use domain::OrderEvent;
 use serde::Serialize;
+use store::OrderRecord;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::bus::BusError;
 use crate::error::{ApiError, Problem};
 use crate::extract::JsonObject;
-use crate::order_input::{self, Mode};
+use crate::order_input::{self, Mode, OrderInput};
 use crate::AppState;
 
 /// Body of `POST /api/pedidos` (documentation only; the handler validates field by field to report every problem).
@@ -24,7 +30,8 @@ use crate::AppState;
 #[allow(dead_code)]
 #[serde(rename_all = "camelCase")]
 pub struct CrearPedido {
-    /// Optional; generated when absent. A client retrying with its own id produces a duplicate the workers drop.
+    /// Optional; generated when absent. Retrying the same order with its own id is answered 202 again (the workers
+    /// drop the repeat); the id of a different stored order, or of one already updated, is a 409.
     pedido_id: Option<Uuid>,
     cliente_id: Uuid,
     /// RFC 3339; defaults to now.
@@ -48,8 +55,8 @@ pub struct ActualizarPedido {
     #[schema(value_type = String, example = "64.50")]
     total: String,
     items: Option<Vec<ItemInput>>,
-    /// The order's new version, >= 2 (1 is the creation).
-    #[schema(minimum = 2)]
+    /// The order's new version, from 2 (1 is the creation) to 1000000; it must be above the stored version.
+    #[schema(minimum = 2, maximum = 1_000_000)]
     version: u64,
 }
 
@@ -86,8 +93,10 @@ pub struct Publicado {
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The pedidoId belongs to a different stored order, or to one already updated", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "SNS unavailable; retry with the same pedidoId", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "A stored item could not be read; logged with the request id", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "SNS or the order store unavailable; retry with the same pedidoId", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn create(
@@ -96,8 +105,51 @@ pub async fn create(
     JsonObject(body): JsonObject,
 ) -> Result<(StatusCode, Json<Publicado>), ApiError> {
     let now = Utc::now();
-    let input = order_input::parse(body, Mode::Create, now).map_err(ApiError::Validation)?;
+    let mut input = order_input::parse(body, Mode::Create, now).map_err(ApiError::Validation)?;
+    // A generated id cannot collide with anything: only a client's own id costs a store read.
+    if input.pedido_id_given {
+        if let Some(stored) = state.orders.get(input.order.pedido_id).await? {
+            retry_of(&stored.order, &mut input)?;
+        }
+    }
     publish(&state, &headers, OrderEvent::created(input.order, now)).await
+}
+
+/// A POST whose pedidoId is already stored. The same order still at version 1 is a client retry (its 202 may have
+/// been lost): it is answered as the first time and published again, and the workers drop the repeat as a
+/// duplicate. Anything else would be dropped silently by the workers, so it is a 409 instead.
+///
+/// # Errors
+/// [`ApiError::Conflict`] naming what differs, or the stored version.
+fn retry_of(stored: &OrderRecord, input: &mut OrderInput) -> Result<(), ApiError> {
+    let id = stored.pedido_id;
+    if stored.version > 1 {
+        return Err(ApiError::Conflict(format!(
+            "order {id} already exists and is at version {}; change it with PUT /api/pedidos/{id} and version {}",
+            stored.version,
+            stored.version.saturating_add(1)
+        )));
+    }
+    let order = &input.order;
+    let differ: Vec<&str> = [
+        ("clienteId", stored.cliente_id != order.cliente_id),
+        ("total", stored.total != order.total),
+        ("items", stored.items != order.items),
+        // Without a client fecha the request's own time was used, which differs on every retry.
+        ("fecha", input.fecha_given && stored.fecha != order.fecha),
+    ]
+    .into_iter()
+    .filter_map(|(field, differs)| differs.then_some(field))
+    .collect();
+    if !differ.is_empty() {
+        return Err(ApiError::Conflict(format!(
+            "order {id} already exists with a different {}; a new order needs a new pedidoId",
+            differ.join(", ")
+        )));
+    }
+    // Republish exactly what was stored, so the repeat is the same order to every reader.
+    input.order.fecha = stored.fecha;
+    Ok(())
 }
 
 /// Publish the full new state of an order (`PedidoActualizado`, version >= 2).
@@ -110,8 +162,10 @@ pub async fn create(
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 413, body = Problem, content_type = "application/problem+json"),
         (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The store already holds this version or a newer one", body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
-        (status = 503, body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "A stored item could not be read; logged with the request id", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "SNS or the order store unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn update(
@@ -121,12 +175,26 @@ pub async fn update(
     JsonObject(body): JsonObject,
 ) -> Result<(StatusCode, Json<Publicado>), ApiError> {
     let Path(pedido_id) = pedido_id?;
-    let Ok(pedido_id) = Uuid::parse_str(&pedido_id) else {
-        return Err(ApiError::invalid_field("pedidoId", "path segment must be a UUID"));
-    };
+    let pedido_id = super::path_uuid(&pedido_id, "pedidoId")?;
     let now = Utc::now();
     let input = order_input::parse(body, Mode::Update { pedido_id }, now).map_err(ApiError::Validation)?;
     let version = input.version.unwrap_or(2);
+    if let Some(stored) = state.orders.get(pedido_id).await? {
+        let latest = stored.order.version;
+        if latest == version {
+            return Err(ApiError::Conflict(format!(
+                "version {version} is already applied; the stored version is {latest}. Send version {} to change \
+                 the order",
+                latest.saturating_add(1)
+            )));
+        }
+        if latest > version {
+            return Err(ApiError::Conflict(format!(
+                "version {version} is older than the stored version {latest}. Send version {} to change the order",
+                latest.saturating_add(1)
+            )));
+        }
+    }
     publish(&state, &headers, OrderEvent::updated(input.order, version, now)).await
 }
 
