@@ -5,7 +5,7 @@ item can both pass their condition (a lost update: `tests/tests/store_e2e.rs` ca
 condition and applies the write atomically per item. This runs the same moto application as `moto_server`, with every
 DynamoDB request serialised by one lock; SQS and SNS (long polls included) stay concurrent.
 
-Usage: python tests/moto_server.py -H 127.0.0.1 -p PORT
+Usage: python scripts/lib/moto_server.py -H 127.0.0.1 -p PORT
 """
 
 import argparse
