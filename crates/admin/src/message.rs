@@ -1,0 +1,415 @@
+//! A DLQ message as the commands see it, and everything about it that needs no AWS call: filters, ages, previews,
+//! pretty bodies, JSON output, and the attributes a redrive drops.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
+use serde_json::{json, Value};
+
+/// The attributes the worker adds when it dead-letters a message. A redrive drops them so that a new rejection is
+/// recorded cleanly (and so the copy stays within SQS's 10 attributes when it is dead-lettered again).
+pub const WORKER_ATTRIBUTES: [&str; 4] = ["rejectReason", "rejectDetail", "sourceQueue", "originalMessageId"];
+
+/// A message attribute's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttributeData {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
+/// A message attribute: its SQS data type (`String`, `Number`, `Binary`, or a custom `String.x`) and value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttributeValue {
+    pub data_type: String,
+    pub data: AttributeData,
+}
+
+/// A received DLQ message, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DlqMessage {
+    pub message_id: String,
+    /// Valid until the scan's visibility timeout lapses or the message is received again.
+    pub receipt_handle: String,
+    pub body: String,
+    /// `SentTimestamp`: when the message entered the DLQ (the worker's copy) or its source queue (redrive policy).
+    pub sent_at_ms: Option<u64>,
+    /// `ApproximateReceiveCount`, this tool's own receives included.
+    pub receive_count: u32,
+    pub attributes: BTreeMap<String, AttributeValue>,
+    /// Every system attribute SQS returned, by name (for `show`).
+    pub system: BTreeMap<String, String>,
+}
+
+impl DlqMessage {
+    pub fn from_sdk(message: Message) -> Self {
+        let system: BTreeMap<String, String> = message
+            .attributes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, value)| (name.as_str().to_owned(), value))
+            .collect();
+        let number = |name: MessageSystemAttributeName| system.get(name.as_str()).and_then(|v| v.parse().ok());
+        let attributes = message
+            .message_attributes
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let data = match (value.string_value, value.binary_value) {
+                    (Some(text), _) => AttributeData::Text(text),
+                    (None, Some(blob)) => AttributeData::Binary(blob.into_inner()),
+                    // List values are reserved by SQS and never sent by this system.
+                    (None, None) => return None,
+                };
+                Some((name, AttributeValue { data_type: value.data_type, data }))
+            })
+            .collect();
+        Self {
+            message_id: message.message_id.unwrap_or_default(),
+            receipt_handle: message.receipt_handle.unwrap_or_default(),
+            body: message.body.unwrap_or_default(),
+            sent_at_ms: number(MessageSystemAttributeName::SentTimestamp),
+            receive_count: number(MessageSystemAttributeName::ApproximateReceiveCount)
+                .and_then(|n: u64| u32::try_from(n).ok())
+                .unwrap_or(1),
+            attributes,
+            system,
+        }
+    }
+
+    /// A text attribute's value.
+    pub fn attribute(&self, name: &str) -> Option<&str> {
+        match &self.attributes.get(name)?.data {
+            AttributeData::Text(text) => Some(text),
+            AttributeData::Binary(_) => None,
+        }
+    }
+
+    /// `rejectReason`, absent for messages the redrive policy moved (the worker never saw them as poison).
+    pub fn reason(&self) -> Option<&str> {
+        self.attribute("rejectReason")
+    }
+
+    /// How long ago the message was sent to the queue it is in; `None` without a `SentTimestamp`.
+    pub fn age(&self, now_ms: u64) -> Option<Duration> {
+        self.sent_at_ms.map(|sent| Duration::from_millis(now_ms.saturating_sub(sent)))
+    }
+
+    pub fn system_attribute(&self, name: MessageSystemAttributeName) -> Option<&str> {
+        self.system.get(name.as_str()).map(String::as_str)
+    }
+
+    /// The attributes a redriven copy carries: the original ones, without [`WORKER_ATTRIBUTES`].
+    pub fn forwarded_attributes(&self) -> BTreeMap<String, AttributeValue> {
+        self.attributes
+            .iter()
+            .filter(|(name, _)| !WORKER_ATTRIBUTES.contains(&name.as_str()))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect()
+    }
+
+    /// One `list` line: id, reason, age, receive count and a one-line body preview.
+    pub fn line(&self, now_ms: u64) -> String {
+        format!(
+            "{} reason={} age={} receives={} body={}",
+            self.message_id,
+            escape(self.reason().unwrap_or("-")),
+            self.age(now_ms).map_or_else(|| "?".to_owned(), format_age),
+            self.receive_count,
+            preview(&self.body, PREVIEW_CHARS),
+        )
+    }
+
+    /// The message as one JSON object (`list --json`, `show --json`).
+    pub fn to_json(&self, now_ms: u64) -> Value {
+        let attributes: serde_json::Map<String, Value> = self
+            .attributes
+            .iter()
+            .map(|(name, value)| {
+                let entry = match &value.data {
+                    AttributeData::Text(text) => json!({"type": value.data_type, "value": text}),
+                    AttributeData::Binary(bytes) => {
+                        json!({"type": value.data_type, "base64": aws_smithy_types::base64::encode(bytes)})
+                    }
+                };
+                (name.clone(), entry)
+            })
+            .collect();
+        json!({
+            "messageId": self.message_id,
+            "rejectReason": self.reason(),
+            "rejectDetail": self.attribute("rejectDetail"),
+            "sourceQueue": self.attribute("sourceQueue"),
+            "originalMessageId": self.attribute("originalMessageId"),
+            "sentAt": self.sent_at_ms.and_then(rfc3339),
+            "ageSeconds": self.age(now_ms).map(|age| age.as_secs()),
+            "receiveCount": self.receive_count,
+            "body": self.body,
+            "attributes": attributes,
+            "systemAttributes": self.system,
+        })
+    }
+}
+
+/// Which messages a command acts on; empty selects every message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Exact `rejectReason` values (any of them); `-` stands for "no rejectReason".
+    pub reasons: Vec<String>,
+    /// Only messages at least this old.
+    pub older_than: Option<Duration>,
+}
+
+impl Filter {
+    pub fn is_empty(&self) -> bool {
+        self.reasons.is_empty() && self.older_than.is_none()
+    }
+
+    pub fn matches(&self, message: &DlqMessage, now_ms: u64) -> bool {
+        let reason_ok = self.reasons.is_empty()
+            || self.reasons.iter().any(|wanted| wanted.as_str() == message.reason().unwrap_or("-"));
+        // A message without a timestamp is not known to be old enough: never selected by age.
+        let age_ok = self.older_than.is_none_or(|min| message.age(now_ms).is_some_and(|age| age >= min));
+        reason_ok && age_ok
+    }
+}
+
+/// Parses `90s`, `10m`, `2h`, `1d`, `1w`, and sums like `1h30m`.
+///
+/// # Errors
+/// A message for the command line: a number without a unit, an unknown unit, or an overflow.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("expected a duration such as 10m, 2h or 1d".into());
+    }
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit: u64 = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 7 * 86_400,
+            _ => return Err(format!("unknown unit {c:?} in {text:?}: use s, m, h, d or w")),
+        };
+        if digits.is_empty() {
+            return Err(format!("{text:?}: a unit needs a number before it"));
+        }
+        let n: u64 = digits.parse().map_err(|_| format!("{text:?} is too large"))?;
+        total =
+            n.checked_mul(unit).and_then(|s| total.checked_add(s)).ok_or_else(|| format!("{text:?} is too large"))?;
+        digits.clear();
+    }
+    if !digits.is_empty() {
+        return Err(format!("{text:?}: add a unit (s, m, h, d or w), e.g. {digits}m"));
+    }
+    Ok(Duration::from_secs(total))
+}
+
+/// `42s`, `5m`, `2h13m`, `3d4h`: the two largest units.
+pub fn format_age(age: Duration) -> String {
+    let s = age.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86_400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// Characters of body preview per `list` line.
+pub const PREVIEW_CHARS: usize = 80;
+
+/// The body in one line of at most `max` characters. For an SNS notification the inner `Message` is shown: every
+/// envelope starts with the same `{"Type":"Notification",...` and would hide what differs.
+pub fn preview(body: &str, max: usize) -> String {
+    let inner = serde_json::from_str::<Value>(body).ok().and_then(|value| {
+        let object = value.as_object()?;
+        if object.get("Type")?.as_str()? != "Notification" {
+            return None;
+        }
+        Some(object.get("Message")?.as_str()?.to_owned())
+    });
+    let text = inner.as_deref().unwrap_or(body);
+    let mut out = String::new();
+    for (count, c) in text.chars().enumerate() {
+        if count == max {
+            out.push('…');
+            break;
+        }
+        out.push_str(&escape_char(c, true));
+    }
+    out
+}
+
+/// The text with control characters escaped, so a hostile body cannot drive the operator's terminal.
+pub fn escape(text: &str) -> String {
+    text.chars().map(|c| escape_char(c, true)).collect()
+}
+
+/// Like [`escape`], keeping newlines and tabs (for multi-line output).
+pub fn escape_keep_lines(text: &str) -> String {
+    text.chars().map(|c| escape_char(c, false)).collect()
+}
+
+fn escape_char(c: char, newlines: bool) -> String {
+    match c {
+        '\n' if newlines => "\\n".into(),
+        '\t' if newlines => "\\t".into(),
+        '\n' | '\t' => c.to_string(),
+        '\r' => "\\r".into(),
+        // C0/C1 controls (ESC included), and the bidirectional overrides that can reorder what the terminal shows.
+        c if c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}') => {
+            c.escape_unicode().to_string()
+        }
+        c => c.to_string(),
+    }
+}
+
+/// The body for `show`: pretty-printed when it is JSON, with an SNS envelope's `Message` parsed as JSON too.
+pub fn pretty_body(body: &str) -> String {
+    match serde_json::from_str::<Value>(body) {
+        Ok(mut value) => {
+            if let Some(message) = value.get_mut("Message") {
+                if let Some(inner) = message.as_str().and_then(|text| serde_json::from_str::<Value>(text).ok()) {
+                    *message = inner;
+                }
+            }
+            // Strings are escaped by the JSON writer; nothing raw reaches the terminal.
+            serde_json::to_string_pretty(&value).unwrap_or_else(|_| escape_keep_lines(body))
+        }
+        Err(_) => escape_keep_lines(body),
+    }
+}
+
+/// `SentTimestamp` milliseconds as RFC 3339.
+pub fn rfc3339(ms: u64) -> Option<String> {
+    let ms = i64::try_from(ms).ok()?;
+    chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(reason: Option<&str>, sent_at_ms: Option<u64>) -> DlqMessage {
+        let mut attributes = BTreeMap::from([(
+            "eventType".to_owned(),
+            AttributeValue { data_type: "String".into(), data: AttributeData::Text("PedidoCreado".into()) },
+        )]);
+        for name in WORKER_ATTRIBUTES {
+            attributes.insert(
+                name.to_owned(),
+                AttributeValue { data_type: "String".into(), data: AttributeData::Text(format!("{name}-value")) },
+            );
+        }
+        match reason {
+            Some(reason) => {
+                attributes.insert(
+                    "rejectReason".into(),
+                    AttributeValue { data_type: "String".into(), data: AttributeData::Text(reason.into()) },
+                );
+            }
+            None => {
+                attributes.remove("rejectReason");
+            }
+        }
+        DlqMessage {
+            message_id: "m-1".into(),
+            receipt_handle: "h".into(),
+            body: "{}".into(),
+            sent_at_ms,
+            receive_count: 2,
+            attributes,
+            system: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn durations_take_units_and_sums() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        for bad in ["", "10", "m", "5y", "1.5h", "-1h", "99999999999999999999s", "999999999999999w"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn ages_show_the_two_largest_units() {
+        assert_eq!(format_age(Duration::from_secs(42)), "42s");
+        assert_eq!(format_age(Duration::from_secs(300)), "5m");
+        assert_eq!(format_age(Duration::from_secs(2 * 3600 + 13 * 60 + 5)), "2h13m");
+        assert_eq!(format_age(Duration::from_secs(3 * 86_400 + 4 * 3600)), "3d4h");
+    }
+
+    #[test]
+    fn filters_match_exact_reasons_and_minimum_ages() {
+        let now = 10_000_000;
+        let old_poison = message(Some("not_json"), Some(now - 3_600_000));
+        let new_poison = message(Some("not_json"), Some(now - 1000));
+        let redriven_by_policy = message(None, Some(now - 3_600_000));
+        let by_reason = Filter { reasons: vec!["not_json".into()], older_than: None };
+        assert!(by_reason.matches(&old_poison, now) && by_reason.matches(&new_poison, now));
+        assert!(!by_reason.matches(&redriven_by_policy, now));
+        assert!(!Filter { reasons: vec!["not_jso".into()], older_than: None }.matches(&old_poison, now));
+        assert!(Filter { reasons: vec!["-".into()], older_than: None }.matches(&redriven_by_policy, now));
+        let by_age = Filter { reasons: vec![], older_than: Some(Duration::from_secs(600)) };
+        assert!(by_age.matches(&old_poison, now) && !by_age.matches(&new_poison, now));
+        assert!(!by_age.matches(&message(Some("x"), None), now));
+        assert!(Filter::default().is_empty() && Filter::default().matches(&new_poison, now));
+    }
+
+    #[test]
+    fn a_redrive_forwards_the_original_attributes_only() {
+        let forwarded = message(Some("not_json"), None).forwarded_attributes();
+        assert_eq!(forwarded.keys().collect::<Vec<_>>(), ["eventType"]);
+    }
+
+    #[test]
+    fn previews_are_one_escaped_line_and_show_the_sns_message() {
+        assert_eq!(preview("a\nb\tc\u{1b}[31m\r", 80), "a\\nb\\tc\\u{1b}[31m\\r");
+        assert_eq!(preview("abcdef", 3), "abc…");
+        assert_eq!(preview("évident\u{202E}", 80), "évident\\u{202e}");
+        let envelope = json!({"Type": "Notification", "MessageId": "x", "Message": "{\"type\":\"PedidoCreado\"}"});
+        assert_eq!(preview(&envelope.to_string(), 80), "{\"type\":\"PedidoCreado\"}");
+        assert_eq!(preview("{\"Type\":\"Other\"}", 80), "{\"Type\":\"Other\"}");
+    }
+
+    #[test]
+    fn pretty_bodies_parse_the_inner_sns_message_and_keep_money_exact() {
+        let envelope = json!({"Type": "Notification", "Message": "{\"total\":0.30}"}).to_string();
+        let pretty = pretty_body(&envelope);
+        assert!(pretty.contains("\"total\": 0.30"), "{pretty}");
+        assert_eq!(pretty_body("not json\n\u{7}"), "not json\n\\u{7}");
+        assert_eq!(pretty_body("{\"Message\":\"plain\"}"), "{\n  \"Message\": \"plain\"\n}");
+    }
+
+    #[test]
+    fn lines_and_json_carry_the_reason_age_and_count() {
+        let now = 10_000_000;
+        let line = message(Some("bad\nreason"), Some(now - 120_000)).line(now);
+        assert_eq!(line, "m-1 reason=bad\\nreason age=2m receives=2 body={}");
+        assert!(message(None, None).line(now).contains("reason=- age=?"));
+        let value = message(Some("not_json"), Some(now - 5000)).to_json(now);
+        assert_eq!(value["rejectReason"], "not_json");
+        assert_eq!(value["ageSeconds"], 5);
+        assert_eq!(value["attributes"]["eventType"]["value"], "PedidoCreado");
+    }
+}

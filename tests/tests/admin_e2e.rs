@@ -1,0 +1,418 @@
+//! `pedidos-admin dlq` against a real moto server: the real binary, the project's topology, and DLQ messages put there
+//! the way the worker dead-letters poison (`rejectReason`, `rejectDetail`, `sourceQueue`, `originalMessageId`, then
+//! the original attributes). Every outcome is asserted from the queues' real state: depths (visible and in flight)
+//! and the messages themselves, received back.
+//!
+//! moto has no `StartMessageMoveTask`, so an unfiltered redrive here exercises the fallback (copy, then delete) and
+//! the decision to fall back; the move-task path itself runs only against AWS or LocalStack.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aws_sdk_sqs::types::{Message, MessageAttributeValue};
+use e2e::{drain, queue_depth, sdk, topology, unique, Completed, Moto, QueueInfo, Service};
+
+const RUN: Duration = Duration::from_secs(60);
+const DRAIN: Duration = Duration::from_secs(5);
+const PROCESS: usize = 0;
+
+/// A moto server with the topology under a fresh suffix, and an SQS client for it.
+async fn setup() -> (Moto, e2e::Topology, aws_sdk_sqs::Client) {
+    let moto = Moto::start().await;
+    let topo = topology(&moto, &unique("-admin")).await;
+    let (_, sqs) = sdk(&moto.endpoint()).await;
+    (moto, topo, sqs)
+}
+
+/// The attributes the API publishes for an order, as the queue received them.
+fn original_attributes(pedido_id: &str) -> BTreeMap<String, (String, String)> {
+    BTreeMap::from([
+        ("eventType".to_owned(), ("String".to_owned(), "PedidoCreado".to_owned())),
+        ("version".to_owned(), ("Number".to_owned(), "1".to_owned())),
+        ("pedidoId".to_owned(), ("String".to_owned(), pedido_id.to_owned())),
+        ("requestId".to_owned(), ("String".to_owned(), format!("req-{pedido_id}"))),
+    ])
+}
+
+/// A message in `queue`'s DLQ as the worker puts it there: its own attributes first, then the original ones.
+/// Returns the DLQ message id.
+async fn dead_letter(
+    sqs: &aws_sdk_sqs::Client,
+    queue: &QueueInfo,
+    source_queue: Option<&str>,
+    reason: &str,
+    body: &str,
+    pedido_id: &str,
+) -> String {
+    let text = |value: &str| {
+        MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(value)
+            .build()
+            .unwrap_or_else(|e| panic!("attribute: {e}"))
+    };
+    let mut request = sqs
+        .send_message()
+        .queue_url(&queue.dlq_url)
+        .message_body(body)
+        .message_attributes("rejectReason", text(reason))
+        .message_attributes("rejectDetail", text(&format!("the worker said {reason}")))
+        .message_attributes("originalMessageId", text(&uuid::Uuid::new_v4().to_string()));
+    if let Some(source_queue) = source_queue {
+        request = request.message_attributes("sourceQueue", text(source_queue));
+    }
+    for (name, (data_type, value)) in original_attributes(pedido_id) {
+        let value = MessageAttributeValue::builder()
+            .data_type(data_type)
+            .string_value(value)
+            .build()
+            .unwrap_or_else(|e| panic!("attribute: {e}"));
+        request = request.message_attributes(name, value);
+    }
+    let output = request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("send to {}: {}", queue.dlq_url, aws_sdk_sqs::error::DisplayErrorContext(e)));
+    output.message_id.unwrap_or_else(|| panic!("no MessageId from the DLQ send"))
+}
+
+/// An SNS envelope around `message`, as a subscription without raw delivery writes it.
+fn envelope(message: &str) -> String {
+    serde_json::json!({"Type": "Notification", "MessageId": uuid::Uuid::new_v4().to_string(), "Message": message})
+        .to_string()
+}
+
+/// One message of each kind the worker dead-letters, in the process queue's DLQ: two `not_json` (one with a
+/// terminal escape sequence in its body), one `unknown_event_type`. Returns `(id, reason, body, pedidoId)`.
+async fn seed(sqs: &aws_sdk_sqs::Client, queue: &QueueInfo) -> Vec<(String, String, String, String)> {
+    let bodies = [
+        ("not_json", "{not json".to_owned()),
+        ("not_json", "\u{1b}[31mred\nalert".to_owned()),
+        ("unknown_event_type", envelope(r#"{"type":"PedidoBorrado","pedidoId":"p-3","total":0.30}"#)),
+    ];
+    let mut seeded = Vec::new();
+    for (i, (reason, body)) in bodies.into_iter().enumerate() {
+        let pedido_id = format!("p-{i}-{}", unique("order"));
+        let id = dead_letter(sqs, queue, Some(&queue.url), reason, &body, &pedido_id).await;
+        seeded.push((id, reason.to_owned(), body, pedido_id));
+    }
+    seeded
+}
+
+/// `pedidos-admin` with `args`, its SDK pointed at `moto`, run to completion.
+async fn admin(moto: &Moto, args: &[&str]) -> Completed {
+    let mut builder = Service::builder("pedidos-admin").name(unique("admin")).endpoint(moto.endpoint());
+    for arg in args {
+        builder = builder.arg(*arg);
+    }
+    builder.run(RUN).await
+}
+
+fn code(run: &Completed) -> Option<i32> {
+    run.status.and_then(|status| status.code())
+}
+
+fn explain(run: &Completed) -> String {
+    format!("status {:?}\nstdout:\n{}\nstderr:\n{}", run.status, run.stdout, run.stderr)
+}
+
+/// The message's attributes as `name -> (type, value)`.
+fn attributes(message: &Message) -> BTreeMap<String, (String, String)> {
+    message
+        .message_attributes()
+        .map(|attributes| {
+            attributes
+                .iter()
+                .map(|(name, value)| {
+                    (name.clone(), (value.data_type().to_owned(), value.string_value().unwrap_or_default().to_owned()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn list_shows_every_message_with_its_reason_and_leaves_them_all_visible() {
+    let (moto, topo, sqs) = setup().await;
+    let queue = &topo.queues[PROCESS];
+    let seeded = seed(&sqs, queue).await;
+
+    let run = admin(&moto, &["dlq", "list", "--queue", &queue.url]).await;
+    assert_eq!(code(&run), Some(0), "{}", explain(&run));
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "one line per message; {}", explain(&run));
+    for (id, reason, _, _) in &seeded {
+        let line = lines.iter().find(|line| line.starts_with(id.as_str()));
+        let line = line.unwrap_or_else(|| panic!("no line for {id}; {}", explain(&run)));
+        assert!(line.contains(&format!(" reason={reason} ")), "{line}");
+        assert!(line.contains(" receives=") && line.contains(" age="), "{line}");
+    }
+    // Control characters are escaped; an SNS envelope is previewed by its inner message.
+    assert!(run.stdout.contains(r"body=\u{1b}[31mred\nalert"), "{}", explain(&run));
+    assert!(!run.stdout.contains('\u{1b}'), "a raw escape reached stdout");
+    assert!(run.stdout.contains(r#"body={"type":"PedidoBorrado""#), "{}", explain(&run));
+    // Listing consumed nothing and hid nothing.
+    assert_eq!(queue_depth(&sqs, &queue.dlq_url).await, (3, 0));
+
+    let run = admin(&moto, &["dlq", "list", "--queue", &queue.url, "--json"]).await;
+    assert_eq!(code(&run), Some(0), "{}", explain(&run));
+    let objects: Vec<serde_json::Value> = run
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    assert_eq!(objects.len(), 3);
+    for (id, reason, body, pedido_id) in &seeded {
+        let object = objects.iter().find(|o| o["messageId"] == id.as_str());
+        let object = object.unwrap_or_else(|| panic!("{id} missing from {objects:?}"));
+        assert_eq!(object["rejectReason"], reason.as_str());
+        assert_eq!(object["sourceQueue"], queue.url.as_str());
+        assert_eq!(object["body"], body.as_str());
+        assert_eq!(object["attributes"]["pedidoId"]["value"], pedido_id.as_str());
+    }
+    assert_eq!(queue_depth(&sqs, &queue.dlq_url).await, (3, 0));
+}
+
+#[tokio::test]
+async fn list_filters_by_reason_age_and_max_and_finds_the_dlq_either_way() {
+    let (moto, topo, sqs) = setup().await;
+    let queue = &topo.queues[PROCESS];
+    let seeded = seed(&sqs, queue).await;
+
+    let run = admin(&moto, &["dlq", "list", "--queue", &queue.url, "--reason", "unknown_event_type"]).await;
+    assert_eq!(code(&run), Some(0), "{}", explain(&run));
+    assert_eq!(run.stdout.lines().count(), 1, "{}", explain(&run));
+    assert!(run.stdout.starts_with(&seeded[2].0), "{}", explain(&run));
+
+    // Exact match only.
+    let run = admin(&moto, &["dlq", "list", "--queue", &queue.url, "--reason", "not_jso"]).await;
+    assert_eq!((code(&run), run.stdout.as_str()), (Some(0), ""), "{}", explain(&run));
+
+    // Nothing is a day old yet; everything is at least 0 s old.
+    let run = admin(&moto, &["dlq", "list", "--queue", &queue.url, "--older-than", "1d"]).await;
+    assert_eq!((code(&run), run.stdout.as_str()), (Some(0), ""), "{}", explain(&run));
+    let run = admin(&moto, &["dlq", "list", "--queue", &queue.url, "--older-than", "0s"]).await;
+    assert_eq!(run.stdout.lines().count(), 3, "{}", explain(&run));
+
+    let run = admin(&moto, &["dlq", "list", "--queue", &queue.url, "--max", "2"]).await;
+    assert_eq!(code(&run), Some(0), "{}", explain(&run));
+    assert_eq!(run.stdout.lines().count(), 2, "{}", explain(&run));
+
+    // The DLQ directly, by URL and by name.
+    let dlq_name = queue.dlq_url.rsplit('/').next().unwrap_or_default();
+    for dlq in [queue.dlq_url.as_str(), dlq_name] {
+        let run = admin(&moto, &["dlq", "list", "--dlq", dlq, "--reason", "not_json"]).await;
+        assert_eq!(code(&run), Some(0), "{}", explain(&run));
+        assert_eq!(run.stdout.lines().count(), 2, "{}", explain(&run));
+    }
+    assert_eq!(queue_depth(&sqs, &queue.dlq_url).await, (3, 0));
+}
+
+#[tokio::test]
+async fn show_prints_the_full_body_and_every_attribute() {
+    let (moto, topo, sqs) = setup().await;
+    let queue = &topo.queues[PROCESS];
+    let seeded = seed(&sqs, queue).await;
+    let (id, _, _, pedido_id) = &seeded[2];
+
+    let run = admin(&moto, &["dlq", "show", "--queue", &queue.url, id]).await;
+    assert_eq!(code(&run), Some(0), "{}", explain(&run));
+    for expected in [
+        format!("message id:    {id}"),
+        "rejectReason (String): unknown_event_type".to_owned(),
+        "rejectDetail (String): the worker said unknown_event_type".to_owned(),
+        format!("sourceQueue (String): {}", queue.url),
+        format!("pedidoId (String): {pedido_id}"),
+        "version (Number): 1".to_owned(),
+        // The SNS Message is parsed and pretty-printed too; money keeps its digits.
+        "\"type\": \"PedidoBorrado\"".to_owned(),
+        "\"total\": 0.30".to_owned(),
+    ] {
+        assert!(run.stdout.contains(&expected), "missing {expected:?}; {}", explain(&run));
+    }
+
+    let run = admin(&moto, &["dlq", "show", "--queue", &queue.url, "no-such-id"]).await;
+    assert_eq!(code(&run), Some(1), "{}", explain(&run));
+    assert!(run.stderr.contains("no-such-id"), "{}", explain(&run));
+    assert_eq!(queue_depth(&sqs, &queue.dlq_url).await, (3, 0));
+}
+
+#[tokio::test]
+async fn a_dry_run_redrive_or_purge_changes_nothing() {
+    let (moto, topo, sqs) = setup().await;
+    let queue = &topo.queues[PROCESS];
+    seed(&sqs, queue).await;
+
+    let run = admin(&moto, &["dlq", "redrive", "--queue", &queue.url, "--dry-run"]).await;
+    assert_eq!(code(&run), Some(0), "{}", explain(&run));
+    assert_eq!(run.stdout.lines().filter(|line| line.starts_with("would redrive ")).count(), 3, "{}", explain(&run));
+    assert!(run.stdout.contains(&format!(" to={}", queue.url)), "{}", explain(&run));
+    assert!(run.stdout.contains("would-redrive=3 skipped=0 failed=0"), "{}", explain(&run));
+
+    let run = admin(&moto, &["dlq", "purge", "--queue", &queue.url, "--dry-run", "--reason", "not_json"]).await;
+    assert_eq!(code(&run), Some(0), "{}", explain(&run));
+    assert!(run.stdout.contains("would-purge=2 skipped=1 failed=0"), "{}", explain(&run));
+
+    assert_eq!(queue_depth(&sqs, &queue.dlq_url).await, (3, 0));
+    assert_eq!(queue_depth(&sqs, &queue.url).await, (0, 0));
+}
+
+#[tokio::test]
+async fn redrive_moves_the_selected_messages_with_their_body_and_original_attributes() {
+    let (moto, topo, sqs) = setup().await;
+    let queue = &topo.queues[PROCESS];
+    let seeded = seed(&sqs, queue).await;
+
+    let run = admin(&moto, &["dlq", "redrive", "--queue", &queue.url, "--reason", "not_json", "--rate", "20"]).await;
+    assert_eq!(code(&run), Some(0), "{}", explain(&run));
+    assert!(run.stdout.contains("redriven=2 skipped=1 failed=0"), "{}", explain(&run));
+
+    // The unselected message is still in the DLQ, visible.
+    assert_eq!(queue_depth(&sqs, &queue.dlq_url).await, (1, 0));
+    let left = drain(&sqs, &queue.dlq_url, 1, DRAIN).await;
+    assert_eq!(left.iter().map(|m| m.message_id().unwrap_or_default()).collect::<Vec<_>>(), [seeded[2].0.as_str()]);
+
+    // The source queue got each selected message once: same body, the original attributes, no reject* ones.
+    let moved = drain(&sqs, &queue.url, 3, DRAIN).await;
+    assert_eq!(moved.len(), 2, "{moved:?}");
+    for (_, _, body, pedido_id) in seeded.iter().filter(|(_, reason, _, _)| reason == "not_json") {
+        let copy = moved.iter().find(|m| m.body() == Some(body.as_str()));
+        let copy = copy.unwrap_or_else(|| panic!("no copy of {body:?} in {moved:?}"));
+        assert_eq!(attributes(copy), original_attributes(pedido_id));
+    }
+}
+
+#[tokio::test]
+async fn an_unfiltered_redrive_falls_back_to_copy_then_delete_where_move_tasks_are_missing() {
+    let (moto, topo, sqs) = setup().await;
+    let queue = &topo.queues[PROCESS];
+    let seeded = seed(&sqs, queue).await;
+
+    let run = admin(&moto, &["dlq", "redrive", "--queue", &unique("no-such-queue")]).await;
+    assert_eq!(code(&run), Some(1), "an unknown queue is a runtime failure; {}", explain(&run));
+
+    let run = admin(&moto, &["dlq", "redrive", "--queue", &queue.url]).await;
+    assert_eq!(code(&run), Some(0), "{}", explain(&run));
+    // One line says why, from moto's answer (HTTP 500 without an AWS error code), not from its message text.
+    let notices: Vec<&str> =
+        run.stderr.lines().filter(|line| line.contains("StartMessageMoveTask is not supported")).collect();
+    assert_eq!(notices.len(), 1, "{}", explain(&run));
+    assert!(run.stdout.contains("redriven=3 skipped=0 failed=0"), "{}", explain(&run));
+    assert_eq!(queue_depth(&sqs, &queue.dlq_url).await, (0, 0));
+    let moved = drain(&sqs, &queue.url, 4, DRAIN).await;
+    let mut bodies: Vec<&str> = moved.iter().filter_map(Message::body).collect();
+    let mut expected: Vec<&str> = seeded.iter().map(|(_, _, body, _)| body.as_str()).collect();
+    bodies.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(bodies, expected);
+
+    // Nothing left: success, nothing to do.
+    let run = admin(&moto, &["dlq", "redrive", "--queue", &queue.url, "--reason", "not_json"]).await;
+    assert_eq!(code(&run), Some(0), "{}", explain(&run));
+    assert!(run.stdout.contains("redriven=0 skipped=0 failed=0"), "{}", explain(&run));
+}
+
+#[tokio::test]
+async fn redrive_by_dlq_sends_messages_without_a_source_attribute_to_the_queue_sqs_names() {
+    let (moto, topo, sqs) = setup().await;
+    let queue = &topo.queues[PROCESS];
+    // Dead-lettered by the redrive policy rather than the worker: no sourceQueue attribute.
+    dead_letter(&sqs, queue, None, "not_json", "orphan", "p-orphan").await;
+
+    let run = admin(&moto, &["dlq", "redrive", "--dlq", &queue.dlq_url, "--max", "5"]).await;
+    assert_eq!(code(&run), Some(0), "{}", explain(&run));
+    assert!(run.stdout.contains("redriven=1 skipped=0 failed=0"), "{}", explain(&run));
+    let moved = drain(&sqs, &queue.url, 1, DRAIN).await;
+    assert_eq!(moved.iter().filter_map(Message::body).collect::<Vec<_>>(), ["orphan"]);
+    assert_eq!(queue_depth(&sqs, &queue.dlq_url).await, (0, 0));
+}
+
+#[tokio::test]
+async fn a_redrive_whose_copy_fails_leaves_the_message_in_the_dlq_and_exits_3() {
+    let (moto, topo, sqs) = setup().await;
+    let queue = &topo.queues[PROCESS];
+    // A source queue that existed when the message was dead-lettered, deleted since.
+    let ghost = sqs
+        .create_queue()
+        .queue_name(unique("ghost"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("create queue: {}", aws_sdk_sqs::error::DisplayErrorContext(e)))
+        .queue_url
+        .unwrap_or_default();
+    sqs.delete_queue()
+        .queue_url(&ghost)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("delete queue: {}", aws_sdk_sqs::error::DisplayErrorContext(e)));
+    let stuck = dead_letter(&sqs, queue, Some(&ghost), "not_json", "for the ghost", "p-ghost").await;
+    dead_letter(&sqs, queue, Some(&queue.url), "not_json", "for the queue", "p-ok").await;
+
+    let run = admin(&moto, &["dlq", "redrive", "--queue", &queue.url, "--reason", "not_json"]).await;
+    assert_eq!(code(&run), Some(3), "{}", explain(&run));
+    assert!(run.stdout.contains("redriven=1 skipped=0 failed=1"), "{}", explain(&run));
+    assert!(run.stderr.contains(&format!("failed {stuck}")), "{}", explain(&run));
+    // Never deleted before the copy was confirmed: still there, visible again.
+    assert_eq!(queue_depth(&sqs, &queue.dlq_url).await, (1, 0));
+    let left = drain(&sqs, &queue.dlq_url, 1, DRAIN).await;
+    assert_eq!(left.iter().filter_map(Message::message_id).collect::<Vec<_>>(), [stuck.as_str()]);
+    assert_eq!(drain(&sqs, &queue.url, 2, DRAIN).await.len(), 1);
+}
+
+#[tokio::test]
+async fn purge_with_a_filter_deletes_only_those_and_everything_needs_yes() {
+    let (moto, topo, sqs) = setup().await;
+    let queue = &topo.queues[PROCESS];
+    let seeded = seed(&sqs, queue).await;
+
+    let run = admin(&moto, &["dlq", "purge", "--queue", &queue.url, "--reason", "not_json"]).await;
+    assert_eq!(code(&run), Some(0), "{}", explain(&run));
+    assert!(run.stdout.contains("purged=2 skipped=1 failed=0"), "{}", explain(&run));
+    assert_eq!(queue_depth(&sqs, &queue.dlq_url).await, (1, 0));
+
+    // Everything, without --yes and without a terminal to ask on: refused, nothing deleted.
+    let run = admin(&moto, &["dlq", "purge", "--queue", &queue.url]).await;
+    assert_eq!(code(&run), Some(2), "{}", explain(&run));
+    assert!(run.stderr.contains("--yes"), "{}", explain(&run));
+    assert_eq!(queue_depth(&sqs, &queue.dlq_url).await, (1, 0));
+    let left = admin(&moto, &["dlq", "list", "--queue", &queue.url]).await;
+    assert!(left.stdout.starts_with(&seeded[2].0), "{}", explain(&left));
+
+    let run = admin(&moto, &["dlq", "purge", "--queue", &queue.url, "--yes"]).await;
+    assert_eq!(code(&run), Some(0), "{}", explain(&run));
+    assert_eq!(queue_depth(&sqs, &queue.dlq_url).await, (0, 0));
+    // The source queue was never touched.
+    assert_eq!(queue_depth(&sqs, &queue.url).await, (0, 0));
+}
+
+#[tokio::test]
+async fn usage_and_configuration_errors_exit_2_before_touching_anything() {
+    let (moto, topo, sqs) = setup().await;
+    let queue = &topo.queues[PROCESS];
+    seed(&sqs, queue).await;
+
+    for args in [
+        vec!["dlq", "list"],
+        vec!["dlq", "list", "--queue", &queue.url, "--dlq", &queue.dlq_url],
+        vec!["dlq", "list", "--queue", &queue.url, "--older-than", "10parsecs"],
+        vec!["dlq", "redrive", "--queue", &queue.url, "--rate", "0"],
+        vec!["dlq", "purge", "--queue", &queue.url, "--max", "-1"],
+        vec!["dlq", "frobnicate"],
+    ] {
+        let run = admin(&moto, &args).await;
+        assert_eq!(code(&run), Some(2), "{args:?}: {}", explain(&run));
+    }
+    let mut builder = Service::builder("pedidos-admin").name(unique("admin")).env("AWS_ENDPOINT_URL", "127.0.0.1:4566");
+    for arg in ["dlq", "purge", "--queue", &queue.url, "--yes"] {
+        builder = builder.arg(arg);
+    }
+    let run = builder.run(RUN).await;
+    assert_eq!(code(&run), Some(2), "{}", explain(&run));
+    assert!(run.stderr.contains("AWS_ENDPOINT_URL"), "the error names the variable; {}", explain(&run));
+
+    let run = admin(&moto, &["dlq", "list", "--help"]).await;
+    assert_eq!(code(&run), Some(0), "{}", explain(&run));
+    assert!(run.stdout.contains("Exit codes:"), "{}", explain(&run));
+
+    assert_eq!(queue_depth(&sqs, &queue.dlq_url).await, (3, 0));
+}
