@@ -3,7 +3,7 @@
 //! Every effect is one conditional write that is also its own deduplication; the item DynamoDB returns with a failed
 //! condition tells a duplicate from a stale version without another read.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::time::Instant;
 
@@ -17,10 +17,11 @@ use uuid::Uuid;
 
 use crate::error::BoxError;
 use crate::model::{
-    estado_for, fecha_orden, Applied, AppliedVersion, ChangeMeta, OrderRecord, OrderView, Page, Shipment,
+    actualizado_orden, dia, estado_for, fecha_orden, Applied, AppliedVersion, ChangeMeta, OrderRecord, OrderView, Page,
+    RoleStats, Shipment,
 };
-use crate::orders::{OrderReads, OrderWrites, MAX_PAGE};
-use crate::schema::{attr, CUSTOMER_INDEX};
+use crate::orders::{OrderReads, OrderWrites, StatsWrites, MAX_PAGE};
+use crate::schema::{attr, CUSTOMER_INDEX, RECENT_INDEX};
 use crate::{cursor, BoxFuture, StoreError};
 
 pub(crate) type Attributes = HashMap<String, AttributeValue>;
@@ -29,6 +30,14 @@ pub(crate) type Attributes = HashMap<String, AttributeValue>;
 pub fn order_key(pedido_id: Uuid) -> String {
     format!("PEDIDO#{pedido_id}")
 }
+
+/// Partition key of a role's stats item.
+pub fn stats_key(role: &str) -> String {
+    format!("STATS#{role}")
+}
+
+/// Prefix of the per-outcome counters in a stats item (`n_processed`, ...): flat attributes, so `ADD` needs no map.
+const STATS_PREFIX: &str = "n_";
 
 /// Partition key of an order's shipment.
 pub fn shipment_key(pedido_id: Uuid) -> String {
@@ -63,6 +72,8 @@ impl ApplyWrite {
             "clienteId = :cliente",
             "fecha = :fecha",
             "fechaOrden = :orden",
+            "dia = :dia",
+            "actualizadoOrden = :actualizado",
             "#total = :total",
             "actualizadoEn = :at",
             "creadoEn = if_not_exists(creadoEn, :at)",
@@ -76,6 +87,8 @@ impl ApplyWrite {
             (":cliente".to_owned(), s(order.cliente_id.to_string())),
             (":fecha".to_owned(), s(order.fecha.to_rfc3339())),
             (":orden".to_owned(), s(fecha_orden(order.fecha, order.pedido_id))),
+            (":dia".to_owned(), s(dia(meta.at))),
+            (":actualizado".to_owned(), s(actualizado_orden(meta.at, order.pedido_id))),
             (":total".to_owned(), AttributeValue::N(order.total.to_string())),
             (":at".to_owned(), at),
             (":tipo".to_owned(), s("PEDIDO")),
@@ -215,46 +228,119 @@ impl DynamoOrders {
         &self.client
     }
 
-    async fn get_now(&self, pedido_id: Uuid) -> Result<Option<OrderView>, StoreError> {
-        let (order_pk, shipment_pk) = (order_key(pedido_id), shipment_key(pedido_id));
-        let keys = KeysAndAttributes::builder()
-            .keys(HashMap::from([(attr::PK.to_owned(), s(order_pk.clone()))]))
-            .keys(HashMap::from([(attr::PK.to_owned(), s(shipment_pk.clone()))]))
-            .consistent_read(true)
+    /// Items by partition key in one `BatchGetItem` (at most 100 keys), keyed by `pk`.
+    async fn batch_get(
+        &self,
+        operation: &'static str,
+        keys: &[String],
+        consistent: bool,
+    ) -> Result<HashMap<String, Attributes>, StoreError> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let request = keys
+            .iter()
+            .fold(KeysAndAttributes::builder(), |b, key| b.keys(HashMap::from([(attr::PK.to_owned(), s(key.clone()))])))
+            .consistent_read(consistent)
             .build()
             .map_err(|e| StoreError::Unavailable {
-                operation: "get",
+                operation,
                 throttled: false,
                 detail: e.to_string(),
                 source: Box::new(e),
             })?;
         let started = Instant::now();
-        let result = self.client.batch_get_item().request_items(&self.table, keys).send().await;
-        let output = result.map_err(|e| unavailable("get", e));
-        record_read("get", started, &output);
+        let result = self.client.batch_get_item().request_items(&self.table, request).send().await;
+        let output = result.map_err(|e| unavailable(operation, e));
+        record_read(operation, started, &output);
         let mut output = output?;
-        // Two small keys are never left unprocessed in practice; if they are, the caller retries the whole read.
+        // A few small keys are never left unprocessed in practice; if they are, the caller retries the whole read.
         if output.unprocessed_keys.as_ref().is_some_and(|u| !u.is_empty()) {
             return Err(StoreError::Unavailable {
-                operation: "get",
+                operation,
                 throttled: true,
                 detail: "keys left unprocessed".into(),
                 source: "keys left unprocessed".into(),
             });
         }
         let items = output.responses.as_mut().and_then(|r| r.remove(&self.table)).unwrap_or_default();
-        let mut order = None;
-        let mut envio = None;
-        for item in items {
-            match item.get(attr::PK) {
-                Some(AttributeValue::S(pk)) if *pk == order_pk => order = Some(decode_order(&item, &order_pk)?),
-                Some(AttributeValue::S(pk)) if *pk == shipment_pk => {
-                    envio = Some(decode_shipment(&item, &shipment_pk)?);
-                }
-                _ => {}
+        Ok(items
+            .into_iter()
+            .filter_map(|item| match item.get(attr::PK) {
+                Some(AttributeValue::S(pk)) => Some((pk.clone(), item)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn get_now(&self, pedido_id: Uuid) -> Result<Option<OrderView>, StoreError> {
+        let (order_pk, shipment_pk) = (order_key(pedido_id), shipment_key(pedido_id));
+        let mut items = self.batch_get("get", &[order_pk.clone(), shipment_pk.clone()], true).await?;
+        let Some(order) = items.remove(&order_pk) else { return Ok(None) };
+        let envio = items.remove(&shipment_pk).map(|item| decode_shipment(&item, &shipment_pk)).transpose()?;
+        Ok(Some(OrderView { order: decode_order(&order, &order_pk)?, envio }))
+    }
+
+    async fn recent_now(&self, limit: u32) -> Result<Vec<OrderView>, StoreError> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let today = chrono::Utc::now();
+        let mut orders = Vec::new();
+        for day in [today, today - chrono::Duration::days(1)] {
+            let left = limit as usize - orders.len();
+            if left == 0 {
+                break;
+            }
+            let started = Instant::now();
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(RECENT_INDEX)
+                .key_condition_expression("dia = :d")
+                .expression_attribute_values(":d", s(dia(day)))
+                .scan_index_forward(false)
+                .limit(i32::try_from(left).unwrap_or(20))
+                .send()
+                .await
+                .map_err(|e| unavailable("recent", e));
+            record_read("recent", started, &output);
+            for item in output?.items.unwrap_or_default() {
+                let key = text(&item, attr::PK, "?").unwrap_or_else(|_| "?".into());
+                orders.push(decode_order(&item, &key)?);
             }
         }
-        Ok(order.map(|order| OrderView { order, envio }))
+        let shipment_keys: Vec<String> = orders.iter().map(|o| shipment_key(o.pedido_id)).collect();
+        let mut shipments = self.batch_get("recent", &shipment_keys, false).await?;
+        orders
+            .into_iter()
+            .map(|order| {
+                let key = shipment_key(order.pedido_id);
+                let envio = shipments.remove(&key).map(|item| decode_shipment(&item, &key)).transpose()?;
+                Ok(OrderView { order, envio })
+            })
+            .collect()
+    }
+
+    async fn role_stats_now(&self, roles: &[&str]) -> Result<BTreeMap<String, RoleStats>, StoreError> {
+        let keys: Vec<String> = roles.iter().map(|role| stats_key(role)).collect();
+        let items = self.batch_get("stats", &keys, false).await?;
+        let mut stats = BTreeMap::new();
+        for role in roles {
+            let key = stats_key(role);
+            let Some(item) = items.get(&key) else { continue };
+            let mut role_stats = RoleStats::default();
+            for (name, value) in item {
+                if let Some(outcome) = name.strip_prefix(STATS_PREFIX) {
+                    role_stats.outcomes.insert(outcome.to_owned(), number(value, &key, name)?);
+                }
+            }
+            role_stats.oldest_age_seconds =
+                item.get("oldestAgeSeconds").map_or(Ok(0), |v| number(v, &key, "oldestAgeSeconds"))?;
+            role_stats.updated_at =
+                optional_text(item, "updatedAt", &key)?.map(|t| utc(&t, &key, "updatedAt")).transpose()?;
+            stats.insert((*role).to_owned(), role_stats);
+        }
+        Ok(stats)
     }
 
     async fn list_now(&self, cliente_id: Uuid, limit: u32, after: Option<&str>) -> Result<Page, StoreError> {
@@ -319,6 +405,17 @@ impl OrderReads for DynamoOrders {
         Box::pin(self.list_now(cliente_id, limit, cursor))
     }
 
+    fn recent(&self, limit: u32) -> BoxFuture<'_, Result<Vec<OrderView>, StoreError>> {
+        Box::pin(self.recent_now(limit))
+    }
+
+    fn role_stats<'a>(
+        &'a self,
+        roles: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<BTreeMap<String, RoleStats>, StoreError>> {
+        Box::pin(self.role_stats_now(roles))
+    }
+
     fn check(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             let started = Instant::now();
@@ -331,6 +428,48 @@ impl OrderReads for DynamoOrders {
                 .map(|_| ())
                 .map_err(|e| unavailable("check", e));
             record_read("check", started, &result);
+            result
+        })
+    }
+}
+
+impl StatsWrites for DynamoOrders {
+    fn add_stats<'a>(
+        &'a self,
+        role: &'a str,
+        outcomes: &'a [(&'static str, u64)],
+        oldest_age_seconds: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut names = HashMap::new();
+            let mut values: Attributes = HashMap::from([
+                (":age".to_owned(), n(oldest_age_seconds)),
+                (":now".to_owned(), s(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true))),
+            ]);
+            let mut adds = Vec::new();
+            for (i, (outcome, count)) in outcomes.iter().enumerate().filter(|(_, (_, count))| *count > 0) {
+                names.insert(format!("#o{i}"), format!("{STATS_PREFIX}{outcome}"));
+                values.insert(format!(":o{i}"), n(*count));
+                adds.push(format!("#o{i} :o{i}"));
+            }
+            let mut expression = "SET oldestAgeSeconds = :age, updatedAt = :now".to_owned();
+            if !adds.is_empty() {
+                expression.push_str(&format!(" ADD {}", adds.join(", ")));
+            }
+            let started = Instant::now();
+            let result = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key(attr::PK, s(stats_key(role)))
+                .update_expression(expression)
+                .set_expression_attribute_names((!names.is_empty()).then_some(names))
+                .set_expression_attribute_values(Some(values))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| unavailable("stats", e));
+            record_read("stats", started, &result);
             result
         })
     }

@@ -26,7 +26,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub use error::StoreError;
-pub use model::{Applied, AppliedVersion, ChangeMeta, OrderRecord, OrderView, Page, Shipment};
-pub use orders::{OrderReads, OrderWrites};
+pub use model::{Applied, AppliedVersion, ChangeMeta, OrderRecord, OrderView, Page, RoleStats, Shipment};
+pub use orders::{OrderReads, OrderWrites, StatsWrites};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -7,14 +7,15 @@ use std::sync::Mutex;
 use domain::OrderEvent;
 use uuid::Uuid;
 
-use crate::model::{Applied, ChangeMeta, OrderRecord, OrderView, Page, Shipment};
-use crate::orders::{OrderReads, OrderWrites, MAX_PAGE};
+use crate::model::{Applied, ChangeMeta, OrderRecord, OrderView, Page, RoleStats, Shipment};
+use crate::orders::{OrderReads, OrderWrites, StatsWrites, MAX_PAGE};
 use crate::{cursor, BoxFuture, StoreError};
 
 #[derive(Default)]
 struct Tables {
     orders: HashMap<Uuid, OrderRecord>,
     shipments: HashMap<Uuid, Shipment>,
+    stats: BTreeMap<String, RoleStats>,
 }
 
 /// In-memory [`OrderWrites`] + [`OrderReads`]. [`MemoryOrders::set_unavailable`] simulates an outage.
@@ -151,6 +152,51 @@ impl OrderReads for MemoryOrders {
 
     fn check(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         let result = self.available("check");
+        Box::pin(async move { result })
+    }
+
+    fn recent(&self, limit: u32) -> BoxFuture<'_, Result<Vec<OrderView>, StoreError>> {
+        let result = self.available("recent").map(|()| {
+            let tables = self.lock();
+            let mut orders: Vec<&OrderRecord> = tables.orders.values().collect();
+            orders.sort_by(|a, b| (b.actualizado_en, b.pedido_id).cmp(&(a.actualizado_en, a.pedido_id)));
+            orders
+                .into_iter()
+                .take(limit.clamp(1, MAX_PAGE) as usize)
+                .map(|o| OrderView { order: o.clone(), envio: tables.shipments.get(&o.pedido_id).cloned() })
+                .collect()
+        });
+        Box::pin(async move { result })
+    }
+
+    fn role_stats<'a>(
+        &'a self,
+        roles: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<BTreeMap<String, RoleStats>, StoreError>> {
+        let result = self.available("stats").map(|()| {
+            let tables = self.lock();
+            roles.iter().filter_map(|r| tables.stats.get(*r).map(|s| ((*r).to_owned(), s.clone()))).collect()
+        });
+        Box::pin(async move { result })
+    }
+}
+
+impl StatsWrites for MemoryOrders {
+    fn add_stats<'a>(
+        &'a self,
+        role: &'a str,
+        outcomes: &'a [(&'static str, u64)],
+        oldest_age_seconds: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let result = self.available("stats").map(|()| {
+            let mut tables = self.lock();
+            let stats = tables.stats.entry(role.to_owned()).or_default();
+            for (outcome, count) in outcomes {
+                *stats.outcomes.entry((*outcome).to_owned()).or_default() += count;
+            }
+            stats.oldest_age_seconds = oldest_age_seconds;
+            stats.updated_at = Some(chrono::Utc::now());
+        });
         Box::pin(async move { result })
     }
 }

@@ -106,6 +106,27 @@ pub fn fecha_orden(fecha: DateTime<FixedOffset>, pedido_id: Uuid) -> String {
     format!("{}#{pedido_id}", fecha.with_timezone(&Utc).to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
+/// Partition of the recent-changes index: the UTC day of a change, so "the latest orders" is one query on today's
+/// partition, and no partition grows without bound.
+pub fn dia(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d").to_string()
+}
+
+/// Sort key of the recent-changes index: when the change was applied, then the id.
+pub fn actualizado_orden(at: DateTime<Utc>, pedido_id: Uuid) -> String {
+    format!("{}#{pedido_id}", at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+/// What the workers of one role did, added up across every instance (the console's throughput and queue age).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoleStats {
+    /// Messages per outcome since the role's stats item was created (`processed`, `duplicate`, ...).
+    pub outcomes: std::collections::BTreeMap<String, u64>,
+    /// Age in seconds of the oldest message an instance received in its last reporting window.
+    pub oldest_age_seconds: u64,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
 /// The shipment the logistics role creates for an order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shipment {

@@ -3,7 +3,9 @@
 use domain::OrderEvent;
 use uuid::Uuid;
 
-use crate::model::{Applied, ChangeMeta, OrderView, Page, Shipment};
+use std::collections::BTreeMap;
+
+use crate::model::{Applied, ChangeMeta, OrderView, Page, RoleStats, Shipment};
 use crate::{BoxFuture, StoreError};
 
 /// Largest page of a customer's orders.
@@ -31,4 +33,26 @@ pub trait OrderReads: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Page, StoreError>>;
     /// Cheap call proving the table answers (readiness).
     fn check(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// The orders changed most recently (today and yesterday), newest first, with their shipments: the console.
+    fn recent(&self, _limit: u32) -> BoxFuture<'_, Result<Vec<OrderView>, StoreError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+    /// What each role's workers reported ([`StatsWrites`]), by role.
+    fn role_stats<'a>(
+        &'a self,
+        _roles: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<BTreeMap<String, RoleStats>, StoreError>> {
+        Box::pin(async { Ok(BTreeMap::new()) })
+    }
+}
+
+/// Workers add up what they did in one item per role, shared by every instance (DynamoDB as the shared memory).
+pub trait StatsWrites: Send + Sync + 'static {
+    /// Adds `outcomes` (outcome name, count) to the role's totals and records the oldest message age just seen.
+    fn add_stats<'a>(
+        &'a self,
+        role: &'a str,
+        outcomes: &'a [(&'static str, u64)],
+        oldest_age_seconds: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 }

@@ -13,6 +13,8 @@ pub const DEFAULT_ORDERS_TABLE: &str = "ecomexpress-orders";
 pub const DEFAULT_IDEMPOTENCY_TABLE: &str = "ecomexpress-idempotency";
 /// The orders table's index on `clienteId`.
 pub const CUSTOMER_INDEX: &str = "porCliente";
+/// The orders table's index of the latest changes (partition `dia`, sort `actualizadoOrden`).
+pub const RECENT_INDEX: &str = "recientes";
 
 /// Key attribute names.
 pub mod attr {
@@ -64,6 +66,13 @@ pub async fn ensure_tables(client: &Client, orders: &str, idempotency: &str) -> 
         .projection(Projection::builder().projection_type(ProjectionType::All).build())
         .build()
         .map_err(|e| fail(orders)(e.to_string()))?;
+    let recent = GlobalSecondaryIndex::builder()
+        .index_name(RECENT_INDEX)
+        .key_schema(key("dia", KeyType::Hash)?)
+        .key_schema(key("actualizadoOrden", KeyType::Range)?)
+        .projection(Projection::builder().projection_type(ProjectionType::All).build())
+        .build()
+        .map_err(|e| fail(orders)(e.to_string()))?;
     let create = client
         .create_table()
         .table_name(orders)
@@ -72,7 +81,10 @@ pub async fn ensure_tables(client: &Client, orders: &str, idempotency: &str) -> 
         .attribute_definitions(string_attribute(attr::PK)?)
         .attribute_definitions(string_attribute("clienteId")?)
         .attribute_definitions(string_attribute("fechaOrden")?)
-        .global_secondary_indexes(index);
+        .attribute_definitions(string_attribute("dia")?)
+        .attribute_definitions(string_attribute("actualizadoOrden")?)
+        .global_secondary_indexes(index)
+        .global_secondary_indexes(recent);
     created_or_exists(create.send().await).map_err(fail(orders))?;
     let create = client
         .create_table()
