@@ -8,6 +8,9 @@
 //! - [`Service`] (built with [`ServiceBuilder`]): a workspace binary (`pedidos-api`, `pedidos-worker`) started with a
 //!   hermetic environment, its output in `target/e2e-logs/<name>.log`.
 //! - [`eventually`], [`drain`], [`queue_depth`], [`http`]: polling with a deadline, reading queues, an HTTP client.
+//! - [`orders_store`], [`scan_orders`] and [`Snapshot`]: what the workers wrote, read back with the store's own code.
+//! - [`worker_builder`], [`api_builder`], [`sns_envelope`]: services wired to a topology (queue, topic, tables), and
+//!   the SNS notification a subscription would deliver, for sending copies straight to a queue.
 //!
 //! Every process started here is killed when its handle drops, also when a test panics.
 //!
@@ -180,14 +183,17 @@ impl Moto {
     /// How long moto may take to answer its first request (Python start-up on a busy 2-core machine).
     pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 
-    /// Starts `moto_server` (from `MOTO_SERVER_BIN`, else `<workspace>/.venv/bin/moto_server`) and waits until it
-    /// answers HTTP. Retries on another port if the chosen one was taken in the meantime.
+    /// Starts moto (`scripts/lib/moto_server.py`: moto with DynamoDB's per-item atomicity, run by the Python next to
+    /// `MOTO_SERVER_BIN`, else `<workspace>/.venv/bin/python`) and waits until it answers HTTP. Retries on another
+    /// port if the chosen one was taken in the meantime.
     pub async fn start() -> Self {
-        let bin = std::env::var_os("MOTO_SERVER_BIN")
+        let moto_bin = std::env::var_os("MOTO_SERVER_BIN")
             .map_or_else(|| workspace_root().join(".venv/bin/moto_server"), PathBuf::from);
-        if !bin.is_file() {
+        let bin = moto_bin.with_file_name("python");
+        if !moto_bin.is_file() || !bin.is_file() {
             panic!(
-                "moto_server not found: run ./scripts/test (it installs moto into .venv); looked for {}",
+                "moto not found: run ./scripts/test (it installs moto into .venv); looked for {} and {}",
+                moto_bin.display(),
                 bin.display()
             );
         }
@@ -204,7 +210,9 @@ impl Moto {
     async fn try_start(bin: &Path) -> Result<Self, String> {
         let port = free_port();
         let (log, file) = log_file(&format!("moto-{port}"));
+        let launcher = workspace_root().join("scripts/lib/moto_server.py");
         let child = Command::new(bin)
+            .arg(&launcher)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(clone_file(&file, &log))
@@ -385,6 +393,114 @@ pub fn envelope(message: &Message) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("SQS body is not JSON ({e}): {body}"))
 }
 
+/// The SNS `Notification` a subscription without raw delivery puts on its queue for `event`, with the message
+/// attributes the API publishes (`eventType`, `version`, `pedidoId`, and `requestId` when given). Sending it straight
+/// to a queue is a duplicate (or a reordered) delivery the worker cannot tell from SNS's own.
+pub fn sns_envelope(topic_arn: &str, event: &domain::OrderEvent, request_id: Option<&str>) -> String {
+    let message = event.to_json().unwrap_or_else(|e| panic!("serialising an event: {e}"));
+    let mut attributes = serde_json::json!({
+        "eventType": {"Type": "String", "Value": event.event_type.as_str()},
+        "version": {"Type": "Number", "Value": event.version.to_string()},
+        "pedidoId": {"Type": "String", "Value": event.order.pedido_id.to_string()},
+    });
+    if let Some(request_id) = request_id {
+        attributes["requestId"] = serde_json::json!({"Type": "String", "Value": request_id});
+    }
+    serde_json::json!({
+        "Type": "Notification",
+        "MessageId": uuid::Uuid::new_v4().to_string(),
+        "TopicArn": topic_arn,
+        "Subject": event.event_type.subject(),
+        "Message": message,
+        "Timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "SignatureVersion": "1",
+        "MessageAttributes": attributes,
+    })
+    .to_string()
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The order store
+
+/// The orders table `table` on `endpoint`, through the store crate: tests read back what the workers wrote with the
+/// same decoding the API uses.
+pub async fn orders_store(endpoint: &str, table: &str) -> store::dynamo::DynamoOrders {
+    store::dynamo::DynamoOrders::new(dynamodb(endpoint).await, table)
+}
+
+/// The versions in an order's history (`versiones`), in the order they were applied.
+pub fn history(order: &store::OrderRecord) -> Vec<u64> {
+    order.versiones.iter().map(|v| v.version).collect()
+}
+
+/// Everything in an orders table at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub orders: BTreeMap<uuid::Uuid, store::OrderRecord>,
+    pub shipments: BTreeMap<uuid::Uuid, store::Shipment>,
+    /// Per-role stats items (`STATS#<role>`): their numeric attributes by name.
+    pub stats: BTreeMap<String, BTreeMap<String, f64>>,
+    /// Items that are none of these (there should be none).
+    pub other: usize,
+}
+
+impl Snapshot {
+    /// The history of order `id`; empty when it is not stored.
+    pub fn history(&self, id: uuid::Uuid) -> Vec<u64> {
+        self.orders.get(&id).map(history).unwrap_or_default()
+    }
+}
+
+/// Scans the whole orders table (every page) and decodes each item.
+///
+/// # Errors
+/// The scan failed (e.g. the emulator is paused), or an item does not decode; callers polling during an outage
+/// retry.
+pub async fn scan_orders(dynamodb: &aws_sdk_dynamodb::Client, table: &str) -> Result<Snapshot, String> {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let mut snapshot = Snapshot::default();
+    let mut pages = dynamodb.scan().table_name(table).consistent_read(true).into_paginator().send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| format!("scan {table}: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e)))?;
+        for item in page.items.unwrap_or_default() {
+            let text = |name: &str| match item.get(name) {
+                Some(AttributeValue::S(value)) => Some(value.clone()),
+                _ => None,
+            };
+            let pk = text("pk").unwrap_or_default();
+            if pk.starts_with("PEDIDO#") {
+                let order = store::dynamo::decode_order(&item, &pk).map_err(|e| e.to_string())?;
+                snapshot.orders.insert(order.pedido_id, order);
+            } else if pk.starts_with("ENVIO#") {
+                let bad = |what: &str| format!("shipment {pk}: {what}");
+                let pedido_id =
+                    text("pedidoId").and_then(|id| uuid::Uuid::parse_str(&id).ok()).ok_or_else(|| bad("pedidoId"))?;
+                let creado_en = text("creadoEn")
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+                    .ok_or_else(|| bad("creadoEn"))?
+                    .with_timezone(&chrono::Utc);
+                let shipment = store::Shipment {
+                    pedido_id,
+                    tracking_code: text("trackingCode").ok_or_else(|| bad("trackingCode"))?,
+                    estado: text("estado").ok_or_else(|| bad("estado"))?,
+                    creado_en,
+                    request_id: text("requestId"),
+                };
+                snapshot.shipments.insert(pedido_id, shipment);
+            } else if let Some(role) = pk.strip_prefix("STATS#") {
+                let numbers = item.iter().filter_map(|(name, value)| match value {
+                    AttributeValue::N(n) => Some((name.clone(), n.parse().ok()?)),
+                    _ => None,
+                });
+                snapshot.stats.insert(role.to_owned(), numbers.collect());
+            } else {
+                snapshot.other += 1;
+            }
+        }
+    }
+    Ok(snapshot)
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Services
 
@@ -471,6 +587,27 @@ impl ServiceBuilder {
     }
 }
 
+/// `pedidos-worker` for `topo.queues[queue]` (0: process, 1: logistics; the role follows from the queue's name), with
+/// both tables of `topo` and 1 s long polls (tests stop quickly), its SDK pointed at `endpoint`.
+pub fn worker_builder(endpoint: &str, topo: &Topology, queue: usize) -> ServiceBuilder {
+    Service::builder("pedidos-worker")
+        .name(unique(if queue == 0 { "process" } else { "logistics" }))
+        .endpoint(endpoint)
+        .env("SQS_QUEUE_URL", &topo.queues[queue].url)
+        .env("ORDERS_TABLE", &topo.orders_table)
+        .env("IDEMPOTENCY_TABLE", &topo.idempotency_table)
+        .env("WAIT_TIME_SECONDS", "1")
+}
+
+/// `pedidos-api` publishing to `topo`'s topic and reading `topo`'s orders table, its SDK pointed at `endpoint`.
+pub fn api_builder(endpoint: &str, topo: &Topology) -> ServiceBuilder {
+    Service::builder("pedidos-api")
+        .name(unique("api"))
+        .endpoint(endpoint)
+        .env("SNS_TOPIC_ARN", &topo.topic_arn)
+        .env("ORDERS_TABLE", &topo.orders_table)
+}
+
 /// A finished [`ServiceBuilder::run`].
 #[derive(Debug)]
 pub struct Completed {
@@ -555,6 +692,14 @@ impl Service {
         }
     }
 
+    /// One Prometheus sample from `GET /metrics`, e.g. `pedidos_worker_messages_total{outcome="processed"}`; `None`
+    /// when the endpoint does not answer or has no such sample.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        let response = http().get(format!("{}/metrics", self.base_url())).send().await.ok()?;
+        let text = response.text().await.ok()?;
+        text.lines().find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
     /// Everything the process printed so far (stdout and stderr).
     pub fn log_text(&self) -> String {
         read_lossy(&self.log)
@@ -601,4 +746,18 @@ impl Drop for Service {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Metrics of code running in the test process itself
+
+/// The sum of every sample in this process's Prometheus registry whose line starts with `prefix` (e.g.
+/// `pedidos_store_calls_total{operation="apply"`). The first call installs the recorder.
+pub fn metric_sum(prefix: &str) -> f64 {
+    platform::metrics::handle()
+        .render()
+        .lines()
+        .filter(|line| line.starts_with(prefix))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

@@ -159,7 +159,7 @@ impl OrderReads for MemoryOrders {
         let result = self.available("recent").map(|()| {
             let tables = self.lock();
             let mut orders: Vec<&OrderRecord> = tables.orders.values().collect();
-            orders.sort_by(|a, b| (b.actualizado_en, b.pedido_id).cmp(&(a.actualizado_en, a.pedido_id)));
+            orders.sort_by_key(|o| std::cmp::Reverse((o.actualizado_en, o.pedido_id)));
             orders
                 .into_iter()
                 .take(limit.clamp(1, MAX_PAGE) as usize)
