@@ -15,6 +15,14 @@
 #   given its queue at create-environment. Neither are IAM policies: the instance profiles carry them
 #   (docs/deploy.md, "IAM for EB").
 #
+# Required for the API bundle: ADMIN_TOKEN_SECRET_ARN and API_KEYS_SECRET_ARN, the ARNs of the Secrets Manager
+# secrets (or SSM SecureString parameters) holding ADMIN_TOKEN and API_KEYS. Only the ARNs go into the bundle, in the
+# aws:elasticbeanstalk:application:environmentsecrets namespace: EB fetches the values at instance bootstrap (platform
+# versions from 2025-03-26 on) with the instance profile, which must allow secretsmanager:GetSecretValue (or
+# ssm:GetParameter) on exactly those ARNs. The API also gets ADMIN_PORT=9090: EB's nginx forwards only the
+# container's first port, so the admin surface is never behind the load balancer (docs/deploy.md shows how to
+# reach it).
+#
 # The images are prebuilt and pushed to ECR (docs/deploy.md), so EB pulls them instead of compiling
 # Rust on the instance. No Dockerfile and no docker-compose.yml go into the zips: EB would build the
 # Dockerfile (ignoring the Dockerrun image) and would prefer a compose file over everything.
@@ -34,6 +42,9 @@ REGION="${AWS_REGION:-us-east-1}"
 SNS_TOPIC="${SNS_TOPIC:-ecomexpress-sns-orders-events}"
 ORDERS_TABLE="${ORDERS_TABLE:-ecomexpress-orders}"
 IDEMPOTENCY_TABLE="${IDEMPOTENCY_TABLE:-ecomexpress-idempotency}"
+ADMIN_TOKEN_SECRET_ARN="${ADMIN_TOKEN_SECRET_ARN:-}"
+API_KEYS_SECRET_ARN="${API_KEYS_SECRET_ARN:-}"
+ADMIN_PORT=9090
 
 for ref in "${API_IMAGE}" "${WORKER_IMAGE}"; do
   # registry/repository[:tag][@digest]: no spaces or quotes (they end up inside JSON).
@@ -44,6 +55,12 @@ done
 # DynamoDB table names: 3-255 characters of [A-Za-z0-9_.-].
 for table in "${ORDERS_TABLE}" "${IDEMPOTENCY_TABLE}"; do
   [[ "${table}" =~ ^[A-Za-z0-9_.-]{3,255}$ ]] || die "'${table}' is not a DynamoDB table name"
+done
+# Secrets are referenced, never embedded: a value that is not a Secrets Manager or SSM ARN is refused.
+secret_arn='^arn:aws[a-z-]*:(secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:[A-Za-z0-9/_+=.@-]+|ssm:[a-z0-9-]+:[0-9]{12}:parameter/[A-Za-z0-9/_.-]+)$'
+for spec in "ADMIN_TOKEN_SECRET_ARN=${ADMIN_TOKEN_SECRET_ARN}" "API_KEYS_SECRET_ARN=${API_KEYS_SECRET_ARN}"; do
+  [ -n "${spec#*=}" ] || die "${spec%%=*} is required: the ARN of the secret holding ${spec%%_SECRET_ARN=*} (docs/deploy.md)"
+  [[ "${spec#*=}" =~ ${secret_arn} ]] || die "${spec%%=*} is not a Secrets Manager secret or SSM parameter ARN"
 done
 
 # The EXPOSEd port of each Dockerfile is the container port EB's nginx forwards to.
@@ -146,8 +163,13 @@ dockerrun "${API_IMAGE}" "${API_PORT}" > "${api}/Dockerrun.aws.json"
     ORDERS_TABLE: "${ORDERS_TABLE}"
     AWS_REGION: ${REGION}
     PORT: "${API_PORT}"
+    ADMIN_PORT: "${ADMIN_PORT}"
     LOG_FORMAT: json
     RUST_LOG: info
+  # Fetched by EB from Secrets Manager (or SSM) at instance bootstrap: only the ARNs are in this bundle.
+  aws:elasticbeanstalk:application:environmentsecrets:
+    ADMIN_TOKEN: "${ADMIN_TOKEN_SECRET_ARN}"
+    API_KEYS: "${API_KEYS_SECRET_ARN}"
 YAML
 } > "${api}/.ebextensions/01-pedidos-api.config"
 deny_metrics "${api}"

@@ -22,6 +22,12 @@ WORKER_SHUTDOWN_GRACE_SECONDS = 25
 ORDERS_TABLE = "ecomexpress-orders"
 IDEMPOTENCY_TABLE = "ecomexpress-idempotency"
 APP_SERVICES = ("topology", "api", "worker-process", "worker-logistics")
+# The API's credentials: only ever references to secrets in a deployment artifact, never values.
+SECRET_VARS = ("ADMIN_TOKEN", "API_KEYS")
+ADMIN_PORT = 9090
+ADMIN_TOKEN_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:ecomexpress/admin-token-AbCd12"
+API_KEYS_ARN = "arn:aws:ssm:eu-west-1:123456789012:parameter/ecomexpress/api-keys"
+SECRET_ENV = {"ADMIN_TOKEN_SECRET_ARN": ADMIN_TOKEN_ARN, "API_KEYS_SECRET_ARN": API_KEYS_ARN}
 
 # DynamoDB actions that change data or tables. The API's role may have none of them.
 DYNAMODB_WRITE_ACTIONS = {
@@ -266,23 +272,35 @@ def test_ecs_api_reads_orders_only(ecs: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("role", "write", "prefix"),
-    [("WorkerProcessTaskRole", "dynamodb:UpdateItem", "PEDIDO#*"), ("WorkerLogisticsTaskRole", "dynamodb:PutItem", "ENVIO#*")],
+    ("role", "write", "prefix", "stats"),
+    [
+        ("WorkerProcessTaskRole", "dynamodb:UpdateItem", "PEDIDO#*", "STATS#process"),
+        ("WorkerLogisticsTaskRole", "dynamodb:PutItem", "ENVIO#*", "STATS#logistics"),
+    ],
 )
-def test_ecs_worker_writes_only_its_own_items(ecs: dict[str, Any], role: str, write: str, prefix: str) -> None:
-    """Each worker writes the orders table only under its own partition-key prefix (dynamodb:LeadingKeys),
-    and uses the idempotency table for the generic handlers' claims."""
+def test_ecs_worker_writes_only_its_own_items(
+    ecs: dict[str, Any], role: str, write: str, prefix: str, stats: str
+) -> None:
+    """Each worker writes the orders table only under its own partition-key prefix (dynamodb:LeadingKeys) and its
+    role's stats item, and uses the idempotency table for the generic handlers' claims."""
     statements = _dynamodb(_statements(ecs[role]))
     on_orders = [s for s in statements if json.dumps(ORDERS_ARN) in map(json.dumps, _resources(s))]
     writes = [s for s in on_orders if set(_actions(s)) & DYNAMODB_WRITE_ACTIONS]
-    assert len(writes) == 1, f"{role}: one conditioned write statement on the orders table"
-    (statement,) = writes
+    assert len(writes) == 2, f"{role}: one conditioned write statement for its items, one for its stats item"
+    by_condition = {json.dumps(s.get("Condition", {}), sort_keys=True): s for s in writes}
+    effect = [s for s in writes if s.get("Condition", {}).get("ForAllValues:StringLike")]
+    assert len(effect) == 1, f"{role}: {by_condition}"
+    (statement,) = effect
     assert _actions(statement) == [write] and _resources(statement) == [ORDERS_ARN]
     condition = statement.get("Condition", {})
     assert condition.get("ForAllValues:StringLike") == {"dynamodb:LeadingKeys": [prefix]}, f"{role}: {condition}"
     assert condition.get("Null") == {"dynamodb:LeadingKeys": "false"}, f"{role}: {condition}"
-    # Besides that write, only DescribeTable (readiness) on the orders table: no reads, no other write.
-    others = {a for s in on_orders if s is not statement for a in _actions(s)}
+    (stats_statement,) = [s for s in writes if s is not statement]
+    assert _actions(stats_statement) == ["dynamodb:UpdateItem"] and _resources(stats_statement) == [ORDERS_ARN]
+    assert stats_statement["Condition"].get("ForAllValues:StringEquals") == {"dynamodb:LeadingKeys": [stats]}
+    assert stats_statement["Condition"].get("Null") == {"dynamodb:LeadingKeys": "false"}
+    # Besides those writes, only DescribeTable (readiness) on the orders table: no reads, no other write.
+    others = {a for s in on_orders if s not in writes for a in _actions(s)}
     assert others == {"dynamodb:DescribeTable"}
     idempotency = {a for s in statements if json.dumps(IDEMPOTENCY_ARN) in map(json.dumps, _resources(s))
                    for a in _actions(s)}  # fmt: skip
@@ -338,7 +356,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     result = subprocess.run(  # noqa: S603
         ["bash", str(ROOT / "deploy/eb/build-bundles.sh"), f"{registry}/pedidos-api:1.2.3",
          f"{registry}/pedidos-worker:1.2.3", str(out)],
-        env={"PATH": "/usr/bin:/bin", "AWS_REGION": "eu-west-1"},
+        env={"PATH": "/usr/bin:/bin", "AWS_REGION": "eu-west-1", **SECRET_ENV},
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -376,7 +394,7 @@ def test_eb_bundle(bundles: dict[str, Path], kind: str) -> None:
 
 
 def test_eb_table_names_are_configurable(tmp_path: Path) -> None:
-    env = {"PATH": "/usr/bin:/bin", "ORDERS_TABLE": "prod-orders", "IDEMPOTENCY_TABLE": "prod-idempotency"}
+    env = {"PATH": "/usr/bin:/bin", "ORDERS_TABLE": "prod-orders", "IDEMPOTENCY_TABLE": "prod-idempotency", **SECRET_ENV}
     result = subprocess.run(  # noqa: S603
         ["bash", str(ROOT / "deploy/eb/build-bundles.sh"), "r/api:1", "r/worker:1", str(tmp_path)],
         env=env, capture_output=True, text=True, check=False,
@@ -427,9 +445,171 @@ def test_eb_script_works_without_zip(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = subprocess.run(  # noqa: S603
         [shutil.which("bash") or "/bin/bash", str(ROOT / "deploy/eb/build-bundles.sh"), "r/api:1", "r/worker:1", str(out)],
-        env={"PATH": str(bin_dir)}, capture_output=True, text=True, check=False,
+        env={"PATH": str(bin_dir), **SECRET_ENV}, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     with zipfile.ZipFile(out / "pedidos-worker-eb.zip") as zf:
         assert zf.testzip() is None
         assert {"Dockerrun.aws.json", ".ebextensions/01-pedidos-worker.config"} <= set(zf.namelist())
+
+
+# ---------------------------------------------------------------- admin surface and API keys
+def _api_container(ecs: dict[str, Any]) -> dict[str, Any]:
+    (container,) = ecs["ApiTaskDefinition"]["Properties"]["ContainerDefinitions"]
+    return container
+
+
+API_KEYS_VALUE_FROM = {"Fn::If": ["CreateApiKeysSecret", {"Ref": "ApiKeysSecret"}, {"Ref": "ApiKeysSecretArn"}]}
+
+
+def test_ecs_api_credentials_come_from_secrets_manager(ecs: dict[str, Any]) -> None:
+    """ADMIN_TOKEN and API_KEYS reach the API only as ECS secrets (ValueFrom a Secrets Manager secret), never as
+    environment values; the stack's secrets are generated, never given a SecretString."""
+    container = _api_container(ecs)
+    env = {e["Name"] for e in container["Environment"]}
+    assert not env & set(SECRET_VARS), f"plain credential in the environment: {env & set(SECRET_VARS)}"
+    secrets = {s["Name"]: s["ValueFrom"] for s in container["Secrets"]}
+    assert secrets == {"ADMIN_TOKEN": {"Ref": "AdminTokenSecret"}, "API_KEYS": API_KEYS_VALUE_FROM}
+    for name in ("AdminTokenSecret", "ApiKeysSecret"):
+        secret = ecs[name]
+        assert secret["Type"] == "AWS::SecretsManager::Secret"
+        assert "SecretString" not in secret["Properties"], f"{name} holds a value written in the template"
+        assert secret["Properties"]["GenerateSecretString"]["PasswordLength"] >= 32
+    assert ecs["ApiKeysSecret"]["Condition"] == "CreateApiKeysSecret"
+    # An operator's own API keys secret is referenced by ARN, never pasted in.
+    params = load_cfn(TEMPLATES / "ecs.yaml")["Parameters"]
+    assert params["ApiKeysSecretArn"]["Default"] == ""
+    assert params["ApiKeysSecretArn"]["AllowedPattern"].startswith("^(arn:aws")
+    # The workers get neither.
+    for name in ("WorkerProcessTaskDefinition", "WorkerLogisticsTaskDefinition"):
+        (worker,) = ecs[name]["Properties"]["ContainerDefinitions"]
+        assert "Secrets" not in worker
+        assert not {e["Name"] for e in worker["Environment"]} & set(SECRET_VARS)
+
+
+def test_ecs_only_the_api_execution_role_reads_exactly_its_secrets(ecs: dict[str, Any]) -> None:
+    api_task = ecs["ApiTaskDefinition"]["Properties"]
+    assert api_task["ExecutionRoleArn"] == {"Fn::GetAtt": ["ApiExecutionRole", "Arn"]}
+    statements = _statements(ecs["ApiExecutionRole"])
+    assert statements == [{
+        "Sid": "ReadApiSecrets", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+        "Resource": [{"Ref": "AdminTokenSecret"}, API_KEYS_VALUE_FROM],
+    }]  # fmt: skip
+    # No other role (the workers' execution role, any task role) touches Secrets Manager.
+    for name, role in ecs.items():
+        if role["Type"] != "AWS::IAM::Role" or name == "ApiExecutionRole" or "Policies" not in role["Properties"]:
+            continue
+        assert not any(a.startswith("secretsmanager:") for st in _statements(role) for a in _actions(st)), name
+
+
+def test_ecs_admin_port_is_not_behind_the_load_balancer(ecs: dict[str, Any]) -> None:
+    """The API listens on ADMIN_PORT, which no target group, listener, port mapping or load-balancer rule uses, and
+    which only the optional admin-access security group may reach."""
+    container = _api_container(ecs)
+    env = {e["Name"]: e["Value"] for e in container["Environment"]}
+    assert env["ADMIN_PORT"] == str(ADMIN_PORT) and env["PORT"] != env["ADMIN_PORT"]
+    assert [m["ContainerPort"] for m in container["PortMappings"]] == [8080]
+    groups = [r["Properties"] for r in ecs.values() if r["Type"] == "AWS::ElasticLoadBalancingV2::TargetGroup"]
+    assert [g["Port"] for g in groups] == [8080]
+    service = ecs["ApiService"]["Properties"]
+    assert [lb["ContainerPort"] for lb in service["LoadBalancers"]] == [8080]
+    text = json.dumps({k: v for k, v in ecs.items() if v["Type"].startswith("AWS::ElasticLoadBalancingV2::")})
+    assert str(ADMIN_PORT) not in text, "the admin port appears in the load balancer's configuration"
+
+    def ingress(group: str) -> list[dict[str, Any]]:
+        rules = ecs[group]["Properties"].get("SecurityGroupIngress", [])
+        return [r["Fn::If"][1] if "Fn::If" in r else r for r in rules]
+
+    assert all(ADMIN_PORT not in (r["FromPort"], r["ToPort"]) for r in ingress("LoadBalancerSecurityGroup"))
+    admin_rules = [r for r in ingress("ApiSecurityGroup") if r["FromPort"] <= ADMIN_PORT <= r["ToPort"]]
+    assert admin_rules == [{
+        "Description": admin_rules[0]["Description"], "IpProtocol": "tcp", "FromPort": ADMIN_PORT, "ToPort": ADMIN_PORT,
+        "SourceSecurityGroupId": {"Ref": "AdminAccessSecurityGroupId"},
+    }]  # fmt: skip
+    raw = ecs["ApiSecurityGroup"]["Properties"]["SecurityGroupIngress"]
+    assert any(r.get("Fn::If", [None])[0] == "HasAdminAccess" for r in raw), "the admin rule must be conditional"
+
+
+def _plain_values(node: Any, path: str = "") -> list[str]:
+    """Every place in a parsed document that gives ADMIN_TOKEN or API_KEYS a value: a mapping key with a scalar
+    value (environment maps, EB option settings) or a `{Name: X, Value: ...}` pair (ECS environment lists). An ARN
+    (a reference to a secret) is not a value, nor a compose interpolation of the host's variable."""
+    found = []
+    if isinstance(node, dict):
+        if node.get("Name") in SECRET_VARS and "Value" in node:
+            found.append(f"{path}: Name {node['Name']} with a Value")
+        for key, value in node.items():
+            if key in SECRET_VARS and not isinstance(value, (dict, list)):
+                text = str(value)
+                if not (text.startswith("arn:aws") or re.fullmatch(r"\$\{\w+(:?-)?\}", text)):
+                    found.append(f"{path}.{key} = {text[:8]}...")
+            found += _plain_values(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for n, item in enumerate(node):
+            found += _plain_values(item, f"{path}[{n}]")
+    elif isinstance(node, str):
+        # `NAME=value` strings: compose environment lists, shell snippets in user data.
+        for var in SECRET_VARS:
+            if re.search(rf"(^|\s){var}=(?!\$\{{|arn:aws)\S", node):
+                found.append(f"{path}: {var}=...")
+    return found
+
+
+def test_no_plain_credentials_in_any_artifact(bundles: dict[str, Path]) -> None:
+    """No template, compose file, Dockerfile, env file or EB bundle sets ADMIN_TOKEN or API_KEYS to a value."""
+    documents: dict[str, Any] = {str(p.relative_to(ROOT)): load_cfn(p) for p in sorted(TEMPLATES.glob("*.yaml"))}
+    documents["docker-compose.yml"] = load_yaml(ROOT / "docker-compose.yml")
+    for kind, path in bundles.items():
+        with zipfile.ZipFile(path) as zf:
+            for member in zf.namelist():
+                if member.endswith((".config", ".json")):
+                    documents[f"{kind}:{member}"] = load_yaml_bytes(zf.read(member))
+    for name, document in documents.items():
+        assert not _plain_values(document), f"{name}: {_plain_values(document)}"
+    for name in ("Dockerfile.api", "Dockerfile.worker", ".env"):
+        text = (ROOT / name).read_text(encoding="utf-8")
+        assert not re.search(rf"\b({'|'.join(SECRET_VARS)})\b\s*[= ]", text), name
+    # The checker catches what it is meant to catch.
+    assert _plain_values({"Environment": [{"Name": "API_KEYS", "Value": "k"}]})
+    assert _plain_values({"aws:elasticbeanstalk:application:environment": {"ADMIN_TOKEN": "hunter2"}})
+    assert _plain_values({"environment": ["ADMIN_TOKEN=hunter2"]})
+    assert not _plain_values({"Secrets": [{"Name": "ADMIN_TOKEN", "ValueFrom": {"Ref": "S"}}], "API_KEYS": ADMIN_TOKEN_ARN})
+
+
+def test_eb_api_credentials_are_secret_references(bundles: dict[str, Path]) -> None:
+    with zipfile.ZipFile(bundles["api"]) as zf:
+        options = load_yaml_bytes(zf.read(".ebextensions/01-pedidos-api.config"))["option_settings"]
+    env = options["aws:elasticbeanstalk:application:environment"]
+    assert not set(env) & set(SECRET_VARS)
+    assert env["ADMIN_PORT"] == str(ADMIN_PORT) and env["PORT"] == "8080"
+    assert options["aws:elasticbeanstalk:application:environmentsecrets"] == {
+        "ADMIN_TOKEN": ADMIN_TOKEN_ARN, "API_KEYS": API_KEYS_ARN,
+    }  # fmt: skip
+    with zipfile.ZipFile(bundles["worker"]) as zf:
+        worker = load_yaml_bytes(zf.read(".ebextensions/01-pedidos-worker.config"))["option_settings"]
+    assert "aws:elasticbeanstalk:application:environmentsecrets" not in worker
+    assert not set(worker["aws:elasticbeanstalk:application:environment"]) & {*SECRET_VARS, "ADMIN_PORT"}
+    # EB's nginx forwards the first container port only: the admin port is not it.
+    with zipfile.ZipFile(bundles["api"]) as zf:
+        run = json.loads(zf.read("Dockerrun.aws.json"))
+    assert [p["ContainerPort"] for p in run["Ports"]] == [8080]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"API_KEYS_SECRET_ARN": API_KEYS_ARN}, "ADMIN_TOKEN_SECRET_ARN is required"),
+        ({"ADMIN_TOKEN_SECRET_ARN": ADMIN_TOKEN_ARN}, "API_KEYS_SECRET_ARN is required"),
+        ({**SECRET_ENV, "ADMIN_TOKEN_SECRET_ARN": "s3cr3t-t0k3n-value"}, "ADMIN_TOKEN_SECRET_ARN is not a Secrets Manager"),
+        ({**SECRET_ENV, "API_KEYS_SECRET_ARN": "arn:aws:s3:::bucket/keys"}, "API_KEYS_SECRET_ARN is not a Secrets Manager"),
+    ],
+)
+def test_eb_script_requires_secret_arns(tmp_path: Path, env: dict[str, str], message: str) -> None:
+    """A bundle without the secrets, or with a value where an ARN belongs, is refused."""
+    result = subprocess.run(  # noqa: S603
+        ["bash", str(ROOT / "deploy/eb/build-bundles.sh"), "r/api:1", "r/worker:1", str(tmp_path)],
+        env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+    assert "s3cr3t" not in result.stderr, "a value given where an ARN belongs is not echoed"
+

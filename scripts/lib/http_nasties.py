@@ -5,7 +5,10 @@ Requests are written byte by byte on raw sockets, so nothing (not even http.clie
 must be below 500, and every 4xx must be `application/problem+json` with a JSON body carrying `status` and `title`.
 A request that gets no answer within the timeout is a hang, and a failure. Some cases also pin the expected status.
 
-Usage: http_nasties.py --base http://127.0.0.1:PORT [--timeout SECONDS]
+Usage: http_nasties.py --base http://127.0.0.1:PORT [--timeout SECONDS] [--admin-token TOKEN]
+With --admin-token (the API's ADMIN_TOKEN), every request carries it as a bearer token, so the admin routes
+(subscriptions) are exercised as an operator would call them, and a group of hostile credentials (missing, wrong,
+forged cookies, CSRF and login garbage) checks that the admin surface refuses them cleanly.
 Prints one line per failure and a summary; exits 1 on any failure.
 """
 
@@ -41,6 +44,8 @@ class Runner:
     timeout: float
     cases: int = 0
     failures: list[str] = field(default_factory=list)
+    # Added to every request unless it asks for `bare=True` (the admin token, as a bearer header).
+    extra_headers: list[tuple[str, str]] = field(default_factory=list)
 
     # ---- transport -------------------------------------------------------------------------------------------------
 
@@ -81,12 +86,13 @@ class Runner:
         content_type: str | None = "application/json",
         expect: set[int] | None = None,
         chunked: bool = False,
+        bare: bool = False,
     ) -> Response | None:
         """Builds the request by hand, sends it and checks the answer. Returns it (or None if there was none)."""
         self.cases += 1
         as_bytes = lambda v: v if isinstance(v, bytes) else v.encode("latin-1")  # noqa: E731
         head = [b"%s %s HTTP/1.1" % (as_bytes(method), as_bytes(target)), b"Host: %s:%d" % (self.host.encode(), self.port)]
-        all_headers = list(headers or [])
+        all_headers = list(headers or []) + ([] if bare else list(self.extra_headers))
         if content_type is not None and body is not None:
             all_headers.append(("Content-Type", content_type))
         all_headers.append(("Connection", "close"))
@@ -444,6 +450,44 @@ def protocol(r: Runner) -> None:
             r.fail(f"protocol {label}", f"server error {resp.status}")
 
 
+def admin_surface(r: Runner) -> None:
+    """Hostile credentials against the admin routes (run with --admin-token): every refusal is a clean 4xx problem,
+    a browser without a session is sent to the login page, and nothing is ever a 5xx."""
+    sub = b'{"email":"ops@example.com"}'
+    protected = [("POST", "/api/suscripcion", sub), ("GET", "/api/suscripcion/estado/ops%40example.com", None),
+                 ("GET", "/console/api/session", None), ("POST", "/console/logout", None)]
+    garbage_auth = ["Bearer", "Bearer ", "Bearer x", "bearer " + "x" * 4000, "Basic YWRtaW46YWRtaW4=", "Bearer \t\t",
+                    "Bearer a b c", "Digest x", "Bearer " + "é".encode("utf-8").decode("latin-1") * 20, ""]
+    forged_cookies = ["pedidos_admin=", "pedidos_admin=1.2", "pedidos_admin=99999999999999999999." + "0" * 64,
+                      "pedidos_admin=18446744073709551616." + "a" * 64, "pedidos_admin=4102444800." + "f" * 64,
+                      "pedidos_admin=" + "1" * 5000, "a=b; " * 500 + "pedidos_admin=x",
+                      "pedidos_admin=1.2; pedidos_admin=3.4", "=; ;;=="]
+    for method, path, body in protected:
+        r.request(f"{method} {path} without credentials", method, path, body=body, expect={401}, bare=True)
+        for value in garbage_auth:
+            r.request(f"{method} {path} Authorization {value[:30]!r}", method, path, headers=[("Authorization", value)],
+                      body=body, expect={401}, bare=True)
+        for cookie in forged_cookies:
+            r.request(f"{method} {path} Cookie {cookie[:40]!r}", method, path, headers=[("Cookie", cookie)], body=body,
+                      expect={401}, bare=True)
+    resp = r.request("browser GET without a session", "GET", "/console/api/session", headers=[("Accept", "text/html")],
+                     content_type=None, expect={303}, bare=True)
+    if resp is not None and resp.headers.get("location") != "/console/login":
+        r.fail("browser GET without a session", f"redirected to {resp.headers.get('location')!r}")
+    form = "application/x-www-form-urlencoded"
+    for label, body, ct in [("empty form", b"", form), ("no token field", b"x=1", form), ("wrong token", b"token=nope", form),
+                            ("huge token", b"token=" + b"a" * 60_000, form), ("invalid encoding", b"token=%zz%", form),
+                            ("repeated token", b"token=a&token=b", form), ("invalid UTF-8", b"token=\xff\xfe", form),
+                            ("JSON body", b'{"token":"x"}', "application/json"), ("no content type", b"token=x", None),
+                            ("10 MB form", b"token=" + b"a" * (10 * MB), form)]:
+        r.request(f"POST /console/login {label}", "POST", "/console/login", body=body, content_type=ct,
+                  expect={400, 401, 413, 415}, bare=True)
+    for origin in ["null", "https://evil.example", "http://127.0.0.1:1", "garbage", "http://" + "a" * 5000]:
+        r.request(f"POST /console/login Origin {origin[:30]!r}", "POST", "/console/login", body=b"token=x", content_type=form,
+                  headers=[("Origin", origin)], expect={401, 403}, bare=True)
+    r.request("GET /console/login", "GET", "/console/login?error=%3Cscript%3E", content_type=None, expect={200}, bare=True)
+
+
 GROUPS: list[Callable[[Runner], None]] = [numbers, nesting, encodings, fields, sizes, headers, methods_and_routes, paths_and_queries,
                                           tracking, slow_clients, protocol]
 
@@ -452,11 +496,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="http://127.0.0.1:PORT")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds without an answer that count as a hang")
+    parser.add_argument("--admin-token", help="the API's ADMIN_TOKEN: sent as a bearer token, and enables the admin group")
     args = parser.parse_args()
     url = urllib.parse.urlsplit(args.base)
     runner = Runner(url.hostname or "127.0.0.1", url.port or 80, args.timeout)
+    groups = list(GROUPS)
+    if args.admin_token:
+        runner.extra_headers.append(("Authorization", f"Bearer {args.admin_token}"))
+        groups.append(admin_surface)
     started = time.monotonic()
-    for group in GROUPS:
+    for group in groups:
         group(runner)
     elapsed = time.monotonic() - started
     print(f"http_nasties: {runner.cases} cases, {len(runner.failures)} failures, {elapsed:.1f} s")

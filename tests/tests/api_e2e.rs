@@ -6,13 +6,15 @@
 use std::time::{Duration, Instant};
 
 use domain::{EventType, Payload};
-use e2e::{drain, envelope, eventually, http, sdk, topology, unique, Moto, Service, Topology};
+use e2e::{drain, envelope, eventually, free_port, http, sdk, topology, unique, Moto, Service, Topology};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 const CLIENTE: &str = "6f1c2a0e-9a51-4c1e-8d0b-0c8f4f1a2b3c";
 const HEALTHY: Duration = Duration::from_secs(20);
 const DELIVERY: Duration = Duration::from_secs(15);
+/// `ADMIN_TOKEN` of the APIs that need the admin surface (subscriptions are admin routes).
+const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
 
 /// Starts `pedidos-api` against `moto` with the topic given as `var=value`, reading `topology`'s orders table.
 async fn start_api(moto: &Moto, topology: &Topology, name: &str, var: &str, value: &str) -> Service {
@@ -393,34 +395,65 @@ async fn topology_subcommand_is_idempotent() {
     }
 }
 
-/// Email subscriptions through the API against moto.
+/// Email subscriptions through the API against moto, as an operator (bearer `ADMIN_TOKEN`): subscriptions are admin
+/// routes, refused (401) without it.
 ///
 /// moto 5 does not model the confirmation step: it records email subscriptions as confirmed right away (its
 /// `ListSubscriptionsByTopic` returns a real subscription ARN, where AWS says `PendingConfirmation` until the recipient
 /// clicks the link). So on moto: POST answers 201 `Pendiente` (the API's answer for a new subscription), and then
 /// the state reads `Confirmado`. The `Pendiente` state of an existing subscription is covered by the router tests.
+/// A subscription limited to some event types carries them as its SNS filter policy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn email_subscription_against_moto() {
     let moto = Moto::start().await;
     let topology = topology(&moto, &unique("email")).await;
-    let api = start_api(&moto, &topology, "api-email", "SNS_TOPIC_ARN", &topology.topic_arn).await;
+    let mut api = Service::builder("pedidos-api")
+        .name(unique("api-email"))
+        .endpoint(moto.endpoint())
+        .env("SNS_TOPIC_ARN", &topology.topic_arn)
+        .env("ORDERS_TABLE", &topology.orders_table)
+        .env("ADMIN_TOKEN", ADMIN_TOKEN)
+        .spawn();
+    api.wait_healthy(HEALTHY).await;
     let email = format!("{}@example.com", unique("cliente"));
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let subscribe = |body: Value| {
+        http()
+            .post(format!("{}/api/suscripcion", api.base_url()))
+            .header("authorization", &bearer)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+    };
+    let as_admin = |path: &str| http().get(format!("{}{path}", api.base_url())).header("authorization", &bearer);
 
-    let (status, answer, _) = post_raw(&api, "/api/suscripcion", &json!({"email": email}).to_string(), "req-sub").await;
+    let (status, problem, _) =
+        post_raw(&api, "/api/suscripcion", &json!({"email": email}).to_string(), "req-anon").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{problem}");
+
+    let (status, answer, _) = send(subscribe(json!({"email": email}))).await;
     assert_eq!(status, StatusCode::CREATED, "{answer}");
     assert_eq!(answer, json!({"email": email, "status": "Pendiente"}));
 
-    let (status, state, _) = get(&api, &format!("/api/suscripcion/estado/{email}")).await;
+    let (status, state, _) = send(as_admin(&format!("/api/suscripcion/estado/{email}"))).await;
     assert_eq!(status, StatusCode::OK, "{state}");
     assert_eq!(state["status"], json!("Confirmado"), "moto confirms email subscriptions at once: {state}");
+    let (status, _, _) = get(&api, &format!("/api/suscripcion/estado/{email}")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 
     // Subscribing again reports the existing subscription instead of creating a second one (`?email=` form).
     let response = http()
         .post(format!("{}/api/suscripcion?email={email}", api.base_url()))
+        .header("authorization", &bearer)
         .send()
         .await
         .unwrap_or_else(|e| panic!("POST ?email=: {e}"));
     assert_eq!(response.status(), StatusCode::OK);
+
+    // Only new orders, for the operator in charge of them.
+    let altas = format!("{}@example.com", unique("altas"));
+    let (status, answer, _) = send(subscribe(json!({"email": altas, "eventTypes": ["PedidoCreado"]}))).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    assert_eq!(answer["eventTypes"], json!(["PedidoCreado"]));
 
     let (sns, _) = sdk(&moto.endpoint()).await;
     let subscriptions = sns
@@ -432,11 +465,90 @@ async fn email_subscription_against_moto() {
         .subscriptions
         .unwrap_or_default();
     let emails: Vec<_> = subscriptions.iter().filter(|s| s.protocol() == Some("email")).collect();
-    assert_eq!(emails.len(), 1, "{subscriptions:?}");
-    assert_eq!(emails[0].endpoint(), Some(email.as_str()));
+    assert_eq!(emails.len(), 2, "{subscriptions:?}");
+    for subscription in emails {
+        let arn = subscription.subscription_arn().unwrap_or_default();
+        let attributes = sns
+            .get_subscription_attributes()
+            .subscription_arn(arn)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("subscription attributes of {arn}: {e}"))
+            .attributes
+            .unwrap_or_default();
+        let policy = attributes.get("FilterPolicy").map(|p| serde_json::from_str::<Value>(p).unwrap_or_default());
+        if subscription.endpoint() == Some(altas.as_str()) {
+            assert_eq!(policy, Some(json!({"eventType": ["PedidoCreado"]})), "{attributes:?}");
+        } else {
+            assert_eq!(subscription.endpoint(), Some(email.as_str()));
+            assert_eq!(policy, None, "no filter: every event: {attributes:?}");
+        }
+    }
 
-    let (status, problem, _) = get(&api, "/api/suscripcion/estado/nadie@example.com").await;
+    let (status, problem, _) = send(as_admin("/api/suscripcion/estado/nadie@example.com")).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
+}
+
+async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+    read(request.send().await.unwrap_or_else(|e| panic!("sending a request: {e}"))).await
+}
+
+/// The real binary with `ADMIN_PORT` and `API_KEYS`: two listeners, admin routes only on the admin one, order writes
+/// only with a key, reads open, and neither credential in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_port_and_api_keys_on_the_real_binary() {
+    let moto = Moto::start().await;
+    let topology = topology(&moto, &unique("admin")).await;
+    let key = "e2e-api-key-0123456789abcdef";
+    let admin_port = free_port();
+    let mut api = Service::builder("pedidos-api")
+        .name(unique("api-admin"))
+        .endpoint(moto.endpoint())
+        .env("SNS_TOPIC_ARN", &topology.topic_arn)
+        .env("ORDERS_TABLE", &topology.orders_table)
+        .env("ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("ADMIN_PORT", admin_port.to_string())
+        .env("API_KEYS", key)
+        .spawn();
+    api.wait_healthy(HEALTHY).await;
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let order = json!({"clienteId": CLIENTE, "total": "12.50"}).to_string();
+
+    let (status, problem, headers) = post_raw(&api, "/api/pedidos", &order, "req-nokey").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{problem}");
+    assert_eq!(headers.get("www-authenticate").and_then(|v| v.to_str().ok()), Some("ApiKey"));
+    let wrong = http().post(format!("{}/api/pedidos", api.base_url())).header("x-api-key", "not-the-key-0123456789");
+    assert_eq!(send_json(wrong, &order, "req-wrong").await.0, StatusCode::FORBIDDEN);
+    let right = http().post(format!("{}/api/pedidos", api.base_url())).header("x-api-key", key);
+    let (status, answer, _) = send_json(right, &order, "req-key").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let pedido = answer["pedidoId"].as_str().unwrap_or_default().to_owned();
+    // Reads need no key (404: no worker applied it here).
+    assert_eq!(get(&api, &format!("/api/pedidos/{pedido}")).await.0, StatusCode::NOT_FOUND);
+
+    // The main port has no admin route, even for the right token; the admin port has nothing else.
+    for path in ["/console/login", "/console/api/session", "/api/suscripcion/estado/x@example.com"] {
+        let main = http().get(format!("{}{path}", api.base_url())).header("authorization", &bearer);
+        assert_eq!(send(main).await.0, StatusCode::NOT_FOUND, "{path} on the main port");
+    }
+    assert_eq!(send(http().get(format!("{admin}/health"))).await.0, StatusCode::NOT_FOUND);
+    let (status, session, _) =
+        send(http().get(format!("{admin}/console/api/session")).header("authorization", &bearer)).await;
+    assert_eq!(status, StatusCode::OK, "{session}");
+    assert_eq!(send(http().get(format!("{admin}/console/api/session"))).await.0, StatusCode::UNAUTHORIZED);
+    let login = send(http().get(format!("{admin}/console/login"))).await;
+    assert_eq!(login.0, StatusCode::OK);
+
+    // One SIGTERM stops both listeners, gracefully.
+    api.signal_term();
+    let status = api.wait_exit(Duration::from_secs(5)).await;
+    let status = status.unwrap_or_else(|| panic!("still running 5 s after SIGTERM; log:\n{}", api.log_text()));
+    assert!(status.success(), "exit status {status}; log:\n{}", api.log_text());
+
+    let log = api.log_text();
+    assert!(log.contains("pedidos-api listening") && log.contains(&admin_port.to_string()), "{log}");
+    assert!(!log.contains(key) && !log.contains(ADMIN_TOKEN), "a credential reached the log:\n{log}");
 }
 
 // ---------------------------------------------------------------------------------------------------------------

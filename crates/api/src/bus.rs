@@ -6,7 +6,7 @@ use std::pin::Pin;
 use aws_sdk_sns::error::{DisplayErrorContext, SdkError};
 use aws_sdk_sns::types::MessageAttributeValue;
 use aws_sdk_sns::Client;
-use domain::OrderEvent;
+use domain::{EventType, OrderEvent};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -36,8 +36,13 @@ pub trait EventBus: Send + Sync + 'static {
     fn check(&self) -> BoxFuture<'_, Result<(), BusError>>;
     /// The status of an email subscription, if any.
     fn email_status<'a>(&'a self, email: &'a str) -> BoxFuture<'a, Result<Option<SubscriptionStatus>, BusError>>;
-    /// Starts an email subscription (the recipient must confirm it).
-    fn subscribe_email<'a>(&'a self, email: &'a str) -> BoxFuture<'a, Result<(), BusError>>;
+    /// Starts an email subscription (the recipient must confirm it). With `event_types`, the subscription receives
+    /// only those events (an SNS filter policy on the `eventType` message attribute); without, every event.
+    fn subscribe_email<'a>(
+        &'a self,
+        email: &'a str,
+        event_types: Option<&'a [EventType]>,
+    ) -> BoxFuture<'a, Result<(), BusError>>;
 }
 
 /// [`EventBus`] on an SNS topic.
@@ -162,18 +167,39 @@ impl EventBus for SnsBus {
         })
     }
 
-    fn subscribe_email<'a>(&'a self, email: &'a str) -> BoxFuture<'a, Result<(), BusError>> {
+    fn subscribe_email<'a>(
+        &'a self,
+        email: &'a str,
+        event_types: Option<&'a [EventType]>,
+    ) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
             let topic_arn = self.topic_arn().await?;
-            self.client
-                .subscribe()
-                .topic_arn(topic_arn)
-                .protocol("email")
-                .endpoint(email)
-                .send()
-                .await
-                .map_err(classify)?;
+            let mut request = self.client.subscribe().topic_arn(topic_arn).protocol("email").endpoint(email);
+            if let Some(types) = event_types {
+                request = request.attributes("FilterPolicy", filter_policy(types));
+            }
+            request.send().await.map_err(classify)?;
             Ok(())
         })
+    }
+}
+
+/// The SNS filter policy that lets through only `types` (matched on the `eventType` attribute every publish sets).
+pub fn filter_policy(types: &[EventType]) -> String {
+    let names: Vec<&str> = types.iter().map(|t| t.as_str()).collect();
+    serde_json::json!({ "eventType": names }).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_policy_names_the_event_types() {
+        assert_eq!(filter_policy(&[EventType::PedidoCreado]), r#"{"eventType":["PedidoCreado"]}"#);
+        assert_eq!(
+            filter_policy(&[EventType::PedidoCreado, EventType::PedidoActualizado]),
+            r#"{"eventType":["PedidoCreado","PedidoActualizado"]}"#
+        );
     }
 }

@@ -1,6 +1,9 @@
 //! `pedidos-api` configuration, loaded once at start-up.
 
-use platform::config::{orders_table, required, Common, ConfigError, Lookup};
+use platform::config::{orders_table, parsed, required, Common, ConfigError, Lookup};
+
+use crate::admin::AdminToken;
+use crate::api_keys::ApiKeys;
 
 pub const DEFAULT_PORT: u16 = 8080;
 
@@ -11,6 +14,13 @@ pub struct Config {
     pub topic: String,
     /// `ORDERS_TABLE`: the DynamoDB table the workers apply orders to, read here.
     pub orders_table: String,
+    /// `ADMIN_TOKEN`: turns the admin surface (console, subscriptions) on. Unset: every admin route is a 404.
+    pub admin_token: Option<AdminToken>,
+    /// `ADMIN_PORT`: serve the admin surface on this port only, so a load balancer forwarding `PORT` never reaches it.
+    /// Unset: the admin surface shares `PORT`.
+    pub admin_port: Option<u16>,
+    /// `API_KEYS` or `API_KEYS_FILE`: keys order writes must carry. Unset: writes are open (local runs, tests).
+    pub api_keys: Option<ApiKeys>,
 }
 
 impl Config {
@@ -26,6 +36,76 @@ impl Config {
                 reason: "not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)".into(),
             });
         }
-        Ok(Self { common: Common::from_env(env, DEFAULT_PORT)?, topic, orders_table: orders_table(env)? })
+        let common = Common::from_env(env, DEFAULT_PORT)?;
+        let admin_token = AdminToken::from_env(env)?;
+        let admin_port = env("ADMIN_PORT").map(|_| parsed(env, "ADMIN_PORT", 0_u16)).transpose()?;
+        if let Some(port) = admin_port {
+            let invalid = |reason: &str| ConfigError::Invalid {
+                var: "ADMIN_PORT",
+                value: port.to_string(),
+                reason: reason.to_owned(),
+            };
+            if port == 0 || port == common.port {
+                return Err(invalid("must be a port other than 0 and PORT"));
+            }
+            // A port with nothing to serve is a deployment mistake worth stopping for (a secret not wired).
+            if admin_token.is_none() {
+                return Err(invalid("needs ADMIN_TOKEN: without it the admin surface is off"));
+            }
+        }
+        Ok(Self {
+            common,
+            topic,
+            orders_table: orders_table(env)?,
+            admin_token,
+            admin_port,
+            api_keys: ApiKeys::from_env(env)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<Config, String> {
+        let map: HashMap<String, String> = [("SNS_TOPIC_ARN", "orders"), ("PORT", "8080")]
+            .iter()
+            .chain(pairs)
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect();
+        Config::from_env(&move |k| map.get(k).cloned()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn admin_and_keys_are_off_by_default() {
+        let c = config(&[]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.admin_token.is_none() && c.admin_port.is_none() && c.api_keys.is_none());
+    }
+
+    #[test]
+    fn admin_settings_are_checked_and_named() {
+        let token = ("ADMIN_TOKEN", "0123456789abcdef");
+        let c = config(&[token, ("ADMIN_PORT", "9090"), ("API_KEYS", "key-0123456789abcdef")])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.admin_port, Some(9090));
+        assert!(c.api_keys.is_some_and(|k| k.accepts("key-0123456789abcdef")));
+        // The token never appears in the configuration's Debug output (it is logged at start-up by nobody, but still).
+        assert!(!format!("{:?}", config(&[token]).unwrap_or_else(|e| panic!("{e}"))).contains("0123456789abcdef"));
+        for (pairs, expected) in [
+            (vec![("ADMIN_TOKEN", "short")], "ADMIN_TOKEN=\"(redacted)\" is invalid"),
+            (vec![token, ("ADMIN_PORT", "nine")], "ADMIN_PORT=\"nine\" is invalid"),
+            (
+                vec![token, ("ADMIN_PORT", "8080")],
+                "ADMIN_PORT=\"8080\" is invalid: must be a port other than 0 and PORT",
+            ),
+            (vec![("ADMIN_PORT", "9090")], "ADMIN_PORT=\"9090\" is invalid: needs ADMIN_TOKEN"),
+            (vec![("API_KEYS", "tiny")], "API_KEYS=\"(redacted)\" is invalid"),
+        ] {
+            let err = config(&pairs).err().unwrap_or_default();
+            assert!(err.starts_with(expected), "{pairs:?}: {err}");
+        }
     }
 }

@@ -27,6 +27,13 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("the request has invalid fields")]
     Validation(FieldErrors),
+    /// 401: no credential, or one that is not valid (wrong, expired, tampered). `challenge` is the
+    /// `WWW-Authenticate` value, naming the scheme the client should use.
+    #[error("{detail}")]
+    Unauthorized { challenge: &'static str, detail: String },
+    /// 403: the credential is understood but does not allow this (an unknown API key, a missing CSRF token).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     #[error("method not allowed on this resource")]
@@ -84,6 +91,8 @@ impl ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
@@ -138,6 +147,10 @@ impl IntoResponse for ApiError {
             errors: None,
             dependencies: None,
         };
+        let challenge = match &self {
+            Self::Unauthorized { challenge, .. } => Some(*challenge),
+            _ => None,
+        };
         let problem = match self {
             Self::Validation(errors) => Problem { errors: Some(errors), ..problem },
             Self::NotReady(dependencies) => Problem { dependencies: Some(dependencies), ..problem },
@@ -148,6 +161,9 @@ impl IntoResponse for ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        if let Some(challenge) = challenge {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
         }
         response
     }

@@ -7,12 +7,19 @@
 //! - [`routes`]: handlers; [`order_input`] turns bodies into valid orders; [`extract`] reads JSON bodies.
 //! - [`error`]: `ApiError` and its problem+json mapping.
 //! - [`openapi`]: the generated OpenAPI document.
-//! - this file: [`router`], [`run`] and [`start`], so tests can drive the real app.
+//! - [`admin`]: the admin surface (console login, sessions, CSRF, subscriptions), off without `ADMIN_TOKEN`;
+//!   [`console`]: the operators' console it serves. [`api_keys`]: the keys order writes need when `API_KEYS` is set.
+//! - this file: [`router`] (or [`public_router`] and [`admin_router`] when `ADMIN_PORT` splits them), [`run`] and
+//!   [`start`], so tests can drive the real app.
 
+pub mod admin;
+pub mod api_keys;
 pub mod bus;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod extract;
+pub mod metrics_catalog;
 pub mod openapi;
 pub mod order_input;
 pub mod routes;
@@ -22,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderName, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -34,6 +41,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::{SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer};
 use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 use utoipa::OpenApi;
@@ -58,24 +66,76 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Last readiness answer and when it was taken.
     pub readiness: Arc<Mutex<Option<(Instant, routes::ops::Checked)>>>,
+    /// Keys derived from `ADMIN_TOKEN`; `None` turns the admin surface off (every admin route answers 404).
+    pub admin: Option<Arc<admin::AdminAuth>>,
+    /// Keys order writes must carry; `None` leaves writes open.
+    pub api_keys: Option<Arc<api_keys::ApiKeys>>,
+    /// The operators' console behind the admin surface; `None` serves no console routes (login and subscriptions
+    /// still work).
+    pub console: Option<Arc<console::Console>>,
 }
 
 impl AppState {
     pub fn new(bus: Arc<dyn EventBus>, orders: Arc<dyn OrderReads>) -> Self {
-        Self { bus, orders, metrics: platform::metrics::handle(), readiness: Arc::new(Mutex::new(None)) }
+        metrics_catalog::register();
+        Self {
+            bus,
+            orders,
+            metrics: platform::metrics::handle(),
+            readiness: Arc::new(Mutex::new(None)),
+            admin: None,
+            api_keys: None,
+            console: None,
+        }
+    }
+
+    /// Serves `console` behind the admin surface.
+    #[must_use]
+    pub fn with_console(mut self, console: Arc<console::Console>) -> Self {
+        self.console = Some(console);
+        self
+    }
+
+    /// Turns the admin surface on, authenticated with `token`.
+    #[must_use]
+    pub fn with_admin(mut self, token: &admin::AdminToken) -> Self {
+        self.admin = Some(Arc::new(admin::AdminAuth::new(token)));
+        self
+    }
+
+    /// Requires one of `keys` on order writes.
+    #[must_use]
+    pub fn with_api_keys(mut self, keys: api_keys::ApiKeys) -> Self {
+        self.api_keys = Some(Arc::new(keys));
+        self
     }
 }
 
-/// The whole HTTP surface.
+/// The whole HTTP surface on one port: the public routes and, when `ADMIN_TOKEN` is set, the admin ones.
 pub fn router(state: AppState) -> Router {
-    let x_request_id = axum::http::HeaderName::from_static("x-request-id");
+    let surface = public_routes().merge(admin::routes(&state));
+    finish(surface, state)
+}
+
+/// The main port when `ADMIN_PORT` gives the admin surface its own: admin paths answer 404 here.
+pub fn public_router(state: AppState) -> Router {
+    finish(public_routes(), state)
+}
+
+/// The admin port: the admin routes only ([`admin::routes`]); every other path answers 404.
+pub fn admin_router(state: AppState) -> Router {
+    let surface = admin::routes(&state);
+    finish(surface, state)
+}
+
+/// Orders, tracking, operations and documentation: what the load balancer forwards.
+fn public_routes() -> Router<AppState> {
     Router::new()
+        // Writes take `api_keys::WriteAccess`, which asks for a key when `API_KEYS` is set.
         .route("/api/pedidos", post(routes::orders::create))
         // Parameter names as in the OpenAPI document, so the `route` metrics label matches it.
         .route("/api/pedidos/{pedidoId}", get(routes::tracking::get_order).put(routes::orders::update))
         .route("/api/clientes/{clienteId}/pedidos", get(routes::tracking::list_by_cliente))
-        .route("/api/suscripcion", post(routes::subscriptions::subscribe))
-        .route("/api/suscripcion/estado/{email}", get(routes::subscriptions::status))
         .route("/health", get(routes::ops::health))
         .route("/status", get(routes::ops::status))
         .route("/ready", get(routes::ops::ready))
@@ -85,6 +145,12 @@ pub fn router(state: AppState) -> Router {
             Router::from(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
                 .layer(middleware::map_response(docs_not_found)),
         )
+}
+
+/// Fallbacks and the layers every port shares: body limits, metrics, request ids, request spans.
+fn finish(surface: Router<AppState>, state: AppState) -> Router {
+    let x_request_id = axum::http::HeaderName::from_static("x-request-id");
+    surface
         .fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
@@ -93,6 +159,7 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(record_http_metrics))
         // Outermost first: set the id, open a span carrying it, echo it on the response.
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
+        // The span records method, path (never the query) and request id: no header, so no credential, is logged.
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request| {
@@ -107,6 +174,14 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
         .layer(middleware::from_fn(drop_unusable_request_id))
+        // Credentials print as `Sensitive` should anything ever format a request's headers.
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+            header::COOKIE,
+            HeaderName::from_static(api_keys::API_KEY_HEADER),
+            HeaderName::from_static(admin::auth::CSRF_HEADER),
+        ]))
+        .layer(SetSensitiveResponseHeadersLayer::new([header::SET_COOKIE]))
         .with_state(state)
 }
 
@@ -160,13 +235,30 @@ fn method_label(method: &axum::http::Method) -> &'static str {
     STANDARD.into_iter().find(|known| *known == method.as_str()).unwrap_or("OTHER")
 }
 
-/// Serves until `shutdown` is cancelled, then lets in-flight requests finish for up to [`DRAIN_TIMEOUT`].
+/// Serves until `shutdown` is cancelled, then lets in-flight requests finish for up to [`DRAIN_TIMEOUT`]. With an
+/// `admin_listener` (`ADMIN_PORT`), the admin surface is served there only, under the same shutdown.
 ///
 /// # Errors
-/// I/O errors from the listener.
-pub async fn run(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
+/// I/O errors from either listener.
+pub async fn run(
+    listener: TcpListener,
+    admin_listener: Option<TcpListener>,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    match admin_listener {
+        None => serve(listener, router(state), shutdown).await,
+        Some(admin_listener) => {
+            let public = serve(listener, public_router(state.clone()), shutdown.clone());
+            let admin = serve(admin_listener, admin_router(state), shutdown);
+            tokio::try_join!(public, admin).map(|_| ())
+        }
+    }
+}
+
+async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken) -> std::io::Result<()> {
     let stop = shutdown.clone();
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move { stop.cancelled().await });
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
     let mut server = std::pin::pin!(server.into_future());
     tokio::select! {
         result = &mut server => return result,
@@ -181,23 +273,50 @@ pub async fn run(listener: TcpListener, state: AppState, shutdown: CancellationT
     }
 }
 
-/// Builds the SNS- and DynamoDB-backed state from `config`, binds the port and serves until `shutdown`.
+/// Builds the SNS- and DynamoDB-backed state from `config`, binds the port(s) and serves until `shutdown`.
 ///
 /// # Errors
-/// Binding the port or serving failed.
+/// Binding a port or serving failed.
 pub async fn start(config: Config, shutdown: CancellationToken) -> std::io::Result<()> {
     // One budget for both: a client waits on every call, SNS publish and DynamoDB read alike.
     let sdk = platform::aws::load(&config.common.region, platform::aws::CallBudget::INTERACTIVE, Duration::ZERO).await;
     let bus = SnsBus::new(aws_sdk_sns::Client::new(&sdk), config.topic.clone());
-    let orders = DynamoOrders::new(aws_sdk_dynamodb::Client::new(&sdk), config.orders_table.clone());
+    let orders: Arc<dyn OrderReads> =
+        Arc::new(DynamoOrders::new(aws_sdk_dynamodb::Client::new(&sdk), config.orders_table.clone()));
+    let mut state = AppState::new(Arc::new(bus), Arc::clone(&orders));
+    if let Some(token) = &config.admin_token {
+        // The console exists only behind the admin surface; it samples nothing until first opened.
+        let console = console::Console::new(
+            aws_sdk_sqs::Client::new(&sdk),
+            aws_sdk_sns::Client::new(&sdk),
+            config.topic.clone(),
+            orders,
+            shutdown.clone(),
+        );
+        state = state.with_admin(token).with_console(console);
+    }
+    if let Some(keys) = config.api_keys.clone() {
+        state = state.with_api_keys(keys);
+    }
     let listener = TcpListener::bind((config.common.bind_addr, config.common.port)).await?;
+    let admin_listener = match config.admin_port {
+        Some(port) => Some(TcpListener::bind((config.common.bind_addr, port)).await?),
+        None => None,
+    };
+    let admin = match (&config.admin_token, &admin_listener) {
+        (None, _) => "off".to_owned(),
+        (Some(_), None) => "on PORT".to_owned(),
+        (Some(_), Some(admin)) => admin.local_addr()?.to_string(),
+    };
     tracing::info!(
         addr = %listener.local_addr()?,
+        admin = %admin,
+        api_keys = if config.api_keys.is_some() { "required" } else { "off" },
         topic = %config.topic,
         orders_table = %config.orders_table,
         endpoint = config.common.endpoint_url.as_deref().unwrap_or("aws"),
         region = %config.common.region,
         "pedidos-api listening"
     );
-    run(listener, AppState::new(Arc::new(bus), Arc::new(orders)), shutdown).await
+    run(listener, admin_listener, state, shutdown).await
 }

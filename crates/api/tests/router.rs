@@ -15,6 +15,7 @@ use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
 use chrono::{DateTime, TimeZone, Utc};
 use domain::{EventType, Item, OrderEvent, OrderState};
+use pedidos_api::admin::AdminToken;
 use pedidos_api::bus::{BoxFuture, BusError, EventBus, SubscriptionStatus};
 use pedidos_api::{router, AppState};
 use rust_decimal::Decimal;
@@ -28,6 +29,9 @@ const CLIENTE: &str = "6f1c2a0e-9a51-4c1e-8d0b-0c8f4f1a2b3c";
 const PEDIDO: &str = "0b9e4a52-3c1d-4f7e-9a2b-5d6c7e8f9a0b";
 /// Text a failing fake puts in its errors; it must never reach a response body.
 const INTERNAL: &str = "secret-internal-cause arn:aws:sns:us-east-1:123456789012:x";
+/// The apps here have the admin surface on, with this token (the subscription routes are admin routes). Its rules
+/// are tested in `tests/admin.rs`.
+const ADMIN_TOKEN: &str = "router-tests-admin-token";
 
 /// What the fake does when asked to publish.
 #[derive(Clone, Copy)]
@@ -53,6 +57,8 @@ struct FakeBus {
     checks: AtomicUsize,
     emails: Mutex<HashMap<String, SubscriptionStatus>>,
     subscribed: Mutex<Vec<String>>,
+    /// The event-type filter of each `subscribe_email` call, in order.
+    filters: Mutex<Vec<Option<Vec<EventType>>>>,
 }
 
 impl FakeBus {
@@ -64,6 +70,7 @@ impl FakeBus {
             checks: AtomicUsize::new(0),
             emails: Mutex::new(HashMap::new()),
             subscribed: Mutex::new(Vec::new()),
+            filters: Mutex::new(Vec::new()),
         }
     }
 
@@ -112,9 +119,14 @@ impl EventBus for FakeBus {
         Box::pin(async move { Ok(lock(&self.emails).get(email).copied()) })
     }
 
-    fn subscribe_email<'a>(&'a self, email: &'a str) -> BoxFuture<'a, Result<(), BusError>> {
+    fn subscribe_email<'a>(
+        &'a self,
+        email: &'a str,
+        event_types: Option<&'a [EventType]>,
+    ) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
             lock(&self.subscribed).push(email.to_owned());
+            lock(&self.filters).push(event_types.map(<[EventType]>::to_vec));
             lock(&self.emails).insert(email.to_owned(), SubscriptionStatus::Pendiente);
             Ok(())
         })
@@ -133,14 +145,14 @@ impl App {
     fn new(bus: FakeBus) -> Self {
         let store = Arc::new(MemoryOrders::new());
         let bus = Arc::new(bus);
-        let state = AppState::new(bus.clone(), store.clone());
+        let state = AppState::new(bus.clone(), store.clone()).with_admin(&admin_token());
         Self { router: router(state), bus, store }
     }
 
     /// An app reading from `reads` instead of the in-memory store.
     fn reading_from(reads: Arc<dyn OrderReads>) -> Self {
         let bus = Arc::new(FakeBus::new(PublishMode::Accept));
-        let state = AppState::new(bus.clone(), reads);
+        let state = AppState::new(bus.clone(), reads).with_admin(&admin_token());
         Self { router: router(state), bus, store: Arc::new(MemoryOrders::new()) }
     }
 
@@ -184,6 +196,21 @@ impl App {
         self.send(request(Method::GET, uri, None, Body::empty())).await
     }
 
+    /// `request` as an operator (bearer `ADMIN_TOKEN`).
+    async fn admin_send(&self, mut request: Request<Body>) -> Reply {
+        let bearer = format!("Bearer {ADMIN_TOKEN}").parse().unwrap_or_else(|e| panic!("{e}"));
+        request.headers_mut().insert(header::AUTHORIZATION, bearer);
+        self.send(request).await
+    }
+
+    async fn admin_get(&self, uri: &str) -> Reply {
+        self.admin_send(request(Method::GET, uri, None, Body::empty())).await
+    }
+
+    async fn admin_post_json(&self, uri: &str, body: &Value) -> Reply {
+        self.admin_send(request(Method::POST, uri, Some("application/json"), Body::from(body.to_string()))).await
+    }
+
     async fn post_json(&self, uri: &str, body: &Value) -> Reply {
         self.send(request(Method::POST, uri, Some("application/json"), Body::from(body.to_string()))).await
     }
@@ -202,6 +229,10 @@ impl App {
     fn published(&self) -> MutexGuard<'_, Vec<Published>> {
         lock(&self.bus.published)
     }
+}
+
+fn admin_token() -> AdminToken {
+    AdminToken::parse("ADMIN_TOKEN", ADMIN_TOKEN).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn request(method: Method, uri: &str, content_type: Option<&str>, body: Body) -> Request<Body> {
@@ -752,18 +783,58 @@ async fn docs_page_serves_html() {
 // ---------------------------------------------------------------------------------------------------------------
 // Email subscriptions
 
-/// A new email is subscribed (201 Pendiente), via JSON body or `?email=`.
+/// A new email is subscribed (201 Pendiente), via JSON body or `?email=`, for every event (no filter).
 #[tokio::test]
 async fn subscribe_new_email_is_201_pendiente() {
     let app = App::accepting();
-    let reply = app.post_json("/api/suscripcion", &json!({"email": "nuevo@example.com"})).await;
+    let reply = app.admin_post_json("/api/suscripcion", &json!({"email": "nuevo@example.com"})).await;
     assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
     assert_eq!(reply.json(), json!({"email": "nuevo@example.com", "status": "Pendiente"}));
 
-    let query = app.send(request(Method::POST, "/api/suscripcion?email=otro@example.com", None, Body::empty())).await;
+    let query =
+        app.admin_send(request(Method::POST, "/api/suscripcion?email=otro@example.com", None, Body::empty())).await;
     assert_eq!(query.status, StatusCode::CREATED, "{}", query.text());
     assert_eq!(query.json()["email"], json!("otro@example.com"));
     assert_eq!(*lock(&app.bus.subscribed), ["nuevo@example.com", "otro@example.com"]);
+    assert_eq!(*lock(&app.bus.filters), [None, None]);
+}
+
+/// `eventTypes` limits a new subscription to those events: the bus gets them as its filter, and the answer echoes
+/// them. Repeats are ignored.
+#[tokio::test]
+async fn subscribe_with_event_types_passes_the_filter_to_the_bus() {
+    let app = App::accepting();
+    let body = json!({"email": "altas@example.com", "eventTypes": ["PedidoCreado", "PedidoCreado"]});
+    let reply = app.admin_post_json("/api/suscripcion", &body).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    assert_eq!(
+        reply.json(),
+        json!({"email": "altas@example.com", "status": "Pendiente", "eventTypes": ["PedidoCreado"]})
+    );
+    let both = json!({"email": "todo@example.com", "eventTypes": ["PedidoActualizado", "PedidoCreado"]});
+    assert_eq!(app.admin_post_json("/api/suscripcion", &both).await.status, StatusCode::CREATED);
+    assert_eq!(
+        *lock(&app.bus.filters),
+        [Some(vec![EventType::PedidoCreado]), Some(vec![EventType::PedidoActualizado, EventType::PedidoCreado])]
+    );
+}
+
+/// Anything but a non-empty array of known event types is a 422 on `eventTypes` (with the email's own problems in
+/// the same answer), and nothing is subscribed.
+#[tokio::test]
+async fn subscribe_with_invalid_event_types_is_422() {
+    let app = App::accepting();
+    for event_types in
+        [json!([]), json!(["PedidoBorrado"]), json!("PedidoCreado"), json!([1]), json!(null), json!(["pedidocreado"])]
+    {
+        let body = json!({"email": "x@example.com", "eventTypes": event_types});
+        let reply = app.admin_post_json("/api/suscripcion", &body).await;
+        let problems = reply.field_errors("eventTypes");
+        assert!(problems.iter().any(|p| p.contains("PedidoCreado, PedidoActualizado")), "{body}: {problems:?}");
+    }
+    let both = app.admin_post_json("/api/suscripcion", &json!({"email": 5, "eventTypes": []})).await;
+    assert!(!both.field_errors("email").is_empty() && !both.field_errors("eventTypes").is_empty());
+    assert!(lock(&app.bus.subscribed).is_empty());
 }
 
 /// An email already subscribed is reported with its state (200), without subscribing again.
@@ -773,10 +844,11 @@ async fn subscribe_existing_email_is_200_with_its_state() {
         .with_email("pend@example.com", SubscriptionStatus::Pendiente)
         .with_email("ok@example.com", SubscriptionStatus::Confirmado);
     let app = App::new(bus);
-    let pending = app.post_json("/api/suscripcion", &json!({"email": "pend@example.com"})).await;
+    let pending = app.admin_post_json("/api/suscripcion", &json!({"email": "pend@example.com"})).await;
     assert_eq!(pending.status, StatusCode::OK);
     assert_eq!(pending.json()["status"], json!("Pendiente"));
-    let confirmed = app.send(request(Method::POST, "/api/suscripcion?email=ok@example.com", None, Body::empty())).await;
+    let confirmed =
+        app.admin_send(request(Method::POST, "/api/suscripcion?email=ok@example.com", None, Body::empty())).await;
     assert_eq!(confirmed.status, StatusCode::OK);
     assert_eq!(confirmed.json()["status"], json!("Confirmado"));
     assert!(lock(&app.bus.subscribed).is_empty());
@@ -787,12 +859,12 @@ async fn subscribe_existing_email_is_200_with_its_state() {
 async fn subscribe_invalid_email_is_422() {
     let app = App::accepting();
     for body in [json!({"email": "no-at-sign"}), json!({"email": 5}), json!({})] {
-        let reply = app.post_json("/api/suscripcion", &body).await;
+        let reply = app.admin_post_json("/api/suscripcion", &body).await;
         assert!(!reply.field_errors("email").is_empty(), "{body}");
     }
-    let query = app.send(request(Method::POST, "/api/suscripcion?email=a%40b", None, Body::empty())).await;
+    let query = app.admin_send(request(Method::POST, "/api/suscripcion?email=a%40b", None, Body::empty())).await;
     assert!(!query.field_errors("email").is_empty());
-    let empty = app.send(request(Method::POST, "/api/suscripcion", None, Body::empty())).await;
+    let empty = app.admin_send(request(Method::POST, "/api/suscripcion", None, Body::empty())).await;
     assert!(!empty.field_errors("email").is_empty());
     assert!(lock(&app.bus.subscribed).is_empty());
 }
@@ -801,10 +873,10 @@ async fn subscribe_invalid_email_is_422() {
 #[tokio::test]
 async fn subscribe_body_content_type_and_syntax() {
     let app = App::accepting();
-    app.send(request(Method::POST, "/api/suscripcion", Some("text/plain"), Body::from("a@b.co")))
+    app.admin_send(request(Method::POST, "/api/suscripcion", Some("text/plain"), Body::from("a@b.co")))
         .await
         .problem(StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    app.send(request(Method::POST, "/api/suscripcion", Some("application/json"), Body::from("{")))
+    app.admin_send(request(Method::POST, "/api/suscripcion", Some("application/json"), Body::from("{")))
         .await
         .problem(StatusCode::BAD_REQUEST);
 }
@@ -816,13 +888,13 @@ async fn subscription_status() {
         .with_email("pend@example.com", SubscriptionStatus::Pendiente)
         .with_email("ok@example.com", SubscriptionStatus::Confirmado);
     let app = App::new(bus);
-    let pending = app.get("/api/suscripcion/estado/pend@example.com").await;
+    let pending = app.admin_get("/api/suscripcion/estado/pend@example.com").await;
     assert_eq!(pending.status, StatusCode::OK);
     assert_eq!(pending.json(), json!({"email": "pend@example.com", "status": "Pendiente"}));
-    let confirmed = app.get("/api/suscripcion/estado/ok@example.com").await;
+    let confirmed = app.admin_get("/api/suscripcion/estado/ok@example.com").await;
     assert_eq!(confirmed.json()["status"], json!("Confirmado"));
-    app.get("/api/suscripcion/estado/nadie@example.com").await.problem(StatusCode::NOT_FOUND);
-    assert!(!app.get("/api/suscripcion/estado/not-an-email").await.field_errors("email").is_empty());
+    app.admin_get("/api/suscripcion/estado/nadie@example.com").await.problem(StatusCode::NOT_FOUND);
+    assert!(!app.admin_get("/api/suscripcion/estado/not-an-email").await.field_errors("email").is_empty());
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,7 @@
-//! The Prometheus recorder behind each binary's `GET /metrics`.
+//! The Prometheus recorder behind each binary's `GET /metrics`, and the metrics both binaries share (the store's).
+//!
+//! Each binary describes its own metrics in one place (`pedidos_worker::metrics_catalog`,
+//! `pedidos_api::metrics_catalog`), so every family on `/metrics` carries `# HELP` text an on-call engineer can read.
 
 use std::sync::OnceLock;
 
@@ -11,6 +14,8 @@ const BUCKETS: &[f64] =
 
 /// Installs the global recorder on first call and returns its handle (the recorder is process-wide, and tests build
 /// several routers in one process).
+///
+/// Call it before describing or registering any metric: until the recorder is installed, those calls go nowhere.
 pub fn handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
@@ -28,4 +33,36 @@ pub fn handle() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// Store call results that are worth a series from start-up: the outcomes of a conditional write and the two ways a
+/// call fails. Rarer labels (`corrupt`, `bad_cursor`, `lost`, ...) still appear when they first happen.
+pub const STORE_WRITE_RESULTS: &[&str] = &["applied", "duplicate", "stale", "throttled", "error"];
+/// The same for reads, which succeed with `ok`.
+pub const STORE_READ_RESULTS: &[&str] = &["ok", "throttled", "error"];
+
+/// Describes the order store's metrics (`store::dynamo` records them; both binaries use the store).
+pub fn describe_store() {
+    let _ = handle();
+    metrics::describe_counter!(
+        "pedidos_store_calls_total",
+        metrics::Unit::Count,
+        "DynamoDB calls of the order store, by operation (apply, create_shipment, transact_write, get, list, check, \
+         claim, ...) and result: applied, duplicate or stale for a conditional write, ok for a read, throttled or \
+         error when DynamoDB did not answer usefully (retried; a steady rate of errors is an outage)"
+    );
+    metrics::describe_histogram!(
+        "pedidos_store_call_duration_seconds",
+        metrics::Unit::Seconds,
+        "Latency of each order-store call to DynamoDB, by operation, including the SDK's own retries"
+    );
+}
+
+/// Creates `pedidos_store_calls_total{operation, result}` at zero for each of `results`, so a rate or an alert on a
+/// result works before it first happens.
+pub fn zero_store_calls(operation: &'static str, results: &[&'static str]) {
+    let _ = handle();
+    for result in results {
+        metrics::counter!("pedidos_store_calls_total", "operation" => operation, "result" => *result).increment(0);
+    }
 }

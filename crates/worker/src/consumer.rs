@@ -2,7 +2,8 @@
 //!
 //! Flow: take free handler slots, long-poll for at most that many messages, spawn one task per message. Each task
 //! *decides* (decode, route, run the handler under a visibility lease) and gets a [`Decision`]: an [`Outcome`] and a
-//! [`Settle`] action. Then one step, [`Consumer::settle`], performs the action, logs one line and counts once.
+//! [`Settle`] action. Then one step, [`Consumer::settle`], performs the action, logs one line, counts once, and hands
+//! the same line to the live page ([`crate::live`]) when someone is watching.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -20,10 +21,11 @@ use crate::backoff::{retry_visibility, RetryBackoff};
 use crate::batcher::{Action, Batcher, MAX_BATCH};
 use crate::handler::{Effect, Handler, HandlerError, MessageContext};
 use crate::health::Health;
+use crate::live::OutcomeLine;
 use crate::locks::OrderLocks;
 use crate::queue::{MessageQueue, QueueError, Received};
 
-/// How each message ended.
+/// How each message ended. Declared in [`Outcome::ALL`]'s order: the live feed counts by `outcome as usize`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Processed,
@@ -50,6 +52,13 @@ impl Outcome {
             Self::Failed => "failed",
             Self::Released => "released",
         }
+    }
+}
+
+/// As its label (`"processed"`), the same word the log line and the metric use.
+impl serde::Serialize for Outcome {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 
@@ -168,6 +177,7 @@ impl Consumer {
                     }
                     backoff = RetryBackoff::default();
                     this.health.received_ok();
+                    this.health.note_ages(&messages);
                     let mut permits = permits;
                     for message in messages {
                         match permits.pop() {
@@ -282,13 +292,16 @@ impl Consumer {
 
     /// Decodes, routes and handles one message. Returns its outcome and the action it calls for; performs nothing.
     async fn decide(&self, message: &Received, facts: &mut Facts) -> Decision {
+        // Known before decoding, so even a poison message's line carries the request id it was sent with.
+        facts.request_id = message.attribute("requestId").map(str::to_owned);
         let inbound = match decode(&message.body) {
             Ok(inbound) => inbound,
             Err(error) => return Decision::reject(error.code(), error.to_string()),
         };
         facts.legacy = inbound.legacy;
-        facts.request_id =
-            inbound.attributes.get("requestId").cloned().or_else(|| message.attribute("requestId").map(str::to_owned));
+        if let Some(request_id) = inbound.attributes.get("requestId") {
+            facts.request_id = Some(request_id.clone());
+        }
         let event = match inbound.payload {
             Payload::Order(event) => event,
             // Never deleted silently: after an upgrade that knows the type, it can be redriven.
@@ -404,6 +417,21 @@ impl Consumer {
             Outcome::Rejected | Outcome::Failed | Outcome::Released => line!(warn),
         }
         metrics::counter!("pedidos_worker_messages_total", "outcome" => outcome.as_str()).increment(1);
+        // The same line for the live page; built only while someone watches it.
+        self.health.live.publish(outcome, || OutcomeLine {
+            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            outcome,
+            action,
+            pedido_id: facts.pedido_id,
+            version: facts.version,
+            event_type: facts.event_type,
+            request_id: facts.request_id.clone(),
+            reason: reason.map(str::to_owned),
+            retry_in_seconds: retry_in.map(|d| d.as_secs()),
+            note,
+            message_id: message.message_id.clone(),
+            receive_count: message.receive_count,
+        });
     }
 }
 

@@ -1,7 +1,9 @@
-//! Liveness state (SQS and the order store) and the worker's HTTP endpoint (`/health`, `/metrics`) for ECS and Elastic Beanstalk checks.
+//! Liveness state (SQS and the order store), the queue's depth, and the worker's HTTP endpoint: `/health` and
+//! `/metrics` for ECS and Elastic Beanstalk checks and Prometheus, and the live page ([`crate::live`]). The port is
+//! internal: it is not behind the load balancer.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
@@ -12,7 +14,10 @@ use axum::{Json, Router};
 use platform::metrics::PrometheusHandle;
 use serde_json::json;
 
-/// Shared between the consumer and the HTTP endpoint.
+use crate::live::Feed;
+use crate::queue::{QueueDepth, Received};
+
+/// Shared between the consumer, the queue-depth watcher and the HTTP endpoint.
 pub struct Health {
     pub role: &'static str,
     pub queue: String,
@@ -26,6 +31,20 @@ pub struct Health {
     started: u64,
     /// Receives failing continuously for this long make the worker unhealthy.
     unhealthy_after: Duration,
+    /// Age in milliseconds of the oldest message received since the watcher last looked (0: none received).
+    oldest_in_window: AtomicU64,
+    /// The watcher's latest view of the queue, for `/health`.
+    queue_view: Mutex<QueueView>,
+    /// Settled messages, for the live page.
+    pub live: Feed,
+}
+
+/// What `/health` says about the queue: its depth from the latest poll and the oldest message age of the latest window.
+#[derive(Debug, Clone, Copy, Default)]
+struct QueueView {
+    /// `None` until the first poll answered.
+    depth: Option<QueueDepth>,
+    oldest_age: Duration,
 }
 
 fn now_ms() -> u64 {
@@ -53,7 +72,40 @@ impl Health {
             in_flight: AtomicUsize::new(0),
             started: now_ms(),
             unhealthy_after,
+            oldest_in_window: AtomicU64::new(0),
+            queue_view: Mutex::new(QueueView::default()),
+            live: Feed::new(),
         }
+    }
+
+    /// Notes the age of the oldest of `messages` (now minus `SentTimestamp`) for the current window. One clock read
+    /// and one atomic per receive: it runs on the receive loop.
+    pub fn note_ages(&self, messages: &[Received]) {
+        let Some(oldest_sent) = messages.iter().filter_map(|m| m.sent_at_ms).min() else { return };
+        self.oldest_in_window.fetch_max(now_ms().saturating_sub(oldest_sent), Ordering::Relaxed);
+    }
+
+    /// Ends the current window: returns the age of the oldest message received in it (zero when nothing was), and
+    /// starts the next one.
+    pub fn take_oldest_age(&self) -> Duration {
+        let age = Duration::from_millis(self.oldest_in_window.swap(0, Ordering::Relaxed));
+        self.view().oldest_age = age;
+        age
+    }
+
+    /// The age of the oldest message received in the last finished window.
+    pub fn oldest_age(&self) -> Duration {
+        self.view().oldest_age
+    }
+
+    /// Records the queue's depth from the latest poll.
+    pub fn set_depth(&self, depth: QueueDepth) {
+        self.view().depth = Some(depth);
+    }
+
+    fn view(&self) -> std::sync::MutexGuard<'_, QueueView> {
+        // A panic while holding this lock cannot leave a half-written Copy value: the data is still good.
+        self.queue_view.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn received_ok(&self) {
@@ -98,8 +150,10 @@ impl Health {
         })
     }
 
-    fn report(&self) -> serde_json::Value {
+    /// The `/health` body (also the live page's `counters` event, with the outcome counts added).
+    pub fn report(&self) -> serde_json::Value {
         let now = now_ms();
+        let view = *self.view();
         let last_ok = self.last_ok.load(Ordering::Relaxed);
         let failing_since = self.failing_since.load(Ordering::Relaxed);
         let store_failing_since = self.store_failing_since.load(Ordering::Relaxed);
@@ -107,7 +161,13 @@ impl Health {
         json!({
             "status": if self.healthy() { "ok" } else { "unhealthy" },
             "role": self.role,
-            "queue": self.queue,
+            "queue": {
+                "url": self.queue,
+                "visible": view.depth.map(|d| d.visible),
+                "inFlight": view.depth.map(|d| d.in_flight),
+                "delayed": view.depth.map(|d| d.delayed),
+                "oldestAgeSeconds": view.oldest_age.as_secs_f64(),
+            },
             "secondsSinceLastReceive": seconds_since(last_ok),
             "secondsFailing": seconds_since(failing_since),
             "store": if store_failing_since == 0 { "ok" } else { "failing" },
@@ -124,12 +184,13 @@ struct AppState {
     metrics: PrometheusHandle,
 }
 
-/// `GET /health` and `GET /metrics`.
+/// `GET /health`, `GET /metrics`, and the live page (`GET /`, `/events`, its script and style).
 pub fn router(health: Arc<Health>) -> Router {
     Router::new()
         .route("/health", get(health_handler))
         .route("/metrics", get(metrics_handler))
-        .with_state(AppState { health, metrics: platform::metrics::handle() })
+        .with_state(AppState { health: Arc::clone(&health), metrics: platform::metrics::handle() })
+        .merge(crate::live::router(health))
 }
 
 async fn health_handler(State(state): State<AppState>) -> impl IntoResponse {

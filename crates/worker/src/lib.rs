@@ -8,18 +8,25 @@
 //!   [`batcher`] coalesces deletes and visibility changes; [`locks`] serialises copies of one order in this process.
 //! - [`handler`]: the `Handler` trait, `HandlerError`, and the two roles (one conditional store write each).
 //! - [`idempotent`]: exactly-once for effects outside DynamoDB, on the idempotency store.
-//! - [`backoff`]: retry and error delays. [`health`]: `/health` and `/metrics`.
+//! - [`stats`]: this instance's counts added to its role's stats item (the console's throughput).
+//! - [`backoff`]: retry and error delays. [`health`]: `/health` and `/metrics`. [`live`]: the live page and its
+//!   stream of outcome lines. [`depth`]: the queue's depth and oldest message age, polled for operators.
+//!   [`metrics_catalog`]: every metric described, counters at zero from start-up.
 //! - this file: [`run`] (composed by tests with any queue and handler) and [`start`] (the real wiring).
 
 pub mod backoff;
 pub mod batcher;
 pub mod config;
 pub mod consumer;
+pub mod depth;
 pub mod handler;
 pub mod health;
 pub mod idempotent;
+pub mod live;
 pub mod locks;
+pub mod metrics_catalog;
 pub mod queue;
+pub mod stats;
 
 use std::sync::Arc;
 
@@ -43,23 +50,39 @@ pub enum StartError {
     Bind { port: u16, source: std::io::Error },
 }
 
-/// Serves `/health` and `/metrics` on `listener` and consumes `queue` with `handler` until `shutdown`; the endpoint
-/// keeps answering until the consumer has drained.
+/// Serves `/health`, `/metrics` and the live page on `listener`, watches the queue's depth, and consumes `queue` with
+/// `handler` until `shutdown`; the endpoint keeps answering until the consumer has drained.
 pub async fn run(
     listener: TcpListener,
     queue: Arc<dyn MessageQueue>,
     handler: Arc<dyn Handler>,
     health: Arc<Health>,
     settings: Settings,
+    stats: Option<Arc<dyn store::StatsWrites>>,
     shutdown: CancellationToken,
 ) {
+    metrics_catalog::register();
     let http_stop = CancellationToken::new();
     let http = tokio::spawn({
         let stop = http_stop.clone();
         let router = health::router(Arc::clone(&health));
         async move { axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await }
     });
-    Consumer::new(queue, handler, health, settings).run(shutdown).await;
+    let watch_stop = CancellationToken::new();
+    let watcher = tokio::spawn(depth::watch(Arc::clone(&queue), Arc::clone(&health), watch_stop.clone()));
+    let reporter = stats.map(|stats| tokio::spawn(stats::report(stats, Arc::clone(&health), watch_stop.clone())));
+    Consumer::new(queue, handler, Arc::clone(&health), settings).run(shutdown).await;
+    watch_stop.cancel();
+    if let Err(e) = watcher.await {
+        tracing::warn!(error = %e, "queue depth watcher failed");
+    }
+    if let Some(reporter) = reporter {
+        if let Err(e) = reporter.await {
+            tracing::warn!(error = %e, "stats reporter failed");
+        }
+    }
+    // Open live pages would otherwise hold the graceful shutdown below forever.
+    health.live.close();
     http_stop.cancel();
     match http.await {
         Ok(Ok(())) => {}
@@ -79,10 +102,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<(), St
 
 /// The configured role's handler on the orders table (single or batched writes).
 fn role_handler(sdk: &aws_config::SdkConfig, config: &Config) -> Arc<dyn Handler> {
-    let orders = store::dynamo::DynamoOrders::new(aws_sdk_dynamodb::Client::new(sdk), &config.orders_table);
+    let orders = orders_table(sdk, config);
     let store: Arc<dyn store::OrderWrites> =
         if config.batched_writes { Arc::new(store::transact::BatchedWrites::spawn(orders)) } else { Arc::new(orders) };
     config.role.handler(store)
+}
+
+fn orders_table(sdk: &aws_config::SdkConfig, config: &Config) -> store::dynamo::DynamoOrders {
+    store::dynamo::DynamoOrders::new(aws_sdk_dynamodb::Client::new(sdk), &config.orders_table)
 }
 
 /// [`start`] with another handler (benchmarks measure the queue path alone with a no-op one).
@@ -118,6 +145,7 @@ pub async fn start_with(
         TcpListener::bind((config.common.bind_addr, port)).await.map_err(|source| StartError::Bind { port, source })?;
     let health = Arc::new(Health::new(config.role.as_str(), settings.url.clone(), config.unhealthy_after));
     let handler = handler(&sdk, &config);
+    metrics_catalog::register_store(config.role, config.batched_writes);
     let tunables = Settings {
         concurrency: config.concurrency,
         wait_time: config.wait_time,
@@ -126,7 +154,8 @@ pub async fn start_with(
         retry_max: config.retry_max,
     };
     let queue = Arc::new(SqsQueue::new(client, settings));
-    run(listener, queue, handler, health, tunables, shutdown).await;
+    let stats: Arc<dyn store::StatsWrites> = Arc::new(orders_table(&sdk, &config));
+    run(listener, queue, handler, health, tunables, Some(stats), shutdown).await;
     Ok(())
 }
 

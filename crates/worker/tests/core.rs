@@ -12,7 +12,7 @@ use pedidos_worker::consumer::{Consumer, Decision, Outcome, Settings, Settle};
 use pedidos_worker::handler::{BoxFuture, Effect, Handler, HandlerError, MessageContext, Role};
 use pedidos_worker::health::Health;
 use pedidos_worker::queue::memory::MemoryQueue;
-use pedidos_worker::queue::{BatchFailure, MessageQueue, QueueError, QueueSettings, Received};
+use pedidos_worker::queue::{BatchFailure, MessageQueue, QueueDepth, QueueError, QueueSettings, Received};
 use rust_decimal::Decimal;
 use store::memory::MemoryOrders;
 use tokio::time::Instant;
@@ -316,6 +316,9 @@ impl MessageQueue for HangingExtensions {
     fn dead_letter<'a>(&'a self, m: &'a Received, r: &'a str, d: &'a str) -> BoxFuture<'a, Result<(), QueueError>> {
         self.0.dead_letter(m, r, d)
     }
+    fn depth(&self) -> BoxFuture<'_, Result<QueueDepth, QueueError>> {
+        self.0.depth()
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -393,4 +396,88 @@ async fn an_unreachable_queue_is_retried_and_health_reports_it() {
     until(Duration::from_secs(60), || queue.is_empty()).await;
     running.stop().await;
     assert!(store.order(Uuid::from_u128(1)).is_some());
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// What operators see: the live feed, the queue's depth and the oldest message's age
+
+#[tokio::test(start_paused = true)]
+async fn every_settled_message_reaches_the_live_feed_once_with_its_outcome() {
+    let queue = Arc::new(MemoryQueue::new(VISIBILITY, 5));
+    let store = Arc::new(MemoryOrders::new());
+    queue.send(body(1, 1), &[("requestId", "r-good")]);
+    queue.send(body(1, 1), &[]);
+    let poison = queue.send("<script>alert(1)</script>", &[("requestId", "\"><img src=x onerror=alert(1)>")]);
+    let c = consumer(Arc::clone(&queue) as Arc<dyn MessageQueue>, process(&store));
+    let health = Arc::clone(&c.health);
+    let mut feed = health.live.subscribe();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(c.run(shutdown.clone()));
+    until(Duration::from_secs(10), || queue.is_empty()).await;
+    shutdown.cancel();
+    let _ = task.await;
+
+    let mut lines = Vec::new();
+    while let Ok(line) = feed.try_recv() {
+        lines.push(line);
+    }
+    let mut outcomes: Vec<Outcome> = lines.iter().map(|l| l.outcome).collect();
+    outcomes.sort_by_key(|o| o.as_str());
+    assert_eq!(outcomes, [Outcome::Duplicate, Outcome::Processed, Outcome::Rejected], "one line per message");
+    let rejected = lines.iter().find(|l| l.outcome == Outcome::Rejected).unwrap_or_else(|| panic!("{lines:?}"));
+    assert_eq!(rejected.message_id, poison);
+    assert_eq!((rejected.action, rejected.reason.as_deref()), ("dead_letter", Some("not_json")));
+    assert_eq!(rejected.request_id.as_deref(), Some("\"><img src=x onerror=alert(1)>"), "carried as plain text");
+    let processed = lines.iter().find(|l| l.outcome == Outcome::Processed).unwrap_or_else(|| panic!("{lines:?}"));
+    assert_eq!((processed.pedido_id, processed.version), (Some(Uuid::from_u128(1)), Some(1)));
+    assert_eq!(processed.event_type, Some("PedidoCreado"));
+    let json = serde_json::to_value(&**processed).unwrap_or_default();
+    assert_eq!((json["outcome"].as_str(), json["type"].as_str()), (Some("processed"), Some("PedidoCreado")));
+    assert!(json["pedidoId"].is_string() && json["receiveCount"] == 1 && json["time"].is_string(), "{json}");
+    let counts: Vec<u64> = health.live.counts().iter().take(3).map(|(_, n)| *n).collect();
+    assert_eq!(counts, [1, 1, 0], "processed, duplicate, stale since start");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_watcher_reports_depth_and_the_oldest_age_of_each_window() {
+    let queue = Arc::new(MemoryQueue::new(VISIBILITY, 5));
+    queue.send(body(1, 1), &[]);
+    queue.send(body(2, 1), &[]);
+    let held = queue.receive(1, Duration::ZERO).await.unwrap_or_default();
+    assert_eq!(held.len(), 1);
+    let health = health();
+    let stop = CancellationToken::new();
+    let watcher =
+        tokio::spawn(pedidos_worker::depth::watch(Arc::clone(&queue) as _, Arc::clone(&health), stop.clone()));
+    until(Duration::from_secs(1), || queue.calls.depth.load(Ordering::SeqCst) == 1).await;
+    let report = health.report();
+    assert_eq!((report["queue"]["visible"].as_u64(), report["queue"]["inFlight"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(report["queue"]["delayed"].as_u64(), Some(0));
+    assert_eq!(report["queue"]["url"], "memory://queue");
+
+    // A message sent 90 s ago is received during the window: the next poll reports its age, the one after 0.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let mut old = received(&body(3, 1));
+    old.sent_at_ms = Some(now_ms - 90_000);
+    let mut recent = received(&body(4, 1));
+    recent.sent_at_ms = Some(now_ms - 1_000);
+    health.note_ages(&[recent, old]);
+    tokio::time::sleep(pedidos_worker::depth::POLL_EVERY).await;
+    until(Duration::from_secs(1), || queue.calls.depth.load(Ordering::SeqCst) == 2).await;
+    let age = health.report()["queue"]["oldestAgeSeconds"].as_f64().unwrap_or_default();
+    assert!((90.0..95.0).contains(&age), "{age}");
+    tokio::time::sleep(pedidos_worker::depth::POLL_EVERY).await;
+    until(Duration::from_secs(1), || queue.calls.depth.load(Ordering::SeqCst) == 3).await;
+    assert_eq!(health.report()["queue"]["oldestAgeSeconds"].as_f64(), Some(0.0), "nothing received: reset");
+
+    // The held message's lease ran out meanwhile: both are visible, but an unreachable queue cannot say so.
+    let last = health.report()["queue"].clone();
+    queue.set_unreachable(true);
+    tokio::time::sleep(pedidos_worker::depth::POLL_EVERY).await;
+    until(Duration::from_secs(1), || queue.calls.depth.load(Ordering::SeqCst) == 4).await;
+    assert_eq!(health.report()["queue"]["visible"], last["visible"], "a failed poll keeps the last depth");
+    stop.cancel();
+    let _ = watcher.await;
 }

@@ -18,6 +18,7 @@ use store::OrderRecord;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::api_keys::WriteAccess;
 use crate::bus::BusError;
 use crate::error::{ApiError, Problem};
 use crate::extract::JsonObject;
@@ -88,9 +89,12 @@ pub struct Publicado {
     post, path = "/api/pedidos", tag = "pedidos",
     request_body(content = CrearPedido, content_type = "application/json"),
     params(("x-request-id" = Option<String>, Header, description = "Correlation id; generated when absent")),
+    security((), ("apiKey" = [])),
     responses(
         (status = 202, description = "Published to SNS", body = Publicado),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "API keys are configured and the request has none", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The API key is not a configured one", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The pedidoId belongs to a different stored order, or to one already updated", body = Problem, content_type = "application/problem+json"),
@@ -100,6 +104,7 @@ pub struct Publicado {
     )
 )]
 pub async fn create(
+    _access: WriteAccess,
     State(state): State<AppState>,
     headers: HeaderMap,
     JsonObject(body): JsonObject,
@@ -157,9 +162,12 @@ fn retry_of(stored: &OrderRecord, input: &mut OrderInput) -> Result<(), ApiError
     put, path = "/api/pedidos/{pedidoId}", tag = "pedidos",
     request_body(content = ActualizarPedido, content_type = "application/json"),
     params(("pedidoId" = Uuid, Path), ("x-request-id" = Option<String>, Header, description = "Correlation id")),
+    security((), ("apiKey" = [])),
     responses(
         (status = 202, description = "Published to SNS", body = Publicado),
         (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "API keys are configured and the request has none", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The API key is not a configured one", body = Problem, content_type = "application/problem+json"),
         (status = 413, body = Problem, content_type = "application/problem+json"),
         (status = 415, body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The store already holds this version or a newer one", body = Problem, content_type = "application/problem+json"),
@@ -169,6 +177,7 @@ fn retry_of(stored: &OrderRecord, input: &mut OrderInput) -> Result<(), ApiError
     )
 )]
 pub async fn update(
+    _access: WriteAccess,
     State(state): State<AppState>,
     pedido_id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
@@ -211,6 +220,7 @@ async fn publish(
     match result {
         Ok(message_id) => {
             metrics::counter!("pedidos_api_events_published_total", "type" => event_type).increment(1);
+            crate::console::sampler::record_accepted();
             tracing::info!(pedido_id = %event.order.pedido_id, version = event.version, %message_id, r#type = event_type, "event published");
             Ok((
                 StatusCode::ACCEPTED,

@@ -5,11 +5,13 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 
-use super::{dead_letter_attributes, Attribute, BatchFailure, MessageQueue, QueueError, QueueSettings, Received};
+use super::{
+    dead_letter_attributes, Attribute, BatchFailure, MessageQueue, QueueDepth, QueueError, QueueSettings, Received,
+};
 use crate::handler::BoxFuture;
 
 #[derive(Debug, Clone)]
@@ -18,6 +20,8 @@ struct Stored {
     body: String,
     attributes: BTreeMap<String, Attribute>,
     receive_count: u32,
+    /// `SentTimestamp`: wall-clock Unix milliseconds, like SQS (tokio's paused clock does not move it).
+    sent_at_ms: u64,
     visible_at: Instant,
     /// The handle of the latest receive; older handles are invalid.
     handle: Option<String>,
@@ -37,6 +41,7 @@ pub struct Calls {
     pub delete: AtomicUsize,
     pub change_visibility: AtomicUsize,
     pub dead_letter: AtomicUsize,
+    pub depth: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -76,6 +81,12 @@ impl MemoryQueue {
 
     /// Enqueues `body` with `attributes`; returns its message id.
     pub fn send(&self, body: impl Into<String>, attributes: &[(&str, &str)]) -> String {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        self.send_at(body, attributes, u64::try_from(now).unwrap_or(u64::MAX))
+    }
+
+    /// [`Self::send`] with the `SentTimestamp` given (Unix milliseconds), to test message ages.
+    pub fn send_at(&self, body: impl Into<String>, attributes: &[(&str, &str)], sent_at_ms: u64) -> String {
         let mut state = self.lock();
         state.next_id += 1;
         let message_id = format!("m{}", state.next_id);
@@ -84,6 +95,7 @@ impl MemoryQueue {
             body: body.into(),
             attributes: attributes.iter().map(|(k, v)| ((*k).to_owned(), Attribute::text(*v))).collect(),
             receive_count: 0,
+            sent_at_ms,
             visible_at: Instant::now(),
             handle: None,
         });
@@ -152,7 +164,7 @@ impl MemoryQueue {
                 receipt_handle: handle,
                 body: stored.body.clone(),
                 receive_count: stored.receive_count,
-                sent_at_ms: None,
+                sent_at_ms: Some(stored.sent_at_ms),
                 attributes: stored.attributes.clone(),
                 group_id: None,
             });
@@ -259,6 +271,19 @@ impl MessageQueue for MemoryQueue {
             let attributes = dead_letter_attributes(message, &self.settings.url, reason, detail);
             self.lock().dlq.push(DeadLettered { body: message.body.clone(), attributes });
             Ok(())
+        })
+    }
+
+    fn depth(&self) -> BoxFuture<'_, Result<QueueDepth, QueueError>> {
+        Box::pin(async move {
+            self.calls.depth.fetch_add(1, Ordering::SeqCst);
+            self.reachable("get_queue_attributes")?;
+            let now = Instant::now();
+            let state = self.lock();
+            let in_flight = state.messages.iter().filter(|m| m.visible_at > now).count();
+            let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+            // No delayed messages: this queue has no DelaySeconds.
+            Ok(QueueDepth { visible: count(state.messages.len() - in_flight), in_flight: count(in_flight), delayed: 0 })
         })
     }
 }

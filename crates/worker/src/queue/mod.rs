@@ -63,6 +63,19 @@ impl QueueSettings {
     }
 }
 
+/// How many messages the queue holds, by state (`GetQueueAttributes`: `ApproximateNumberOfMessages`,
+/// `ApproximateNumberOfMessagesNotVisible`, `ApproximateNumberOfMessagesDelayed`). Approximate by nature: SQS
+/// answers from a sample, and the numbers lag by up to a minute.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// Waiting to be received.
+    pub visible: u64,
+    /// Received by some consumer (any worker instance) and not yet deleted, or waiting out a retry delay.
+    pub in_flight: u64,
+    /// Sent with a delay that has not elapsed yet.
+    pub delayed: u64,
+}
+
 /// Why a queue call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -112,6 +125,8 @@ pub trait MessageQueue: Send + Sync + 'static {
         reason: &'a str,
         detail: &'a str,
     ) -> BoxFuture<'a, Result<(), QueueError>>;
+    /// The queue's message counts by state, for the depth gauges and `/health` (polled, never on the message path).
+    fn depth(&self) -> BoxFuture<'_, Result<QueueDepth, QueueError>>;
 }
 
 /// The attributes a dead-lettered copy carries: ours (why, from where) first, then the original ones, within SQS's

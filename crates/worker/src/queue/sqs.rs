@@ -1,4 +1,5 @@
-//! [`MessageQueue`] on SQS: settings read at start-up, and every call the worker makes (each one counted).
+//! [`MessageQueue`] on SQS: settings read at start-up, and every call the worker makes (each one counted, and each
+//! failure counted again by operation, so an error ratio per operation can be alerted on).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -10,11 +11,17 @@ use aws_sdk_sqs::types::{
 };
 use aws_sdk_sqs::Client;
 
-use super::{dead_letter_attributes, Attribute, BatchFailure, MessageQueue, QueueError, QueueSettings, Received};
+use super::{
+    dead_letter_attributes, Attribute, BatchFailure, MessageQueue, QueueDepth, QueueError, QueueSettings, Received,
+};
 use crate::handler::BoxFuture;
 
 fn count(operation: &'static str) {
     metrics::counter!("pedidos_worker_sqs_calls_total", "operation" => operation).increment(1);
+}
+
+fn count_error(operation: &'static str) {
+    metrics::counter!("pedidos_worker_sqs_errors_total", "operation" => operation).increment(1);
 }
 
 fn call_error<E, R>(operation: &'static str) -> impl FnOnce(SdkError<E, R>) -> QueueError
@@ -22,10 +29,14 @@ where
     E: std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
-    move |e| QueueError::Call { operation, detail: DisplayErrorContext(&e).to_string(), source: Some(Box::new(e)) }
+    move |e| {
+        count_error(operation);
+        QueueError::Call { operation, detail: DisplayErrorContext(&e).to_string(), source: Some(Box::new(e)) }
+    }
 }
 
 fn build_error(operation: &'static str, e: impl std::fmt::Display) -> QueueError {
+    count_error(operation);
     QueueError::Call { operation, detail: e.to_string(), source: None }
 }
 
@@ -39,6 +50,7 @@ pub async fn discover(client: &Client, queue: &str) -> Result<QueueSettings, Que
     } else {
         queue_url(client, queue, None).await?
     };
+    count("get_queue_attributes");
     let attributes = client
         .get_queue_attributes()
         .queue_url(&url)
@@ -82,6 +94,7 @@ pub async fn discover(client: &Client, queue: &str) -> Result<QueueSettings, Que
 }
 
 async fn queue_url(client: &Client, name: &str, account: Option<&str>) -> Result<String, QueueError> {
+    count("get_queue_url");
     let output = client
         .get_queue_url()
         .queue_name(name)
@@ -205,6 +218,29 @@ impl SqsQueue {
         request.send().await.map_err(call_error("send"))?;
         Ok(())
     }
+
+    async fn depth_now(&self) -> Result<QueueDepth, QueueError> {
+        count("get_queue_attributes");
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.settings.url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .map_err(call_error("get_queue_attributes"))?;
+        let attributes = out.attributes.unwrap_or_default();
+        // SQS always returns the attributes asked for; a missing or unreadable one would be a broken emulator, and a
+        // wrong call error would hide the rest of the answer, so it reads as 0.
+        let number = |name: &QueueAttributeName| attributes.get(name).and_then(|v| v.parse().ok()).unwrap_or(0);
+        Ok(QueueDepth {
+            visible: number(&QueueAttributeName::ApproximateNumberOfMessages),
+            in_flight: number(&QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+            delayed: number(&QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+        })
+    }
 }
 
 impl MessageQueue for SqsQueue {
@@ -249,6 +285,10 @@ impl MessageQueue for SqsQueue {
         detail: &'a str,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(self.dead_letter_now(message, reason, detail))
+    }
+
+    fn depth(&self) -> BoxFuture<'_, Result<QueueDepth, QueueError>> {
+        Box::pin(self.depth_now())
     }
 }
 

@@ -1,0 +1,756 @@
+//! The admin surface and API keys, driven through the real routers with `oneshot`.
+//!
+//! - Every admin route (login, logout, session, the console's routes, subscriptions) refuses a missing, wrong,
+//!   expired or tampered credential, and does not exist (404) without `ADMIN_TOKEN`.
+//! - The session cookie's attributes, CSRF on cookie-authenticated POSTs (token and origin), bearer requests exempt.
+//! - `ADMIN_PORT`: admin routes only on the admin router, 404 on the public one.
+//! - API keys on order writes: off by default; 401 without, 403 wrong, 202 right (plain or hashed); never logged.
+//!
+//! Subscription behaviour itself (filters, validation) is in `router.rs`.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, Method, Request, StatusCode};
+use axum::Router;
+use domain::{EventType, OrderEvent};
+use pedidos_api::admin::auth::{unix_now, AdminAuth, SESSION_COOKIE, SESSION_TTL};
+use pedidos_api::admin::AdminToken;
+use pedidos_api::api_keys::ApiKeys;
+use pedidos_api::bus::{BoxFuture, BusError, EventBus, SubscriptionStatus};
+use pedidos_api::console::Console;
+use pedidos_api::{admin_router, public_router, router, AppState};
+use serde_json::{json, Value};
+use sha2::Digest;
+use store::memory::MemoryOrders;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+const TOKEN: &str = "admin-token-for-tests-0001";
+const HOST: &str = "127.0.0.1:8080";
+const ORIGIN: &str = "http://127.0.0.1:8080";
+const API_KEY: &str = "api-key-for-tests-000000001";
+const CLIENTE: &str = "6f1c2a0e-9a51-4c1e-8d0b-0c8f4f1a2b3c";
+const PEDIDO: &str = "0b9e4a52-3c1d-4f7e-9a2b-5d6c7e8f9a0b";
+
+// ---------------------------------------------------------------------------------------------------------------
+// Fakes and helpers
+
+/// A bus that accepts everything and records subscriptions.
+#[derive(Default)]
+struct FakeBus {
+    emails: Mutex<HashMap<String, SubscriptionStatus>>,
+    subscribed: Mutex<Vec<(String, Option<Vec<EventType>>)>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| panic!("mutex poisoned: {e}"))
+}
+
+impl EventBus for FakeBus {
+    fn publish<'a>(&'a self, _: &'a OrderEvent, _: &'a str) -> BoxFuture<'a, Result<String, BusError>> {
+        Box::pin(async { Ok("fake-message".to_owned()) })
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn email_status<'a>(&'a self, email: &'a str) -> BoxFuture<'a, Result<Option<SubscriptionStatus>, BusError>> {
+        Box::pin(async move { Ok(lock(&self.emails).get(email).copied()) })
+    }
+
+    fn subscribe_email<'a>(
+        &'a self,
+        email: &'a str,
+        event_types: Option<&'a [EventType]>,
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            lock(&self.subscribed).push((email.to_owned(), event_types.map(<[EventType]>::to_vec)));
+            lock(&self.emails).insert(email.to_owned(), SubscriptionStatus::Pendiente);
+            Ok(())
+        })
+    }
+}
+
+/// A console whose AWS clients point nowhere: these tests reach its routes only to be refused, or its static page.
+fn console(orders: Arc<MemoryOrders>) -> Arc<Console> {
+    use aws_sdk_sns::config::{BehaviorVersion, Region};
+    let sqs = aws_sdk_sqs::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url("http://127.0.0.1:9")
+        .build();
+    let sns = aws_sdk_sns::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url("http://127.0.0.1:9")
+        .build();
+    Console::new(
+        aws_sdk_sqs::Client::from_conf(sqs),
+        aws_sdk_sns::Client::from_conf(sns),
+        "orders".to_owned(),
+        orders,
+        CancellationToken::new(),
+    )
+}
+
+fn token() -> AdminToken {
+    AdminToken::parse("ADMIN_TOKEN", TOKEN).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Signs sessions the way the app does (same token, same key).
+fn auth() -> AdminAuth {
+    AdminAuth::new(&token())
+}
+
+struct App {
+    router: Router,
+    bus: Arc<FakeBus>,
+}
+
+/// How the app under test is configured.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Surface {
+    /// `ADMIN_TOKEN` unset.
+    Off,
+    /// `ADMIN_TOKEN` set, one port.
+    On,
+    /// `ADMIN_PORT` set: the main port's router.
+    Public,
+    /// `ADMIN_PORT` set: the admin port's router.
+    AdminPort,
+}
+
+impl App {
+    fn with(surface: Surface, keys: Option<ApiKeys>) -> Self {
+        let bus = Arc::new(FakeBus::default());
+        let orders = Arc::new(MemoryOrders::new());
+        let mut state = AppState::new(bus.clone(), orders.clone()).with_console(console(orders));
+        if surface != Surface::Off {
+            state = state.with_admin(&token());
+        }
+        if let Some(keys) = keys {
+            state = state.with_api_keys(keys);
+        }
+        let router = match surface {
+            Surface::Off | Surface::On => router(state),
+            Surface::Public => public_router(state),
+            Surface::AdminPort => admin_router(state),
+        };
+        Self { router, bus }
+    }
+
+    fn new(surface: Surface) -> Self {
+        Self::with(surface, None)
+    }
+
+    async fn send(&self, request: Request<Body>) -> Reply {
+        let response =
+            self.router.clone().oneshot(request).await.unwrap_or_else(|e| panic!("router failed (Infallible): {e}"));
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = axum::body::to_bytes(response.into_body(), 1024 * 1024)
+            .await
+            .unwrap_or_else(|e| panic!("reading the response body: {e}"))
+            .to_vec();
+        Reply { status, headers, body }
+    }
+
+    /// Logs in with `TOKEN` and returns the session cookie's value.
+    async fn login(&self) -> String {
+        let reply = self.send(login_request(TOKEN, &[])).await;
+        assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.text());
+        let cookie = reply.header("set-cookie").unwrap_or_else(|| panic!("no Set-Cookie: {:?}", reply.headers));
+        let value = cookie.split(';').next().and_then(|pair| pair.strip_prefix("pedidos_admin="));
+        value.unwrap_or_else(|| panic!("not the session cookie: {cookie}")).to_owned()
+    }
+}
+
+/// A request with `Host` set (as every HTTP/1.1 request has) and `headers`.
+fn request(method: Method, uri: &str, headers: &[(&str, &str)], body: Body) -> Request<Body> {
+    let mut builder = Request::builder().method(method).uri(uri).header(header::HOST, HOST);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(body).unwrap_or_else(|e| panic!("building request {uri}: {e}"))
+}
+
+fn login_request(token: &str, headers: &[(&str, &str)]) -> Request<Body> {
+    let body = serde_urlencoded::to_string([("token", token)]).unwrap_or_else(|e| panic!("{e}"));
+    let mut all = vec![("content-type", "application/x-www-form-urlencoded")];
+    all.extend_from_slice(headers);
+    request(Method::POST, "/console/login", &all, Body::from(body))
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts an RFC 9457 problem with `status`.
+    fn problem(&self, status: StatusCode, context: &str) -> Value {
+        assert_eq!(self.status, status, "{context}: {}", self.text());
+        assert_eq!(self.header("content-type"), Some("application/problem+json"), "{context}: {}", self.text());
+        let body = self.json();
+        assert_eq!(body["status"], json!(status.as_u16()), "{context}: {body}");
+        body
+    }
+}
+
+/// One admin route as a client would call it once authenticated: a body for the POSTs.
+struct Route {
+    method: Method,
+    uri: &'static str,
+    content_type: Option<&'static str>,
+    body: &'static str,
+}
+
+fn route(method: Method, uri: &'static str) -> Route {
+    Route { method, uri, content_type: None, body: "" }
+}
+
+fn json_route(uri: &'static str, body: &'static str) -> Route {
+    Route { method: Method::POST, uri, content_type: Some("application/json"), body }
+}
+
+/// Every admin route but the login: the surface's own, the console's, the subscriptions'.
+fn protected_routes() -> Vec<Route> {
+    vec![
+        route(Method::POST, "/console/logout"),
+        route(Method::GET, "/console/api/session"),
+        route(Method::GET, "/console"),
+        route(Method::GET, "/console/console.js"),
+        route(Method::GET, "/console/console.css"),
+        route(Method::GET, "/console/events"),
+        route(Method::GET, "/console/api/dlq/process"),
+        json_route("/console/api/dlq/process/redrive", r#"{"all": true}"#),
+        json_route("/console/api/dlq/logistics/delete", r#"{"all": true}"#),
+        json_route("/api/suscripcion", r#"{"email": "ops@example.com"}"#),
+        route(Method::GET, "/api/suscripcion/estado/ops@example.com"),
+    ]
+}
+
+impl Route {
+    fn request(&self, headers: &[(&str, &str)]) -> Request<Body> {
+        let mut all = headers.to_vec();
+        if let Some(content_type) = self.content_type {
+            all.push(("content-type", content_type));
+        }
+        request(self.method.clone(), self.uri, &all, Body::from(self.body))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Off, and the port split
+
+/// Without `ADMIN_TOKEN`, every admin route answers 404 problem+json, as if it did not exist, whatever the request
+/// carries; the public routes are unaffected.
+#[tokio::test]
+async fn every_admin_route_is_404_without_admin_token() {
+    let app = App::new(Surface::Off);
+    let bearer = format!("Bearer {TOKEN}");
+    let cookie = format!("{SESSION_COOKIE}={}", auth().session_value(unix_now() + 60));
+    let mut routes = protected_routes();
+    routes.push(route(Method::GET, "/console/login"));
+    routes.push(Route {
+        method: Method::POST,
+        uri: "/console/login",
+        content_type: Some("application/x-www-form-urlencoded"),
+        body: "token=admin-token-for-tests-0001",
+    });
+    for route in &routes {
+        for headers in [vec![], vec![("authorization", bearer.as_str())], vec![("cookie", cookie.as_str())]] {
+            let reply = app.send(route.request(&headers)).await;
+            reply.problem(StatusCode::NOT_FOUND, &format!("{} {} {headers:?}", route.method, route.uri));
+        }
+    }
+    let reply = app.send(request(Method::GET, "/health", &[], Body::empty())).await;
+    assert_eq!(reply.status, StatusCode::OK);
+}
+
+/// With `ADMIN_PORT`, the main port's router answers 404 for every admin route (with a valid credential too), and the
+/// admin port's router serves them and nothing else.
+#[tokio::test]
+async fn admin_port_splits_the_surface() {
+    let bearer = format!("Bearer {TOKEN}");
+    let public = App::new(Surface::Public);
+    for route in protected_routes().iter().chain([&route(Method::GET, "/console/login")]) {
+        let reply = public.send(route.request(&[("authorization", &bearer)])).await;
+        reply.problem(StatusCode::NOT_FOUND, &format!("public {} {}", route.method, route.uri));
+    }
+    assert_eq!(public.send(request(Method::GET, "/health", &[], Body::empty())).await.status, StatusCode::OK);
+
+    let admin = App::new(Surface::AdminPort);
+    let session =
+        admin.send(request(Method::GET, "/console/api/session", &[("authorization", &bearer)], Body::empty())).await;
+    assert_eq!(session.status, StatusCode::OK, "{}", session.text());
+    let page = admin.send(request(Method::GET, "/console/login", &[], Body::empty())).await;
+    assert_eq!(page.status, StatusCode::OK);
+    let subscribe = json_route("/api/suscripcion", r#"{"email": "ops@example.com"}"#);
+    assert_eq!(admin.send(subscribe.request(&[("authorization", &bearer)])).await.status, StatusCode::CREATED);
+    // Nothing public on the admin port.
+    for (method, uri) in [(Method::GET, "/health"), (Method::GET, "/openapi.json"), (Method::GET, "/metrics")] {
+        admin.send(request(method, uri, &[], Body::empty())).await.problem(StatusCode::NOT_FOUND, uri);
+    }
+    let order = json!({"clienteId": CLIENTE, "total": 1}).to_string();
+    let post = request(Method::POST, "/api/pedidos", &[("content-type", "application/json")], Body::from(order));
+    admin.send(post).await.problem(StatusCode::NOT_FOUND, "POST /api/pedidos on the admin port");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Refusing credentials
+
+/// Every protected admin route refuses a request without a credential, with a wrong bearer token, another scheme,
+/// an expired session, a tampered one, a malformed one, or one signed with another token: 401 problem+json with a
+/// Bearer challenge, and the handler never runs (nothing subscribed).
+#[tokio::test]
+async fn every_admin_route_refuses_missing_wrong_expired_or_tampered_credentials() {
+    let app = App::new(Surface::On);
+    let auth = auth();
+    let now = unix_now();
+    let expired = auth.session_value(now - 1);
+    let valid = auth.session_value(now + 3600);
+    let (expiry, tag) = valid.split_once('.').unwrap_or_default();
+    let tampered_expiry = format!("{}.{tag}", expiry.parse::<u64>().unwrap_or_default() + 86_400);
+    let mut flipped = tag.to_owned();
+    flipped.replace_range(..1, if tag.starts_with('0') { "1" } else { "0" });
+    let tampered_tag = format!("{expiry}.{flipped}");
+    let other_token = AdminToken::parse("ADMIN_TOKEN", "another-admin-token-000").unwrap_or_else(|e| panic!("{e}"));
+    let foreign = AdminAuth::new(&other_token).session_value(now + 3600);
+    let wrong_bearer = "Bearer admin-token-for-tests-0002".to_owned();
+    let credentials: Vec<(&str, Vec<(&str, String)>)> = vec![
+        ("none", vec![]),
+        ("wrong bearer", vec![("authorization", wrong_bearer.clone())]),
+        ("token as Basic", vec![("authorization", format!("Basic {TOKEN}"))]),
+        ("bare token", vec![("authorization", TOKEN.to_owned())]),
+        ("empty bearer", vec![("authorization", "Bearer ".to_owned())]),
+        ("expired session", vec![("cookie", format!("{SESSION_COOKIE}={expired}"))]),
+        ("tampered expiry", vec![("cookie", format!("{SESSION_COOKIE}={tampered_expiry}"))]),
+        ("tampered signature", vec![("cookie", format!("{SESSION_COOKIE}={tampered_tag}"))]),
+        ("malformed session", vec![("cookie", format!("{SESSION_COOKIE}=garbage"))]),
+        ("session of another token", vec![("cookie", format!("{SESSION_COOKIE}={foreign}"))]),
+        ("token as cookie", vec![("cookie", format!("{SESSION_COOKIE}={TOKEN}"))]),
+        // A wrong bearer is not rescued by a valid cookie.
+        (
+            "wrong bearer, valid cookie",
+            vec![("authorization", wrong_bearer), ("cookie", format!("{SESSION_COOKIE}={valid}"))],
+        ),
+    ];
+    for route in protected_routes() {
+        for (label, headers) in &credentials {
+            let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            let reply = app.send(route.request(&headers)).await;
+            let context = format!("{} {} with {label}", route.method, route.uri);
+            let problem = reply.problem(StatusCode::UNAUTHORIZED, &context);
+            assert_eq!(reply.header("www-authenticate"), Some("Bearer realm=\"pedidos-admin\""), "{context}");
+            assert_eq!(reply.header("cache-control"), Some("no-store"), "{context}");
+            assert!(problem["detail"].as_str().is_some_and(|d| !d.contains(TOKEN)), "{context}: {problem}");
+            // A cookie that was refused is removed; nothing else touches cookies.
+            let bad_cookie = headers.iter().any(|(name, _)| *name == "cookie") && !label.starts_with("wrong bearer");
+            let cleared = reply.header("set-cookie").is_some_and(|c| c.starts_with("pedidos_admin=;"));
+            assert_eq!(cleared, bad_cookie, "{context}: {:?}", reply.header("set-cookie"));
+        }
+    }
+    assert!(lock(&app.bus.subscribed).is_empty());
+}
+
+/// A browser navigating to the console without a valid session is sent to the login page (and a bad cookie is
+/// removed); an API client gets the 401.
+#[tokio::test]
+async fn browsers_without_a_session_are_sent_to_the_login_page() {
+    let app = App::new(Surface::On);
+    let html = ("accept", "text/html,application/xhtml+xml");
+    let reply = app.send(request(Method::GET, "/console", &[html], Body::empty())).await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER);
+    assert_eq!(reply.header("location"), Some("/console/login"));
+    assert!(reply.header("set-cookie").is_none());
+
+    let expired = format!("{SESSION_COOKIE}={}", auth().session_value(unix_now() - 10));
+    let reply = app.send(request(Method::GET, "/console", &[html, ("cookie", &expired)], Body::empty())).await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER);
+    let cleared = reply.header("set-cookie").unwrap_or_default();
+    assert!(cleared.starts_with("pedidos_admin=;") && cleared.contains("Max-Age=0"), "{cleared}");
+
+    let api = app.send(request(Method::GET, "/console", &[("accept", "application/json")], Body::empty())).await;
+    api.problem(StatusCode::UNAUTHORIZED, "GET /console as JSON");
+    // A POST is never a navigation: 401 even from a browser.
+    let post = app.send(request(Method::POST, "/console/logout", &[html], Body::empty())).await;
+    post.problem(StatusCode::UNAUTHORIZED, "POST /console/logout as HTML");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Login and the session
+
+/// The login page is served from the binary, with no script and no external asset, under a strict CSP; its error
+/// message is fixed text (nothing from the request is echoed).
+#[tokio::test]
+async fn login_page_is_self_contained_and_echoes_nothing() {
+    let app = App::new(Surface::On);
+    let reply = app.send(request(Method::GET, "/console/login", &[], Body::empty())).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.header("content-type").is_some_and(|c| c.starts_with("text/html")));
+    assert!(reply.header("content-security-policy").is_some_and(|c| c.contains("default-src 'none'")));
+    assert_eq!(reply.header("x-frame-options"), Some("DENY"));
+    let page = reply.text();
+    assert!(page.contains(r#"action="/console/login""#) && page.contains(r#"name="token""#), "{page}");
+    for forbidden in ["<script", "http://", "https://", "role=\"alert\""] {
+        assert!(!page.contains(forbidden), "{forbidden} in {page}");
+    }
+    let uri = "/console/login?error=%3Cscript%3Ealert(1)%3C%2Fscript%3E";
+    let failed = app.send(request(Method::GET, uri, &[], Body::empty())).await.text();
+    assert!(failed.contains("That token is not valid.") && !failed.contains("alert(1)") && !failed.contains("<script"));
+}
+
+/// The right token sets an HttpOnly, Secure, SameSite=Strict session cookie for 8 hours and redirects to the
+/// console; the cookie then authenticates, and the login page sends the browser on to the console.
+#[tokio::test]
+async fn login_sets_a_strict_session_cookie() {
+    let app = App::new(Surface::On);
+    let reply = app.send(login_request(TOKEN, &[("origin", ORIGIN)])).await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.text());
+    assert_eq!(reply.header("location"), Some("/console"));
+    let cookie = reply.header("set-cookie").unwrap_or_default().to_owned();
+    let attributes: Vec<&str> = cookie.split(';').map(str::trim).collect();
+    assert!(attributes[0].starts_with("pedidos_admin="), "{cookie}");
+    for attribute in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/", &format!("Max-Age={}", SESSION_TTL.as_secs())]
+    {
+        assert!(attributes.contains(&attribute), "{attribute} missing from {cookie}");
+    }
+    assert!(!cookie.contains(TOKEN), "the token itself is never the cookie");
+
+    let session = app.login().await;
+    let cookie = format!("{SESSION_COOKIE}={session}");
+    let reply = app.send(request(Method::GET, "/console/api/session", &[("cookie", &cookie)], Body::empty())).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let body = reply.json();
+    assert_eq!(body["authenticatedBy"], json!("cookie"));
+    assert_eq!(body["csrfToken"], json!(auth().csrf_token(&session)));
+    let expires_at = body["expiresAt"].as_u64().unwrap_or_default();
+    assert!(expires_at > unix_now() + SESSION_TTL.as_secs() - 60, "{body}");
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+
+    let page = app.send(request(Method::GET, "/console/login", &[("cookie", &cookie)], Body::empty())).await;
+    assert_eq!((page.status, page.header("location")), (StatusCode::SEE_OTHER, Some("/console")));
+    let console = app.send(request(Method::GET, "/console", &[("cookie", &cookie)], Body::empty())).await;
+    assert_eq!(console.status, StatusCode::OK);
+}
+
+/// A wrong token sets no cookie: a browser goes back to the form with a message, anything else gets a 401. A form
+/// from another origin, or a body that is not a form, is refused before the token is looked at.
+#[tokio::test]
+async fn login_refuses_wrong_tokens_foreign_origins_and_non_forms() {
+    let app = App::new(Surface::On);
+    for wrong in ["", "admin-token-for-tests-000", "admin-token-for-tests-00011", "ADMIN-TOKEN-FOR-TESTS-0001"] {
+        let reply = app.send(login_request(wrong, &[])).await;
+        reply.problem(StatusCode::UNAUTHORIZED, wrong);
+        assert!(reply.header("set-cookie").is_none());
+        let browser = app.send(login_request(wrong, &[("accept", "text/html")])).await;
+        assert_eq!(
+            (browser.status, browser.header("location")),
+            (StatusCode::SEE_OTHER, Some("/console/login?error=1"))
+        );
+        assert!(browser.header("set-cookie").is_none());
+    }
+    let missing = request(
+        Method::POST,
+        "/console/login",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        Body::empty(),
+    );
+    app.send(missing).await.problem(StatusCode::UNAUTHORIZED, "no token field");
+
+    for headers in [[("origin", "https://evil.example")], [("sec-fetch-site", "cross-site")], [("origin", "null")]] {
+        let reply = app.send(login_request(TOKEN, &headers)).await;
+        reply.problem(StatusCode::FORBIDDEN, &format!("{headers:?}"));
+        assert!(reply.header("set-cookie").is_none());
+    }
+    let json_login = request(
+        Method::POST,
+        "/console/login",
+        &[("content-type", "application/json")],
+        Body::from(json!({"token": TOKEN}).to_string()),
+    );
+    app.send(json_login).await.problem(StatusCode::UNSUPPORTED_MEDIA_TYPE, "JSON login");
+}
+
+/// Logout removes the cookie and goes back to the login page.
+#[tokio::test]
+async fn logout_clears_the_cookie() {
+    let app = App::new(Surface::On);
+    let session = app.login().await;
+    let csrf = auth().csrf_token(&session);
+    let cookie = format!("{SESSION_COOKIE}={session}");
+    let headers = [("cookie", cookie.as_str()), ("x-csrf-token", csrf.as_str()), ("origin", ORIGIN)];
+    let reply = app.send(request(Method::POST, "/console/logout", &headers, Body::empty())).await;
+    assert_eq!((reply.status, reply.header("location")), (StatusCode::SEE_OTHER, Some("/console/login")));
+    let cleared = reply.header("set-cookie").unwrap_or_default();
+    assert!(cleared.starts_with("pedidos_admin=;") && cleared.contains("Max-Age=0"), "{cleared}");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// CSRF
+
+/// A cookie-authenticated POST needs the session's CSRF token (header, or `csrfToken` in a form body) and, when the
+/// browser says where it comes from, this origin: 403 otherwise, and nothing happens.
+#[tokio::test]
+async fn cookie_posts_need_the_csrf_token_and_this_origin() {
+    let app = App::new(Surface::On);
+    let session = app.login().await;
+    let other_session = auth().session_value(unix_now() + 100);
+    let csrf = auth().csrf_token(&session);
+    let cookie = format!("{SESSION_COOKIE}={session}");
+    let subscribe = json_route("/api/suscripcion", r#"{"email": "ops@example.com"}"#);
+    let foreign_token = auth().csrf_token(&other_session);
+    let refused: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        ("no token", vec![("cookie", &cookie)]),
+        ("empty token", vec![("cookie", &cookie), ("x-csrf-token", "")]),
+        ("wrong token", vec![("cookie", &cookie), ("x-csrf-token", "0000")]),
+        ("another session's token", vec![("cookie", &cookie), ("x-csrf-token", &foreign_token)]),
+        ("the session itself as token", vec![("cookie", &cookie), ("x-csrf-token", &session)]),
+        ("foreign origin", vec![("cookie", &cookie), ("x-csrf-token", &csrf), ("origin", "https://evil.example")]),
+        ("other port", vec![("cookie", &cookie), ("x-csrf-token", &csrf), ("origin", "http://127.0.0.1:9999")]),
+        ("null origin", vec![("cookie", &cookie), ("x-csrf-token", &csrf), ("origin", "null")]),
+        ("cross-site fetch", vec![("cookie", &cookie), ("x-csrf-token", &csrf), ("sec-fetch-site", "cross-site")]),
+        ("same-site fetch", vec![("cookie", &cookie), ("x-csrf-token", &csrf), ("sec-fetch-site", "same-site")]),
+    ];
+    for route in [
+        &subscribe,
+        &json_route("/console/api/dlq/process/redrive", r#"{"all": true}"#),
+        &route(Method::POST, "/console/logout"),
+    ] {
+        for (label, headers) in &refused {
+            let reply = app.send(route.request(headers)).await;
+            reply.problem(StatusCode::FORBIDDEN, &format!("{} {label}", route.uri));
+        }
+    }
+    assert!(lock(&app.bus.subscribed).is_empty());
+
+    let same_origin = [
+        ("cookie", cookie.as_str()),
+        ("x-csrf-token", csrf.as_str()),
+        ("origin", ORIGIN),
+        ("sec-fetch-site", "same-origin"),
+    ];
+    assert_eq!(app.send(subscribe.request(&same_origin)).await.status, StatusCode::CREATED);
+    // Without Origin or Sec-Fetch-Site (not a browser), the token alone is enough.
+    let bare = [("cookie", cookie.as_str()), ("x-csrf-token", csrf.as_str())];
+    let status = json_route("/api/suscripcion", r#"{"email": "ops2@example.com"}"#);
+    assert_eq!(app.send(status.request(&bare)).await.status, StatusCode::CREATED);
+    // A plain HTML form carries it as a field.
+    let form = format!("csrfToken={csrf}");
+    let logout = request(
+        Method::POST,
+        "/console/logout",
+        &[("cookie", &cookie), ("content-type", "application/x-www-form-urlencoded"), ("origin", ORIGIN)],
+        Body::from(form),
+    );
+    assert_eq!(app.send(logout).await.status, StatusCode::SEE_OTHER);
+    let wrong_form = request(
+        Method::POST,
+        "/console/logout",
+        &[("cookie", &cookie), ("content-type", "application/x-www-form-urlencoded")],
+        Body::from("csrfToken=nope"),
+    );
+    app.send(wrong_form).await.problem(StatusCode::FORBIDDEN, "form with a wrong token");
+    // GETs need no token: SameSite=Strict keeps the cookie off cross-site requests.
+    let get = app
+        .send(request(Method::GET, "/api/suscripcion/estado/ops@example.com", &[("cookie", &cookie)], Body::empty()))
+        .await;
+    assert_eq!(get.status, StatusCode::OK, "{}", get.text());
+}
+
+/// Bearer requests carry no ambient credential, so they need no CSRF token.
+#[tokio::test]
+async fn bearer_requests_skip_csrf() {
+    let app = App::new(Surface::On);
+    let bearer = format!("Bearer {TOKEN}");
+    let subscribe = json_route("/api/suscripcion", r#"{"email": "ops@example.com", "eventTypes": ["PedidoCreado"]}"#);
+    let reply = app.send(subscribe.request(&[("authorization", &bearer)])).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    assert_eq!(*lock(&app.bus.subscribed), [("ops@example.com".to_owned(), Some(vec![EventType::PedidoCreado]))]);
+    let session =
+        app.send(request(Method::GET, "/console/api/session", &[("authorization", &bearer)], Body::empty())).await;
+    assert_eq!(session.json(), json!({"authenticatedBy": "bearer", "csrfToken": null, "expiresAt": null}));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// API keys on order writes
+
+fn order_request(method: Method, uri: &str, headers: &[(&str, &str)]) -> Request<Body> {
+    let body = if method == Method::PUT {
+        json!({"clienteId": CLIENTE, "total": 10, "version": 2})
+    } else {
+        json!({"clienteId": CLIENTE, "total": 10})
+    };
+    let mut all = vec![("content-type", "application/json")];
+    all.extend_from_slice(headers);
+    request(method, uri, &all, Body::from(body.to_string()))
+}
+
+fn hashed(key: &str) -> String {
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    format!("sha256:{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+/// Without `API_KEYS`, order writes need no key (local runs and tests).
+#[tokio::test]
+async fn order_writes_are_open_without_api_keys() {
+    let app = App::new(Surface::Off);
+    let put_uri = format!("/api/pedidos/{PEDIDO}");
+    assert_eq!(app.send(order_request(Method::POST, "/api/pedidos", &[])).await.status, StatusCode::ACCEPTED);
+    assert_eq!(app.send(order_request(Method::PUT, &put_uri, &[])).await.status, StatusCode::ACCEPTED);
+}
+
+/// With `API_KEYS`, POST and PUT need a configured key: 401 (with an `ApiKey` challenge) without one, 403 for a
+/// wrong one, 202 with a plain or a hashed entry, in `X-Api-Key` or as a bearer token. Reads stay open.
+#[tokio::test]
+async fn order_writes_need_a_configured_api_key() {
+    let second = "second-api-key-0123456789";
+    let keys = ApiKeys::parse("API_KEYS", &format!("{API_KEY},{}", hashed(second))).unwrap_or_else(|e| panic!("{e}"));
+    let app = App::with(Surface::Off, Some(keys));
+    let put_uri = format!("/api/pedidos/{PEDIDO}");
+    for (method, uri) in [(Method::POST, "/api/pedidos"), (Method::PUT, put_uri.as_str())] {
+        let context = format!("{method} {uri}");
+        let missing = app.send(order_request(method.clone(), uri, &[])).await;
+        missing.problem(StatusCode::UNAUTHORIZED, &context);
+        assert_eq!(missing.header("www-authenticate"), Some("ApiKey"), "{context}");
+        for wrong in [&format!("{API_KEY}x"), "api-key-for-tests-000000002", &hashed(API_KEY), " "] {
+            let reply = app.send(order_request(method.clone(), uri, &[("x-api-key", wrong)])).await;
+            let problem = reply.problem(StatusCode::FORBIDDEN, &format!("{context} with {wrong}"));
+            assert!(!problem.to_string().contains(wrong.trim()) || wrong.trim().is_empty(), "{problem}");
+        }
+        let bearer_wrong =
+            app.send(order_request(method.clone(), uri, &[("authorization", "Bearer nope-nope-nope-nope")])).await;
+        bearer_wrong.problem(StatusCode::FORBIDDEN, &context);
+        for good in [
+            ("x-api-key", API_KEY.to_owned()),
+            ("x-api-key", second.to_owned()),
+            ("authorization", format!("Bearer {API_KEY}")),
+        ] {
+            let reply = app.send(order_request(method.clone(), uri, &[(good.0, &good.1)])).await;
+            assert_eq!(reply.status, StatusCode::ACCEPTED, "{context} with {}: {}", good.0, reply.text());
+        }
+    }
+    // A missing key is reported before the body is looked at.
+    let bad_body = request(Method::POST, "/api/pedidos", &[("content-type", "text/plain")], Body::from("x"));
+    app.send(bad_body).await.problem(StatusCode::UNAUTHORIZED, "no key and a bad body");
+    for uri in [format!("/api/pedidos/{PEDIDO}"), "/health".to_owned(), "/openapi.json".to_owned()] {
+        let reply = app.send(request(Method::GET, &uri, &[], Body::empty())).await;
+        assert!(
+            reply.status != StatusCode::UNAUTHORIZED && reply.status != StatusCode::FORBIDDEN,
+            "{uri}: {}",
+            reply.status
+        );
+    }
+}
+
+/// Captured log output.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        lock(&self.0).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+    type Writer = Self;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// Nothing logged at any level, accepted or refused, contains an API key, the admin token, a session cookie or a
+/// CSRF token.
+#[tokio::test]
+async fn credentials_never_reach_the_logs() {
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(capture.clone())
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let keys = ApiKeys::parse("API_KEYS", API_KEY).unwrap_or_else(|e| panic!("{e}"));
+    let app = App::with(Surface::On, Some(keys));
+    let wrong_key = "wrong-api-key-that-must-not-be-logged";
+    let session = app.login().await;
+    let csrf = auth().csrf_token(&session);
+    let cookie = format!("{SESSION_COOKIE}={session}");
+    let requests = vec![
+        order_request(Method::POST, "/api/pedidos", &[("x-api-key", API_KEY)]),
+        order_request(Method::POST, "/api/pedidos", &[("x-api-key", wrong_key)]),
+        order_request(Method::POST, "/api/pedidos", &[("authorization", &format!("Bearer {wrong_key}"))]),
+        login_request(TOKEN, &[]),
+        login_request(wrong_key, &[]),
+        request(Method::GET, "/console/api/session", &[("authorization", &format!("Bearer {TOKEN}"))], Body::empty()),
+        request(
+            Method::GET,
+            "/console/api/session",
+            &[("authorization", &format!("Bearer {wrong_key}"))],
+            Body::empty(),
+        ),
+        json_route("/api/suscripcion", r#"{"email": "ops@example.com"}"#)
+            .request(&[("cookie", &cookie), ("x-csrf-token", &csrf)]),
+        json_route("/api/suscripcion", r#"{"email": "ops@example.com"}"#)
+            .request(&[("cookie", &cookie), ("x-csrf-token", wrong_key)]),
+    ];
+    for request in requests {
+        let _ = app.send(request).await;
+    }
+    drop(_guard);
+    let logs = String::from_utf8_lossy(&lock(&capture.0)).into_owned();
+    assert!(logs.contains("order write refused") && logs.contains("admin request refused"), "nothing captured: {logs}");
+    for secret in [API_KEY, wrong_key, TOKEN, session.as_str(), csrf.as_str()] {
+        assert!(!logs.contains(secret), "{secret} logged:\n{logs}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The document
+
+/// The OpenAPI document declares both schemes: bearer on the subscription routes, the API key (optional) on writes.
+#[tokio::test]
+async fn openapi_documents_the_security_schemes() {
+    let app = App::new(Surface::Off);
+    let doc = app.send(request(Method::GET, "/openapi.json", &[], Body::empty())).await.json();
+    let schemes = &doc["components"]["securitySchemes"];
+    assert_eq!(schemes["adminBearer"]["scheme"], json!("bearer"), "{schemes}");
+    assert_eq!((&schemes["apiKey"]["in"], &schemes["apiKey"]["name"]), (&json!("header"), &json!("X-Api-Key")));
+    for (path, method) in [("/api/suscripcion", "post"), ("/api/suscripcion/estado/{email}", "get")] {
+        assert_eq!(doc["paths"][path][method]["security"], json!([{"adminBearer": []}]), "{path}");
+        assert!(doc["paths"][path][method]["responses"]["401"].is_object(), "{path}");
+    }
+    for (path, method) in [("/api/pedidos", "post"), ("/api/pedidos/{pedidoId}", "put")] {
+        assert_eq!(doc["paths"][path][method]["security"], json!([{}, {"apiKey": []}]), "{path}");
+        for status in ["401", "403"] {
+            assert!(doc["paths"][path][method]["responses"][status].is_object(), "{path} {status}");
+        }
+    }
+    assert!(doc["paths"]["/api/pedidos/{pedidoId}"]["get"].get("security").is_none());
+}
