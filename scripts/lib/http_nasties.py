@@ -455,7 +455,10 @@ def admin_surface(r: Runner) -> None:
     a browser without a session is sent to the login page, and nothing is ever a 5xx."""
     sub = b'{"email":"ops@example.com"}'
     protected = [("POST", "/api/suscripcion", sub), ("GET", "/api/suscripcion/estado/ops%40example.com", None),
-                 ("GET", "/console/api/session", None), ("POST", "/console/logout", None)]
+                 ("GET", "/console/api/session", None), ("POST", "/console/logout", None),
+                 ("GET", "/console/events", None), ("GET", "/console/api/dlq/process", None),
+                 ("POST", "/console/api/dlq/process/redrive", b'{"all":true}'),
+                 ("POST", "/console/api/dlq/process/delete", b'{"all":true}')]
     garbage_auth = ["Bearer", "Bearer ", "Bearer x", "bearer " + "x" * 4000, "Basic YWRtaW46YWRtaW4=", "Bearer \t\t",
                     "Bearer a b c", "Digest x", "Bearer " + "é".encode("utf-8").decode("latin-1") * 20, ""]
     forged_cookies = ["pedidos_admin=", "pedidos_admin=1.2", "pedidos_admin=99999999999999999999." + "0" * 64,

@@ -153,7 +153,10 @@ pub async fn start_with(
         retry_base: config.retry_base,
         retry_max: config.retry_max,
     };
-    let queue = Arc::new(SqsQueue::new(client, settings));
+    let claims =
+        store::idempotency::DynamoIdempotency::new(aws_sdk_dynamodb::Client::new(&sdk), &config.idempotency_table);
+    let queue =
+        Arc::new(queue::dead_letter_once::DeadLetterOnce::new(SqsQueue::new(client, settings), Arc::new(claims)));
     let stats: Arc<dyn store::StatsWrites> = Arc::new(orders_table(&sdk, &config));
     run(listener, queue, handler, health, tunables, Some(stats), shutdown).await;
     Ok(())

@@ -3,6 +3,7 @@
 //! [`sqs::SqsQueue`] is the real thing; [`memory::MemoryQueue`] has SQS's semantics (visibility, receive counts,
 //! redrive after `maxReceiveCount`) on tokio's clock, so the consumer is unit-tested under a paused clock.
 
+pub mod dead_letter_once;
 pub mod memory;
 pub mod sqs;
 
