@@ -91,6 +91,41 @@ pub async fn run(
     }
 }
 
+/// The `serve` command of a worker process: configuration from the environment (errors name the variable), telemetry,
+/// SIGTERM/SIGINT, then [`start_with`] on a single-threaded runtime.
+pub fn serve_process(
+    handler: impl FnOnce(&aws_config::SdkConfig, &Config) -> Arc<dyn Handler>,
+) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let config = match Config::from_env(&platform::config::process_env) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("configuration error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    platform::telemetry::init(config.common.log_format, "info");
+    platform::block_on(platform::Runtime::CurrentThread, async {
+        let shutdown = platform::shutdown::on_signal();
+        match start_with(config, shutdown, handler).await {
+            Ok(()) => {
+                tracing::info!("pedidos-worker stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "pedidos-worker failed to start");
+                eprintln!("pedidos-worker: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// `pedidos-worker serve`: the configured role on the order store.
+pub fn serve() -> std::process::ExitCode {
+    serve_process(role_handler)
+}
+
 /// Reads the queue's settings (retrying while SQS is unreachable), wires the role's handler to the order store, and
 /// runs until `shutdown`.
 ///
