@@ -76,12 +76,24 @@ function drawChart(svg, series) {
     line.appendChild(title);
     svg.appendChild(line);
   });
-  const label = document.createElementNS("http://www.w3.org/2000/svg", "text");
-  label.setAttribute("x", "4");
-  label.setAttribute("y", "12");
-  label.setAttribute("class", "legend");
-  label.textContent = `max ${fixed(max)} · ${series.map((s) => s.name).join(" / ")}`;
-  svg.appendChild(label);
+  // The legend is HTML next to the chart: text inside a stretched SVG would be distorted.
+  let legend = svg.nextElementSibling;
+  if (!legend || !legend.classList.contains("legend")) {
+    legend = document.createElement("div");
+    legend.className = "legend";
+    svg.after(legend);
+  }
+  legend.replaceChildren(
+    ...series.map((s, index) => {
+      const item = document.createElement("span");
+      item.className = `key s${index}`;
+      item.textContent = s.name;
+      return item;
+    }),
+  );
+  const scale = document.createElement("span");
+  scale.textContent = `max ${fixed(max)} · last 15 min`;
+  legend.appendChild(scale);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
