@@ -28,9 +28,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import boto3
 import pytest
@@ -216,7 +217,9 @@ def _require_binaries() -> None:
             pytrace=False,
         )
     if not os.access(VENV_PYTHON, os.X_OK):
-        pytest.fail("no .venv: run `source scripts/lib/common.sh; ensure_venv` (scripts/browser-test does)", pytrace=False)
+        pytest.fail(
+            "no .venv: run `source scripts/lib/common.sh; ensure_venv` (scripts/browser-test does)", pytrace=False
+        )
 
 
 @pytest.fixture(scope="session")

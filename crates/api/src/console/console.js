@@ -211,6 +211,8 @@ function dlqPanel(queue) {
       return;
     }
     const body = await response.json();
+    // A refresh (pushed when the DLQ's depth changes) keeps what the operator ticked.
+    const ticked = new Set(selected());
     const rows = body.messages.map((message) => {
       const row = document.createElement("tr");
       row.dataset.messageId = message.messageId;
@@ -218,6 +220,7 @@ function dlqPanel(queue) {
       const box = document.createElement("input");
       box.type = "checkbox";
       box.dataset.messageId = message.messageId;
+      box.checked = ticked.has(message.messageId);
       box.setAttribute("aria-label", `select ${message.messageId}`);
       pick.appendChild(box);
       row.appendChild(pick);
@@ -242,13 +245,16 @@ function dlqPanel(queue) {
   async function act(action, payload, confirmText) {
     if (confirmText && !window.confirm(confirmText)) return;
     text(status, `${action}…`);
+    let outcome;
     try {
       const result = await post(`${base}/${action}`, payload);
-      text(status, `${action}: ${result.done} done, ${result.failed.length} failed, ${result.notFound.length} not found`);
+      outcome = `${action}: ${result.done} done, ${result.failed.length} failed, ${result.notFound.length} not found`;
     } catch (error) {
-      text(status, `${action} failed: ${error.message}`);
+      outcome = `${action} failed: ${error.message}`;
     }
     await refresh();
+    // After the refresh, so the operator sees what the action did (failures and messages not found included).
+    text(status, outcome);
   }
 
   $(".dlq-refresh", node).addEventListener("click", refresh);

@@ -113,6 +113,7 @@ async fn dlq_list(
     Path(role): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let queue = console.queue(&role).await?;
+    let _turn = console.dlq_turn().await;
     Ok(Json(dlq::list(console.sqs(), &queue).await?))
 }
 
@@ -122,7 +123,9 @@ async fn dlq_redrive(
     JsonObject(body): JsonObject,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let queue = console.queue(&role).await?;
-    Ok(Json(dlq::act(console.sqs(), &queue, &selection(body)?, dlq::Action::Redrive).await?))
+    let selection = selection(body)?;
+    let _turn = console.dlq_turn().await;
+    Ok(Json(dlq::act(console.sqs(), &queue, &selection, dlq::Action::Redrive).await?))
 }
 
 async fn dlq_delete(
@@ -131,7 +134,9 @@ async fn dlq_delete(
     JsonObject(body): JsonObject,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let queue = console.queue(&role).await?;
-    Ok(Json(dlq::act(console.sqs(), &queue, &selection(body)?, dlq::Action::Delete).await?))
+    let selection = selection(body)?;
+    let _turn = console.dlq_turn().await;
+    Ok(Json(dlq::act(console.sqs(), &queue, &selection, dlq::Action::Delete).await?))
 }
 
 fn selection(body: serde_json::Map<String, serde_json::Value>) -> Result<Selection, ApiError> {

@@ -53,6 +53,9 @@ pub struct Console {
     updates: broadcast::Sender<Arc<str>>,
     sampling: AtomicBool,
     shutdown: CancellationToken,
+    /// Listing a DLQ hides its messages for a moment: a redrive or delete running at the same time would miss them.
+    /// One DLQ operation at a time per API process (every viewer's panel lists again when a depth changes).
+    dlq_lock: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -82,11 +85,17 @@ impl Console {
             updates: broadcast::channel(16).0,
             sampling: AtomicBool::new(false),
             shutdown,
+            dlq_lock: tokio::sync::Mutex::new(()),
         })
     }
 
     pub fn sqs(&self) -> &aws_sdk_sqs::Client {
         &self.sqs
+    }
+
+    /// Held for the length of one DLQ listing or action.
+    pub async fn dlq_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.dlq_lock.lock().await
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
@@ -276,7 +285,8 @@ impl Console {
         let mut applied_rates = serde_json::Map::new();
         for (role, role_stats) in &stats {
             let processed = role_stats.outcomes.get("processed").copied().unwrap_or(0);
-            let before = previous.applied.insert(role.clone(), processed);
+            // A role seen for the first time after the first sample had nothing applied before it.
+            let before = previous.applied.insert(role.clone(), processed).or(previous.at.map(|_| 0));
             applied_rates.insert(role.clone(), json!(before.and_then(|before| rate(processed, before))));
         }
 
