@@ -122,10 +122,7 @@ async fn dlq_redrive(
     Path(role): Path<String>,
     JsonObject(body): JsonObject,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let queue = console.queue(&role).await?;
-    let selection = selection(body)?;
-    let _turn = console.dlq_turn().await;
-    Ok(Json(dlq::act(console.sqs(), &queue, &selection, dlq::Action::Redrive).await?))
+    dlq_act(&console, &role, body, dlq::Action::Redrive).await
 }
 
 async fn dlq_delete(
@@ -133,10 +130,19 @@ async fn dlq_delete(
     Path(role): Path<String>,
     JsonObject(body): JsonObject,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let queue = console.queue(&role).await?;
+    dlq_act(&console, &role, body, dlq::Action::Delete).await
+}
+
+async fn dlq_act(
+    console: &Console,
+    role: &str,
+    body: serde_json::Map<String, serde_json::Value>,
+    action: dlq::Action,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let queue = console.queue(role).await?;
     let selection = selection(body)?;
     let _turn = console.dlq_turn().await;
-    Ok(Json(dlq::act(console.sqs(), &queue, &selection, dlq::Action::Delete).await?))
+    Ok(Json(dlq::act(console.sqs(), &queue, &selection, action).await?))
 }
 
 fn selection(body: serde_json::Map<String, serde_json::Value>) -> Result<Selection, ApiError> {
