@@ -16,34 +16,7 @@ impl Config {
     /// # Errors
     /// A [`ConfigError`] naming the variable.
     pub fn from_env(env: Lookup<'_>) -> Result<Self, ConfigError> {
-        let region = match platform::config::first_of(env, &["AWS_REGION", "AWS_DEFAULT_REGION"]) {
-            None => "us-east-1".to_owned(),
-            Some((var, value)) => {
-                let region = value.trim().to_owned();
-                // A typo here would otherwise surface as an opaque DNS or signing error on the first call.
-                let valid = region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                    && region.bytes().any(|b| b.is_ascii_lowercase());
-                if !valid {
-                    return Err(ConfigError::Invalid {
-                        var,
-                        value,
-                        reason: "expected a region name such as us-east-1".into(),
-                    });
-                }
-                region
-            }
-        };
-        let endpoint_url = env("AWS_ENDPOINT_URL");
-        if let Some(url) = &endpoint_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(ConfigError::Invalid {
-                    var: "AWS_ENDPOINT_URL",
-                    value: url.clone(),
-                    reason: "must start with http:// or https://".into(),
-                });
-            }
-        }
-        Ok(Self { region, endpoint_url })
+        Ok(Self { region: platform::config::region(env)?, endpoint_url: platform::config::endpoint_url(env)? })
     }
 }
 

@@ -124,6 +124,42 @@ impl FromStr for LogFormat {
     }
 }
 
+/// `AWS_REGION` (or `AWS_DEFAULT_REGION`), `us-east-1` when unset.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] for something that is not a region name: a typo would otherwise surface as an opaque DNS
+/// or signing error on the first call.
+pub fn region(env: Lookup<'_>) -> Result<String, ConfigError> {
+    match first_of(env, &["AWS_REGION", "AWS_DEFAULT_REGION"]) {
+        None => Ok("us-east-1".to_owned()),
+        Some((var, value)) => {
+            let region = value.trim().to_owned();
+            let valid = region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && region.bytes().any(|b| b.is_ascii_lowercase());
+            if valid {
+                Ok(region)
+            } else {
+                Err(ConfigError::Invalid { var, value, reason: "expected a region name such as us-east-1".into() })
+            }
+        }
+    }
+}
+
+/// `AWS_ENDPOINT_URL`, checked (the SDK reads the variable itself).
+///
+/// # Errors
+/// [`ConfigError::Invalid`] when it is not an http(s) URL.
+pub fn endpoint_url(env: Lookup<'_>) -> Result<Option<String>, ConfigError> {
+    match env("AWS_ENDPOINT_URL") {
+        Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => Err(ConfigError::Invalid {
+            var: "AWS_ENDPOINT_URL",
+            value: url,
+            reason: "must start with http:// or https://".into(),
+        }),
+        other => Ok(other),
+    }
+}
+
 /// Settings every binary has: region, port, log format.
 #[derive(Debug, Clone)]
 pub struct Common {
@@ -143,18 +179,9 @@ impl Common {
         use std::io::IsTerminal;
         // JSON for containers and log shippers; pretty when a person is watching a terminal.
         let default_format = if std::io::stdout().is_terminal() { LogFormat::Pretty } else { LogFormat::Json };
-        let endpoint_url = env("AWS_ENDPOINT_URL");
-        if let Some(url) = &endpoint_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(ConfigError::Invalid {
-                    var: "AWS_ENDPOINT_URL",
-                    value: url.clone(),
-                    reason: "must start with http:// or https://".into(),
-                });
-            }
-        }
+        let endpoint_url = endpoint_url(env)?;
         Ok(Self {
-            region: env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")).unwrap_or_else(|| "us-east-1".into()),
+            region: region(env)?,
             bind_addr: parsed(env, "BIND_ADDR", std::net::IpAddr::from([0, 0, 0, 0]))?,
             port: parsed(env, "PORT", default_port)?,
             log_format: parsed(env, "LOG_FORMAT", default_format)?,
