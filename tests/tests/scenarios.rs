@@ -505,6 +505,19 @@ struct Plan {
 
 /// `clients` concurrent clients work through `plans`, offering at most `rate` orders per second when given. Every
 /// create must end in 202 (503s are retried with the same body until `give_up`).
+/// Posts one plain order per id (no duplicates, no updates) from `clients` clients in the background, at `rate`
+/// orders per second when given.
+fn post_orders(
+    base: String,
+    ids: &[Uuid],
+    clients: usize,
+    rate: Option<f64>,
+    stats: &Arc<LoadStats>,
+) -> tokio::task::JoinHandle<()> {
+    let plans = ids.iter().map(|id| Plan { pedido_id: *id, extra: Extra::Nothing }).collect();
+    tokio::spawn(run_clients(base, plans, clients, rate, None, Arc::clone(stats), Duration::from_secs(120)))
+}
+
 async fn run_clients(
     base: String,
     plans: Vec<Plan>,
@@ -656,17 +669,7 @@ async fn crash_sigkill_and_sigterm_mid_load_lose_nothing() {
     let mut pipeline = Pipeline::start(Some(5), 1).await;
     let ids = new_ids(orders);
     let stats = Arc::new(LoadStats::default());
-    let plans = ids.iter().map(|id| Plan { pedido_id: *id, extra: Extra::Nothing }).collect();
-    let rate = long().then_some(LONG_FORM_RATE);
-    let clients_task = tokio::spawn(run_clients(
-        pipeline.base(),
-        plans,
-        clients,
-        rate,
-        None,
-        Arc::clone(&stats),
-        Duration::from_secs(120),
-    ));
+    let clients_task = post_orders(pipeline.base(), &ids, clients, long().then_some(LONG_FORM_RATE), &stats);
     // Wait until both workers are busy (a quarter of the orders applied by each), then crash one, stop the other.
     eventually(Duration::from_secs(60), Duration::from_millis(100), || async {
         let (process, logistics) = (pipeline.processed(PROCESS).await, pipeline.processed(LOGISTICS).await);
@@ -709,18 +712,9 @@ async fn outage_emulator_down_for_ten_seconds() {
     let base = pipeline.base();
     let ids = new_ids(orders);
     let stats = Arc::new(LoadStats::default());
-    let plans = ids.iter().map(|id| Plan { pedido_id: *id, extra: Extra::Nothing }).collect();
     // Paced in both forms, so the outage falls mid-load.
     let rate = Some(if long() { LONG_FORM_RATE } else { 6.0 });
-    let clients_task = tokio::spawn(run_clients(
-        base.clone(),
-        plans,
-        clients,
-        rate,
-        None,
-        Arc::clone(&stats),
-        Duration::from_secs(120),
-    ));
+    let clients_task = post_orders(base.clone(), &ids, clients, rate, &stats);
     eventually(Duration::from_secs(60), Duration::from_millis(100), || async {
         (pipeline.processed(PROCESS).await >= orders / 6).then_some(())
     })
@@ -836,17 +830,7 @@ async fn poison_under_load_goes_to_the_dlqs() {
     let mut pipeline = Pipeline::start(None, 1).await;
     let ids = new_ids(orders);
     let stats = Arc::new(LoadStats::default());
-    let plans = ids.iter().map(|id| Plan { pedido_id: *id, extra: Extra::Nothing }).collect();
-    let rate = long().then_some(LONG_FORM_RATE);
-    let clients_task = tokio::spawn(run_clients(
-        pipeline.base(),
-        plans,
-        clients,
-        rate,
-        None,
-        Arc::clone(&stats),
-        Duration::from_secs(120),
-    ));
+    let clients_task = post_orders(pipeline.base(), &ids, clients, long().then_some(LONG_FORM_RATE), &stats);
     for queue in &pipeline.topo.queues {
         for i in 0..poison_per_queue {
             pipeline
