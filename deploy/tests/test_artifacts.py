@@ -18,6 +18,20 @@ from conftest import ROOT, TEMPLATES, load_cfn, load_yaml
 
 BINARIES = {"api": ("pedidos-api", 8080), "worker": ("pedidos-worker", 8081)}
 WORKER_SHUTDOWN_GRACE_SECONDS = 25
+
+
+def _rust_default(path: str, pattern: str) -> int:
+    """A default read from the Rust source, so the deployment artifacts are checked against the real numbers."""
+    match = re.search(pattern, (ROOT / path).read_text(encoding="utf-8"))
+    assert match, f"{pattern!r} not found in {path}"
+    return int(match.group(1))
+
+
+# The worker's shutdown: a long poll in flight is awaited (WAIT_TIME_SECONDS), then handlers get
+# SHUTDOWN_GRACE_SECONDS. The API's: in-flight requests get DRAIN_TIMEOUT.
+WORKER_WAIT_TIME_DEFAULT = _rust_default("crates/worker/src/config.rs", r'"WAIT_TIME_SECONDS", (\d+),')
+WORKER_GRACE_DEFAULT = _rust_default("crates/worker/src/config.rs", r'"SHUTDOWN_GRACE_SECONDS", (\d+),')
+API_DRAIN_SECONDS = _rust_default("crates/api/src/lib.rs", r"DRAIN_TIMEOUT: Duration = Duration::from_secs\((\d+)\)")
 # The messaging stack's default table names (docs/data-model.md).
 ORDERS_TABLE = "ecomexpress-orders"
 IDEMPOTENCY_TABLE = "ecomexpress-idempotency"
@@ -153,8 +167,20 @@ def test_compose_app_services(compose: dict[str, Any]) -> None:
     assert logi["environment"].pop("SQS_QUEUE_URL") == "ecomexpress-sqs-logistics"
     assert proc == logi, "the two workers may differ only in SQS_QUEUE_URL"
     assert proc["healthcheck"]["test"] == ["CMD", "/usr/local/bin/pedidos-worker", "healthcheck"]
-    assert duration_seconds(proc["stop_grace_period"]) >= WORKER_SHUTDOWN_GRACE_SECONDS + 5
     assert int(proc["environment"]["SHUTDOWN_GRACE_SECONDS"]) == WORKER_SHUTDOWN_GRACE_SECONDS
+
+
+def test_compose_stop_grace_outlasts_the_drain(compose: dict[str, Any]) -> None:
+    """Docker sends SIGKILL when stop_grace_period ends: it must outlast a long poll in flight plus the drain grace
+    (workers), and the request drain (API), with a margin, or Docker kills them mid-drain."""
+    services = compose["services"]
+    assert (WORKER_WAIT_TIME_DEFAULT, WORKER_GRACE_DEFAULT) == (20, WORKER_SHUTDOWN_GRACE_SECONDS)
+    for name in ("worker-process", "worker-logistics"):
+        env = services[name]["environment"]
+        wait = int(env.get("WAIT_TIME_SECONDS", WORKER_WAIT_TIME_DEFAULT))
+        grace = int(env.get("SHUTDOWN_GRACE_SECONDS", WORKER_GRACE_DEFAULT))
+        assert duration_seconds(services[name]["stop_grace_period"]) >= wait + grace + 10, name
+    assert duration_seconds(services["api"]["stop_grace_period"]) >= API_DRAIN_SECONDS + 5
 
 
 # ---------------------------------------------------------------- ecs.yaml
@@ -217,11 +243,12 @@ def _dynamodb(statements: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def test_ecs_least_privilege(ecs: dict[str, Any]) -> None:
-    """SNS/SQS statements (the DynamoDB ones are checked below)."""
+    """SNS/SQS/KMS statements (the DynamoDB ones are checked below)."""
     api = [s for s in _statements(ecs["ApiTaskRole"]) if s not in _dynamodb(_statements(ecs["ApiTaskRole"]))]
     assert sorted(a for s in api for a in _actions(s)) == sorted(
-        ["sns:Publish", "sns:GetTopicAttributes", "sns:Subscribe", "sns:ListSubscriptionsByTopic", "sns:ListTopics"]
-    )
+        ["sns:Publish", "sns:GetTopicAttributes", "sns:Subscribe", "sns:ListSubscriptionsByTopic", "sns:ListTopics",
+         "kms:GenerateDataKey", "kms:Decrypt"]
+    )  # fmt: skip
     wildcard = [s for s in _statements(ecs["ApiTaskRole"]) if s["Resource"] == "*"]
     assert [s["Action"] for s in wildcard] == ["sns:ListTopics"]
     for role, queue in (("WorkerProcessTaskRole", "Process"), ("WorkerLogisticsTaskRole", "Logistics")):
@@ -236,6 +263,21 @@ def test_ecs_least_privilege(ecs: dict[str, Any]) -> None:
         ])  # fmt: skip
         # GetQueueUrl: the worker resolves its DLQ's URL from the redrive policy's ARN at start-up.
         assert sorted(by_resource[own_dlq]) == ["sqs:GetQueueUrl", "sqs:SendMessage"]
+
+
+def test_ecs_api_may_publish_to_the_encrypted_topic(ecs: dict[str, Any]) -> None:
+    """The topic is SSE-KMS with the messaging stack's key: Publish needs kms:GenerateDataKey and kms:Decrypt on exactly
+    that key, through SNS only. No other role gets any KMS permission (the queues are SSE-SQS: no key to use)."""
+    (kms,) = [s for s in _statements(ecs["ApiTaskRole"]) if any(a.startswith("kms:") for a in _actions(s))]
+    assert kms == {
+        "Sid": "EncryptForOrdersTopic", "Effect": "Allow", "Action": ["kms:GenerateDataKey", "kms:Decrypt"],
+        "Resource": imported("TopicKeyArn"),
+        "Condition": {"StringEquals": {"kms:ViaService": {"Fn::Sub": "sns.${AWS::Region}.amazonaws.com"}}},
+    }  # fmt: skip
+    for name, role in ecs.items():
+        if role["Type"] != "AWS::IAM::Role" or name == "ApiTaskRole" or "Policies" not in role["Properties"]:
+            continue
+        assert not any(a.startswith("kms:") for st in _statements(role) for a in _actions(st)), name
 
 
 def test_ecs_dynamodb_no_wildcards(ecs: dict[str, Any]) -> None:
@@ -451,6 +493,57 @@ def test_eb_script_works_without_zip(tmp_path: Path) -> None:
     with zipfile.ZipFile(out / "pedidos-worker-eb.zip") as zf:
         assert zf.testzip() is None
         assert {"Dockerrun.aws.json", ".ebextensions/01-pedidos-worker.config"} <= set(zf.namelist())
+
+
+EB_CERTIFICATE_ARN = "arn:aws:acm:eu-west-1:123456789012:certificate/0b1c2d3e-4f5a-6b7c-8d9e-0f1a2b3c4d5e"
+EB_HTTPS_CONFIG = ".ebextensions/02-pedidos-api-https.config"
+
+
+def _build_bundles(out: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603
+        ["bash", str(ROOT / "deploy/eb/build-bundles.sh"), "r/api:1", "r/worker:1", str(out)],
+        env={"PATH": "/usr/bin:/bin", **SECRET_ENV, **env}, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+
+def test_eb_https_listener_with_a_certificate(tmp_path: Path) -> None:
+    """EB_CERTIFICATE_ARN adds a 443 HTTPS listener with that certificate to the API environment's ALB and turns its
+    port-80 listener into a 301 to https://; the worker bundle is unchanged."""
+    result = _build_bundles(tmp_path, EB_CERTIFICATE_ARN=EB_CERTIFICATE_ARN)
+    assert result.returncode == 0, result.stderr
+    assert "WARNING" not in result.stderr
+    with zipfile.ZipFile(tmp_path / "pedidos-api-eb.zip") as zf:
+        config = load_yaml_bytes(zf.read(EB_HTTPS_CONFIG))
+    listener = config["option_settings"]["aws:elbv2:listener:443"]
+    assert listener == {
+        "ListenerEnabled": "true", "Protocol": "HTTPS", "SSLCertificateArns": EB_CERTIFICATE_ARN,
+        "SSLPolicy": "ELBSecurityPolicy-TLS13-1-2-2021-06", "DefaultProcess": "default",
+    }  # fmt: skip
+    http = config["Resources"]["AWSEBV2LoadBalancerListener"]
+    assert http["Type"] == "AWS::ElasticLoadBalancingV2::Listener"
+    props = http["Properties"]
+    assert (props["Port"], props["Protocol"], props["LoadBalancerArn"]) == (80, "HTTP", {"Ref": "AWSEBV2LoadBalancer"})
+    (action,) = props["DefaultActions"]
+    assert action["Type"] == "redirect"
+    assert action["RedirectConfig"] == {
+        "Protocol": "HTTPS", "Port": "443", "Host": "#{host}", "Path": "/#{path}", "Query": "#{query}",
+        "StatusCode": "HTTP_301",
+    }  # fmt: skip
+    with zipfile.ZipFile(tmp_path / "pedidos-worker-eb.zip") as zf:
+        assert not [n for n in zf.namelist() if "https" in n], "the workers' load balancers carry health checks only"
+
+
+def test_eb_without_a_certificate_warns_and_serves_plain_http(bundles: dict[str, Path], tmp_path: Path) -> None:
+    with zipfile.ZipFile(bundles["api"]) as zf:
+        assert EB_HTTPS_CONFIG not in zf.namelist()
+    result = _build_bundles(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "WARNING: no EB_CERTIFICATE_ARN" in result.stderr and "plain HTTP" in result.stderr
+
+
+def test_eb_refuses_a_certificate_that_is_not_an_acm_arn(tmp_path: Path) -> None:
+    result = _build_bundles(tmp_path, EB_CERTIFICATE_ARN="arn:aws:iam::123456789012:server-certificate/x y")
+    assert result.returncode != 0 and "is not an ACM certificate ARN" in result.stderr, result.stderr
 
 
 # ---------------------------------------------------------------- admin surface and API keys

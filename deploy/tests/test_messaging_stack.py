@@ -8,8 +8,8 @@ build are listed in MOTO_GAPS, probed in test_moto_gaps_are_documented, checked 
 template instead, and documented in docs/deploy.md ("What moto does not exercise").
 
 AWS::SNS::Subscription is one of them: the `deployed` fixture subscribes the queues itself with the
-template's exact properties (what CloudFormation does in AWS), so the filter policies written in the
-template are what routes the messages below.
+template's exact properties (what CloudFormation does in AWS), so the filter policies and redrive policies
+written in the template are what the subscriptions below carry.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import pytest
+from botocore.exceptions import ClientError
 
 from conftest import ROOT, TEMPLATES, load_cfn
 
@@ -60,14 +61,30 @@ MOTO_GAPS = {
     "SSESpecification": "the tables' SSEEnabled is dropped (moto reads the API's `Enabled` key): no SSEDescription",
     "TimeToLiveSpecification": "TTL stays DISABLED on the idempotency table",
     "PointInTimeRecoverySpecification": "point-in-time recovery stays DISABLED on both tables",
+    "KeyPolicy": "the topic key's KeyPolicy is kept as an object, not JSON text: DescribeKey on that key answers 500",
+    "Subscription RedrivePolicy": "stored, never used: a failed delivery fails the Publish call, nothing reaches the DLQ",
 }
-BUILT_BY_MOTO = {"AWS::SQS::Queue", "AWS::SNS::Topic", "AWS::DynamoDB::Table"}
+BUILT_BY_MOTO = {"AWS::SQS::Queue", "AWS::SNS::Topic", "AWS::DynamoDB::Table", "AWS::KMS::Key", "AWS::KMS::Alias"}
 # Properties of AWS::SNS::Subscription that subscribe_like_cloudformation knows how to apply.
-SUBSCRIPTION_PROPERTIES = {"TopicArn", "Protocol", "Endpoint", "RawMessageDelivery", "FilterPolicyScope", "FilterPolicy"}
+SUBSCRIPTION_PROPERTIES = {
+    "TopicArn", "Protocol", "Endpoint", "RawMessageDelivery", "FilterPolicyScope", "FilterPolicy", "RedrivePolicy",
+}  # fmt: skip
+# Every action SNS accepts in a topic policy (SNS developer guide, "Valid Amazon SNS policy actions"): the
+# TLS-only Deny must cover all of them.
+TOPIC_POLICY_ACTIONS = {
+    "sns:AddPermission", "sns:DeleteTopic", "sns:GetDataProtectionPolicy", "sns:GetTopicAttributes",
+    "sns:ListSubscriptionsByTopic", "sns:ListTagsForResource", "sns:Publish", "sns:PutDataProtectionPolicy",
+    "sns:RemovePermission", "sns:SetTopicAttributes", "sns:Subscribe",
+}  # fmt: skip
 
 
 def dlq(name: str) -> str:
     return f"{name}-dlq"
+
+
+def subscription_dlq(name: str) -> str:
+    """Where SNS puts what it could not deliver to the queue `name` (the subscription's RedrivePolicy)."""
+    return f"{name}-subscription-dlq"
 
 
 @dataclass
@@ -98,7 +115,7 @@ def subscribe_like_cloudformation(aws: Callable[[str], Any]) -> None:
     def resolve(value: Any) -> str:
         if isinstance(value, dict) and list(value) == ["Ref"]:
             return physical[value["Ref"]]
-        if isinstance(value, dict) and list(value) == ["Fn::GetAtt"]:
+        if isinstance(value, dict) and list(value) == ["Fn::GetAtt"]:  # a queue's ARN
             logical, attribute = value["Fn::GetAtt"]
             assert resources[logical]["Type"] == "AWS::SQS::Queue" and attribute == "Arn", value
             url = _queue_url_of(aws, physical[logical])
@@ -115,6 +132,8 @@ def subscribe_like_cloudformation(aws: Callable[[str], Any]) -> None:
         if "FilterPolicy" in props:
             attributes["FilterPolicy"] = json.dumps(props["FilterPolicy"])
             attributes["FilterPolicyScope"] = props.get("FilterPolicyScope", "MessageAttributes")
+        if "RedrivePolicy" in props:
+            attributes["RedrivePolicy"] = json.dumps({k: resolve(v) for k, v in props["RedrivePolicy"].items()})
         sns.subscribe(
             TopicArn=resolve(props["TopicArn"]),
             Protocol=props["Protocol"],
@@ -177,7 +196,9 @@ def receive_matching(aws: Callable[[str], Any], queue: str, marker: str, timeout
 # ---------------------------------------------------------------- what the stack actually built
 def test_outputs_and_exports(stack: dict[str, str], aws: Callable[[str], Any]) -> None:
     expected = {
-        "TopicArn", "TopicName",
+        "TopicArn", "TopicName", "TopicKeyArn",
+        "ProcessSubscriptionDeadLetterQueueUrl", "ProcessSubscriptionDeadLetterQueueArn",
+        "LogisticsSubscriptionDeadLetterQueueUrl", "LogisticsSubscriptionDeadLetterQueueArn",
         "ProcessQueueUrl", "ProcessQueueArn", "ProcessQueueName",
         "ProcessDeadLetterQueueUrl", "ProcessDeadLetterQueueArn",
         "LogisticsQueueUrl", "LogisticsQueueArn", "LogisticsQueueName",
@@ -217,6 +238,21 @@ def test_dead_letter_queue_settings(stack: dict[str, str], aws: Callable[[str], 
     assert "RedrivePolicy" not in attrs  # a DLQ has no DLQ of its own
 
 
+@pytest.mark.parametrize("queue", QUEUES)
+def test_subscription_dead_letter_queue_settings(stack: dict[str, str], aws: Callable[[str], Any], queue: str) -> None:
+    """Each subscription's DLQ exists, keeps messages 14 days, is encrypted with SSE-SQS (which SNS can write to
+    without any key policy) and is nobody's SQS redrive target."""
+    attrs = queue_attributes(aws, subscription_dlq(queue))
+    kind = "Process" if "orders-process" in queue else "Logistics"
+    assert attrs["QueueArn"] == stack[f"{kind}SubscriptionDeadLetterQueueArn"]
+    assert int(attrs["MessageRetentionPeriod"]) == DLQ_RETENTION
+    assert attrs["SqsManagedSseEnabled"] == "true"
+    assert "RedrivePolicy" not in attrs
+    # The main queue's own redrive target stays the worker DLQ: the two DLQs hold different failures.
+    main_redrive = json.loads(queue_attributes(aws, queue)["RedrivePolicy"])
+    assert main_redrive["deadLetterTargetArn"] != attrs["QueueArn"]
+
+
 def test_topic_subscriptions_and_filter_policies(stack: dict[str, str], aws: Callable[[str], Any]) -> None:
     sns = aws("sns")
     topic_arn = stack["TopicArn"]
@@ -231,6 +267,42 @@ def test_topic_subscriptions_and_filter_policies(stack: dict[str, str], aws: Cal
         queue = queue_of[sub["Endpoint"]]
         assert json.loads(attrs["FilterPolicy"]) == FILTER_POLICIES[queue], queue
         assert attrs["FilterPolicyScope"] == "MessageAttributes", queue
+        # What SNS cannot deliver to the queue goes to that subscription's own DLQ, not to another queue's.
+        redrive = json.loads(attrs["RedrivePolicy"])
+        assert redrive == {"deadLetterTargetArn": queue_attributes(aws, subscription_dlq(queue))["QueueArn"]}, queue
+
+
+def test_topic_is_encrypted_with_its_own_key(stack: dict[str, str], aws: Callable[[str], Any]) -> None:
+    """SSE-KMS on the topic with the stack's customer managed key (rotation on, alias by topic name); moto stores
+    the setting but encrypts nothing (docs/deploy.md)."""
+    kms = aws("kms")
+    attrs = aws("sns").get_topic_attributes(TopicArn=stack["TopicArn"])["Attributes"]
+    assert attrs["KmsMasterKeyId"] == stack["TopicKeyArn"]
+    assert stack["TopicKeyArn"] in {k["KeyArn"] for k in kms.list_keys()["Keys"]}
+    assert kms.get_key_rotation_status(KeyId=stack["TopicKeyArn"])["KeyRotationEnabled"] is True
+    aliases = {a["AliasName"]: a.get("TargetKeyId") for a in kms.list_aliases()["Aliases"]}
+    assert aliases[f"alias/{TOPIC}"] == stack["TopicKeyArn"].rsplit("/", 1)[-1]
+    # Not the AWS managed alias/aws/sns (see the template's comment and docs/deploy.md, "Encryption").
+    assert "alias/aws/" not in attrs["KmsMasterKeyId"]
+    policy = kms.get_key_policy(KeyId=stack["TopicKeyArn"], PolicyName="default")["Policy"]
+    policy = json.loads(policy) if isinstance(policy, str) else policy  # moto returns the object (MOTO_GAPS)
+    assert_topic_key_policy(policy["Statement"], account=stack["TopicArn"].split(":")[4], topic_arn=stack["TopicArn"])
+
+
+def assert_topic_key_policy(statements: list[dict[str, Any]], account: Any, topic_arn: Any) -> None:
+    """The account administers the key (so IAM policies can grant its use) and SNS may use it for this topic only."""
+    by_sid = {s["Sid"]: s for s in statements}
+    assert set(by_sid) == {"AccountAdministersKeyAndDelegatesToIam", "AllowSnsForTheOrdersTopic"}
+    sns = by_sid["AllowSnsForTheOrdersTopic"]
+    assert sns["Effect"] == "Allow" and sns["Principal"] == {"Service": "sns.amazonaws.com"}
+    assert sorted(sns["Action"]) == ["kms:Decrypt", "kms:GenerateDataKey*"]
+    assert sns["Condition"]["StringEquals"] == {"aws:SourceAccount": account}
+    assert sns["Condition"]["ArnLike"] == {"aws:SourceArn": topic_arn}
+    admin = by_sid["AccountAdministersKeyAndDelegatesToIam"]
+    principal = admin["Principal"]["AWS"]  # the account itself (a string on moto, a Fn::Sub in the template)
+    assert (principal.get("Fn::Sub") if isinstance(principal, dict) else principal).endswith(":root")
+    # No statement opens the key to everyone.
+    assert all(s["Principal"] not in ("*", {"AWS": "*"}) for s in statements)
 
 
 def test_publish_fans_out_to_both_queues(stack: dict[str, str], aws: Callable[[str], Any]) -> None:
@@ -415,13 +487,48 @@ def test_moto_gaps_are_documented(deployed: Deployed, aws: Callable[[str], Any])
         == "DISABLED",
         "PointInTimeRecoverySpecification": all(pitr_status(t) == "DISABLED" for t in tables),
         "AWS::SQS::QueuePolicy": all("Policy" not in queue_attributes(aws, q) for q in QUEUES),
-        "AWS::SNS::TopicPolicy": "DenyInsecurePublish"
+        "AWS::SNS::TopicPolicy": "DenyInsecureTransport"
         not in aws("sns").get_topic_attributes(TopicArn=stack["TopicArn"])["Attributes"].get("Policy", ""),
         "AWS::CloudWatch::Alarm": not aws("cloudwatch").describe_alarms()["MetricAlarms"],
-        "RedriveAllowPolicy": all("RedriveAllowPolicy" not in queue_attributes(aws, dlq(q)) for q in QUEUES),
+        "RedriveAllowPolicy": all("RedriveAllowPolicy" not in queue_attributes(aws, d)
+                                  for q in QUEUES for d in (dlq(q), subscription_dlq(q))),
+        "KeyPolicy": _describe_key_fails(aws, stack["TopicKeyArn"]),
+        "Subscription RedrivePolicy": _failed_delivery_is_not_redriven(aws),
     }
     now_supported = [gap for gap, missing in still_missing.items() if not missing]
     assert not now_supported, f"moto now builds {now_supported}: update MOTO_GAPS and docs/deploy.md"
+
+
+def _describe_key_fails(aws: Callable[[str], Any], key_arn: str) -> bool:
+    try:
+        aws("kms").describe_key(KeyId=key_arn)
+    except ClientError:
+        return True
+    return False
+
+
+def _failed_delivery_is_not_redriven(aws: Callable[[str], Any]) -> bool:
+    """On a scratch topic: subscribe a queue with a redrive policy, delete the queue, publish. Real SNS accepts the
+    publish and moves the message to the DLQ; moto fails the Publish call and the DLQ stays empty."""
+    sns, sqs = aws("sns"), aws("sqs")
+    suffix = uuid.uuid4().hex[:8]
+    target = sqs.create_queue(QueueName=f"gap-probe-{suffix}")["QueueUrl"]
+    dead = sqs.create_queue(QueueName=f"gap-probe-{suffix}-dlq")["QueueUrl"]
+    arn = {u: sqs.get_queue_attributes(QueueUrl=u, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+           for u in (target, dead)}  # fmt: skip
+    topic = sns.create_topic(Name=f"gap-probe-{suffix}")["TopicArn"]
+    try:
+        sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn[target],
+                      Attributes={"RedrivePolicy": json.dumps({"deadLetterTargetArn": arn[dead]})})  # fmt: skip
+        sqs.delete_queue(QueueUrl=target)
+        try:
+            sns.publish(TopicArn=topic, Message="undeliverable")
+        except ClientError:
+            pass
+        return not sqs.receive_message(QueueUrl=dead, WaitTimeSeconds=1).get("Messages")
+    finally:
+        sns.delete_topic(TopicArn=topic)
+        sqs.delete_queue(QueueUrl=dead)
 
 
 # ---------------------------------------------------------------- template == local topology
@@ -436,7 +543,8 @@ def test_template_matches_topology_constants() -> None:
 
     queues = {name_of(r["Properties"], "QueueName"): r["Properties"]
               for r in resources.values() if r["Type"] == "AWS::SQS::Queue"}  # fmt: skip
-    assert set(queues) == set(QUEUES) | {dlq(q) for q in QUEUES}
+    # The subscription DLQs are the AWS side's only: the emulators never fail a delivery (docs/deploy.md).
+    assert set(queues) == set(QUEUES) | {dlq(q) for q in QUEUES} | {subscription_dlq(q) for q in QUEUES}
     for q in QUEUES:
         props = queues[q]
         assert props["VisibilityTimeout"] == VISIBILITY_TIMEOUT
@@ -458,6 +566,10 @@ def test_template_matches_topology_constants() -> None:
             assert props["TopicArn"] == {"Ref": "OrdersTopic"} and props["Protocol"] == "sqs"
             assert props["RawMessageDelivery"] is False and props["FilterPolicyScope"] == "MessageAttributes"
             subscriptions[queue] = props["FilterPolicy"]
+            dead_letter = resources[props["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0]]["Properties"]
+            assert name_of(dead_letter, "QueueName") == subscription_dlq(queue)
+            assert dead_letter["MessageRetentionPeriod"] == DLQ_RETENTION and dead_letter["SqsManagedSseEnabled"] is True
+            assert dead_letter["RedriveAllowPolicy"] == {"redrivePermission": "denyAll"}
     assert subscriptions == FILTER_POLICIES
 
     tables = {name_of(r["Properties"], "TableName"): r["Properties"]
@@ -475,27 +587,133 @@ def test_template_matches_topology_constants() -> None:
         assert f"`{value}`" in section, f"docs/deploy.md 'Topology constants' lacks `{value}`"
 
 
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list) else [value]
+
+
+TLS_ONLY = {"Bool": {"aws:SecureTransport": "false"}}
+
+
 def test_queue_policy_allows_only_the_topic() -> None:
     """Static check of the policies moto cannot apply (see MOTO_GAPS)."""
     resources = load_cfn(TEMPLATE)["Resources"]
     policies = [r["Properties"]["PolicyDocument"]["Statement"] for r in resources.values()
                 if r["Type"] in ("AWS::SQS::QueuePolicy", "AWS::SNS::TopicPolicy")]  # fmt: skip
-    assert len(policies) == 3
+    assert len(policies) == 4
     for statements in policies:
-        assert any(s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
-                   for s in statements)  # fmt: skip
+        assert any(s["Effect"] == "Deny" and s["Condition"] == TLS_ONLY for s in statements)
         for s in statements:
             if s["Effect"] == "Allow":
                 assert s["Principal"] != "*" and s["Principal"] != {"AWS": "*"}
-    main = resources["MainQueuesPolicy"]["Properties"]["PolicyDocument"]["Statement"]
-    allow = [s for s in main if s["Effect"] == "Allow"]
-    assert allow == [
-        {
-            "Sid": "AllowOrdersTopicOnly",
-            "Effect": "Allow",
-            "Principal": {"Service": "sns.amazonaws.com"},
-            "Action": "sqs:SendMessage",
-            "Resource": [{"Fn::GetAtt": ["ProcessQueue", "Arn"]}, {"Fn::GetAtt": ["LogisticsQueue", "Arn"]}],
-            "Condition": {"ArnEquals": {"aws:SourceArn": {"Ref": "OrdersTopic"}}},
-        }
-    ]
+    # SNS may send to the main queues (deliveries) and to the subscription DLQs (failed deliveries), only from the
+    # orders topic; nothing may send to the workers' DLQs but the workers (IAM) and SQS's own redrive.
+    for policy, queues in (("MainQueuesPolicy", ["ProcessQueue", "LogisticsQueue"]),
+                           ("SubscriptionDeadLetterQueuesPolicy",
+                            ["ProcessSubscriptionDeadLetterQueue", "LogisticsSubscriptionDeadLetterQueue"])):  # fmt: skip
+        statements = resources[policy]["Properties"]["PolicyDocument"]["Statement"]
+        allow = [s for s in statements if s["Effect"] == "Allow"]
+        assert allow == [
+            {
+                "Sid": "AllowOrdersTopicOnly",
+                "Effect": "Allow",
+                "Principal": {"Service": "sns.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": [{"Fn::GetAtt": [q, "Arn"]} for q in queues],
+                "Condition": {"ArnEquals": {"aws:SourceArn": {"Ref": "OrdersTopic"}}},
+            }
+        ], policy
+    dlqs = resources["DeadLetterQueuesPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert all(s["Effect"] == "Deny" for s in dlqs)
+
+
+def test_tls_only_everywhere() -> None:
+    """Every queue is in a queue policy whose Deny covers sqs:* on it without TLS, and the topic policy's Deny covers
+    every action a topic policy can name (not only sns:Publish)."""
+    resources = load_cfn(TEMPLATE)["Resources"]
+    queues = {name for name, r in resources.items() if r["Type"] == "AWS::SQS::Queue"}
+    denied: set[str] = set()
+    for r in resources.values():
+        if r["Type"] != "AWS::SQS::QueuePolicy":
+            continue
+        covered = {q["Ref"] for q in r["Properties"]["Queues"]}
+        for s in r["Properties"]["PolicyDocument"]["Statement"]:
+            if s["Effect"] == "Deny" and s["Condition"] == TLS_ONLY and s["Principal"] == "*":
+                assert _as_list(s["Action"]) == ["sqs:*"]
+                arns = {res["Fn::GetAtt"][0] for res in _as_list(s["Resource"])}
+                assert arns == covered, "the Deny must name every queue the policy is attached to"
+                denied |= covered
+    assert denied == queues, f"queues without a TLS-only Deny: {queues - denied}"
+
+    (topic_policy,) = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::SNS::TopicPolicy"]
+    assert topic_policy["Topics"] == [{"Ref": "OrdersTopic"}]
+    (deny,) = [s for s in topic_policy["PolicyDocument"]["Statement"] if s["Effect"] == "Deny"]
+    assert deny["Principal"] == "*" and deny["Condition"] == TLS_ONLY and deny["Resource"] == {"Ref": "OrdersTopic"}
+    actions = set(_as_list(deny["Action"]))
+    assert actions == TOPIC_POLICY_ACTIONS or actions == {"sns:*"}, actions ^ TOPIC_POLICY_ACTIONS
+    # The Allow never grants an action the Deny does not cover.
+    for s in topic_policy["PolicyDocument"]["Statement"]:
+        if s["Effect"] == "Allow":
+            assert set(_as_list(s["Action"])) <= TOPIC_POLICY_ACTIONS
+
+
+def test_topic_encryption_in_template() -> None:
+    """Static check of the key (moto keeps its policy but enforces nothing, see MOTO_GAPS)."""
+    resources = load_cfn(TEMPLATE)["Resources"]
+    topic = resources["OrdersTopic"]["Properties"]
+    assert topic["KmsMasterKeyId"] == {"Fn::GetAtt": ["OrdersTopicKey", "Arn"]}
+    key = resources["OrdersTopicKey"]
+    assert key["Type"] == "AWS::KMS::Key"
+    assert key["Properties"]["EnableKeyRotation"] is True
+    assert key["Properties"]["KeySpec"] == "SYMMETRIC_DEFAULT"  # SNS supports symmetric keys only
+    assert_topic_key_policy(
+        key["Properties"]["KeyPolicy"]["Statement"],
+        account={"Ref": "AWS::AccountId"},
+        topic_arn={"Fn::Sub": "arn:${AWS::Partition}:sns:${AWS::Region}:${AWS::AccountId}:${NamePrefix}-sns-orders-events"},
+    )
+    # The key policy's topic ARN is the topic's: built from the same name.
+    assert topic["TopicName"] == {"Fn::Sub": "${NamePrefix}-sns-orders-events"}
+    assert resources["OrdersTopicKeyAlias"]["Properties"] == {
+        "AliasName": {"Fn::Sub": "alias/${NamePrefix}-sns-orders-events"}, "TargetKeyId": {"Ref": "OrdersTopicKey"},
+    }  # fmt: skip
+    # Publishers find the key through the stack's exports (ecs.yaml imports it for the API's task role).
+    outputs = load_cfn(TEMPLATE)["Outputs"]
+    assert outputs["TopicKeyArn"]["Value"] == {"Fn::GetAtt": ["OrdersTopicKey", "Arn"]}
+
+
+def _alarm_actions_follow_the_pattern(props: dict[str, Any]) -> bool:
+    pattern = {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}
+    return props["AlarmActions"] == pattern and props["OKActions"] == pattern
+
+
+def test_every_dead_letter_queue_and_failed_delivery_alarms() -> None:
+    """Static check of the alarms moto skips: each DLQ (workers' and subscriptions') alarms on any visible message,
+    the topic on any failed delivery and on any failed redrive, all wired to AlarmTopicArn like the others."""
+    resources = load_cfn(TEMPLATE)["Resources"]
+    alarms = {name: r["Properties"] for name, r in resources.items() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    for name, props in alarms.items():
+        assert _alarm_actions_follow_the_pattern(props), name
+        assert props["TreatMissingData"] == "notBreaching", name
+
+    def alarm_on(namespace: str, metric: str, dimension: str, value: Any) -> dict[str, Any]:
+        found = [p for p in alarms.values() if p["Namespace"] == namespace and p["MetricName"] == metric
+                 and p["Dimensions"] == [{"Name": dimension, "Value": value}]]  # fmt: skip
+        assert len(found) == 1, f"one {metric} alarm on {value}, found {len(found)}"
+        return found[0]
+
+    dead_letter_queues = {name for name, r in resources.items() if r["Type"] == "AWS::SQS::Queue" and "RedrivePolicy"
+                          not in r["Properties"]}  # fmt: skip
+    assert dead_letter_queues == {"ProcessDeadLetterQueue", "LogisticsDeadLetterQueue",
+                                  "ProcessSubscriptionDeadLetterQueue", "LogisticsSubscriptionDeadLetterQueue"}  # fmt: skip
+    for queue in dead_letter_queues:
+        props = alarm_on("AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", {"Fn::GetAtt": [queue, "QueueName"]})
+        assert (props["ComparisonOperator"], props["Threshold"], props["Statistic"]) == ("GreaterThanThreshold", 0, "Maximum")
+    topic_name = {"Fn::GetAtt": ["OrdersTopic", "TopicName"]}
+    for metric in ("NumberOfNotificationsFailed", "NumberOfNotificationsFailedToRedriveToDlq"):
+        props = alarm_on("AWS/SNS", metric, "TopicName", topic_name)
+        assert (props["ComparisonOperator"], props["Threshold"], props["Statistic"]) == ("GreaterThanThreshold", 0, "Sum")
+        assert props["Period"] == 60 and props["EvaluationPeriods"] == 1
+    # docs/deploy.md lists every alarm the stack creates.
+    doc = DEPLOY_DOC.read_text(encoding="utf-8")
+    for props in alarms.values():
+        suffix = props["AlarmName"]["Fn::Sub"].replace("${NamePrefix}", "<prefix>")
+        assert suffix in doc or suffix.replace("orders-process", "*").replace("logistics", "*") in doc, suffix
