@@ -213,6 +213,8 @@ dockerrun "${API_IMAGE}" "${API_PORT}" > "${api}/Dockerrun.aws.json"
     AWS_REGION: ${REGION}
     PORT: "${API_PORT}"
     ADMIN_PORT: "${ADMIN_PORT}"
+    # Above the 60 s keep-alive of EB's nginx and load balancer: idle connections must be closed by them, not us.
+    HTTP_HEADER_READ_TIMEOUT_SECONDS: "65"
     LOG_FORMAT: json
     RUST_LOG: info
   # Fetched by EB from Secrets Manager (or SSM) at instance bootstrap: only the ARNs are in this bundle.

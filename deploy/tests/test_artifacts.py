@@ -706,3 +706,17 @@ def test_eb_script_requires_secret_arns(tmp_path: Path, env: dict[str, str], mes
     assert result.returncode != 0 and message in result.stderr, result.stderr
     assert "s3cr3t" not in result.stderr, "a value given where an ARN belongs is not echoed"
 
+
+
+def test_api_keeps_idle_connections_longer_than_the_proxy_in_front(ecs: dict[str, Any], bundles: dict[str, Path]) -> None:
+    """hyper closes an idle keep-alive connection after HTTP_HEADER_READ_TIMEOUT_SECONDS (its header-read timeout
+    covers the wait for the next request). The proxy in front must give up on idle connections first, or it may
+    reuse one the API is closing and answer 502."""
+    env = {e["Name"]: e["Value"] for e in _api_container(ecs)["Environment"]}
+    balancer = next(r for r in ecs.values() if r["Type"] == "AWS::ElasticLoadBalancingV2::LoadBalancer")
+    attributes = {a["Key"]: a["Value"] for a in balancer["Properties"]["LoadBalancerAttributes"]}
+    assert int(env["HTTP_HEADER_READ_TIMEOUT_SECONDS"]) > int(attributes["idle_timeout.timeout_seconds"])
+    with zipfile.ZipFile(bundles["api"]) as zf:
+        options = load_yaml_bytes(zf.read(".ebextensions/01-pedidos-api.config"))["option_settings"]
+    # EB's nginx keeps upstream connections for 60 s and its load balancer's idle timeout defaults to 60 s.
+    assert int(options["aws:elasticbeanstalk:application:environment"]["HTTP_HEADER_READ_TIMEOUT_SECONDS"]) > 60

@@ -124,6 +124,9 @@ class Runner:
             self.fail(name, f"server error {r.status}: {r.body[:300]!r}")
         if expect is not None and r.status not in expect:
             self.fail(name, f"status {r.status}, expected one of {sorted(expect)}: {r.body[:200]!r}")
+        # A head over the limits (16 KiB, 64 fields) is refused by hyper before any router runs: 431, no body.
+        if r.status == 431 and not r.body:
+            return
         if 400 <= r.status < 500:
             content_type = r.headers.get("content-type", "")
             if content_type.split(";")[0].strip().lower() != "application/problem+json":
@@ -302,7 +305,9 @@ def sizes(r: Runner) -> None:
 def headers(r: Runner) -> None:
     ok = json.dumps(order()).encode()
     # The id lands in logs and in an SNS message attribute: unusable ones must be replaced, not trusted or refused.
-    for label, value in [("129 chars", b"r" * 129), ("8000 chars", b"r" * 8_000), ("60000 chars", b"r" * 60_000),
+    r.post_order("X-Request-Id 60000 chars (head over 16 KiB)", ok, headers=[(b"X-Request-Id", b"r" * 60_000)], expect={431})
+    r.post_order("65 header fields", ok, headers=[(f"X-Extra-{i}", "v") for i in range(65)], expect={431})
+    for label, value in [("129 chars", b"r" * 129), ("8000 chars", b"r" * 8_000),
                          ("invalid UTF-8", b"\xff\xfe\xfd"), ("empty", b""), ("with spaces", b"a b"), ("with a tab", b"a\tb")]:
         resp = r.post_order(f"X-Request-Id {label}", ok, headers=[(b"X-Request-Id", value)], expect={202})
         echoed = resp.headers.get("x-request-id", "") if resp is not None else ""

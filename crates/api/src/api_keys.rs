@@ -120,15 +120,15 @@ impl ApiKeys {
         bool::from(found)
     }
 
-    /// Checks a request's headers.
+    /// Checks a request's headers and returns the digest of the accepted key, which identifies the client.
     ///
     /// # Errors
     /// [`ApiKeyError::Missing`] without a key, [`ApiKeyError::Unknown`] for a key that is not configured.
-    pub fn check(&self, headers: &HeaderMap) -> Result<(), ApiKeyError> {
+    pub fn check(&self, headers: &HeaderMap) -> Result<[u8; 32], ApiKeyError> {
         let presented = presented_key(headers).ok_or(ApiKeyError::Missing)?;
         let text = presented.ok_or(ApiKeyError::Unknown)?;
         if self.accepts(text) {
-            Ok(())
+            Ok(digest(text))
         } else {
             Err(ApiKeyError::Unknown)
         }
@@ -172,16 +172,19 @@ fn decode_digest(hex: &str) -> Option<[u8; 32]> {
 /// one, and answers 401/403 problem+json otherwise. Declare it before the body extractor, so a client without a key
 /// learns that first.
 #[derive(Debug, Clone, Copy)]
-pub struct WriteAccess;
+pub struct WriteAccess {
+    /// The SHA-256 of the client's API key; `None` when no keys are configured (anonymous clients).
+    pub client: Option<[u8; 32]>,
+}
 
 impl FromRequestParts<AppState> for WriteAccess {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         match &state.api_keys {
-            None => Ok(Self),
+            None => Ok(Self { client: None }),
             Some(keys) => match keys.check(&parts.headers) {
-                Ok(()) => Ok(Self),
+                Ok(client) => Ok(Self { client: Some(client) }),
                 Err(refused) => {
                     tracing::info!(reason = %refused, "order write refused");
                     Err(refused.into())
@@ -240,8 +243,8 @@ mod tests {
         let keys = ApiKeys::parse("API_KEYS", KEY).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(keys.check(&headers(&[])), Err(ApiKeyError::Missing));
         assert_eq!(keys.check(&headers(&[("x-api-key", "")])), Err(ApiKeyError::Missing));
-        assert_eq!(keys.check(&headers(&[("x-api-key", KEY)])), Ok(()));
-        assert_eq!(keys.check(&headers(&[("authorization", &format!("Bearer {KEY}"))])), Ok(()));
+        assert_eq!(keys.check(&headers(&[("x-api-key", KEY)])), Ok(digest(KEY)));
+        assert_eq!(keys.check(&headers(&[("authorization", &format!("Bearer {KEY}"))])), Ok(digest(KEY)));
         assert_eq!(keys.check(&headers(&[("authorization", &format!("Basic {KEY}"))])), Err(ApiKeyError::Missing));
         assert_eq!(keys.check(&headers(&[("x-api-key", "nope-nope-nope-nope")])), Err(ApiKeyError::Unknown));
     }

@@ -2,7 +2,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
+use aws_sdk_sns::config::http::HttpResponse;
 use aws_sdk_sns::error::{DisplayErrorContext, SdkError};
 use aws_sdk_sns::types::MessageAttributeValue;
 use aws_sdk_sns::Client;
@@ -62,28 +64,72 @@ impl SnsBus {
     async fn topic_arn(&self) -> Result<&str, BusError> {
         self.topic_arn
             .get_or_try_init(|| async {
-                platform::topology::resolve_topic_arn(&self.client, &self.topic)
-                    .await
-                    .map_err(|e| BusError::Unavailable(e.to_string()))
+                // One budget for the whole lookup, every `ListTopics` page included: each page has its own SDK
+                // budget, and an account with many topics would otherwise hold a request past its deadline.
+                let lookup = platform::topology::resolve_topic_arn(&self.client, &self.topic);
+                match tokio::time::timeout(RESOLVE_BUDGET, lookup).await {
+                    Ok(resolved) => resolved.map_err(|e| BusError::Unavailable(e.to_string())),
+                    Err(_) => Err(BusError::Unavailable(format!(
+                        "resolving topic {} took longer than {RESOLVE_BUDGET:?}",
+                        self.topic
+                    ))),
+                }
             })
             .await
             .map(String::as_str)
     }
+
+    /// Resolves a bare topic name now (an ARN needs nothing), so the first order does not pay for the lookup. A
+    /// failure is only logged: the next publish tries again, within its own budget.
+    pub async fn warm_up(&self) {
+        if let Err(e) = self.topic_arn().await {
+            tracing::warn!(topic = %self.topic, error = %e, "topic not resolved at start-up; retrying on first use");
+        }
+    }
 }
 
-fn classify<E, R>(err: SdkError<E, R>) -> BusError
+/// The most resolving a bare topic name may take. With the SDK's 6 s publish budget it stays within an order
+/// write's 9 s (`routes::orders::WRITE_BUDGET`).
+pub const RESOLVE_BUDGET: Duration = Duration::from_secs(3);
+
+/// Modeled SNS errors that are the service's trouble, not the request's.
+trait Transient {
+    fn is_transient(&self) -> bool;
+}
+
+macro_rules! transient {
+    ($($error:ty $(, $extra:ident)?);*) => {$(
+        impl Transient for $error {
+            fn is_transient(&self) -> bool {
+                self.is_internal_error_exception() $(|| self.$extra())?
+            }
+        }
+    )*};
+}
+
+transient!(
+    aws_sdk_sns::operation::publish::PublishError, is_kms_throttling_exception;
+    aws_sdk_sns::operation::get_topic_attributes::GetTopicAttributesError;
+    aws_sdk_sns::operation::list_subscriptions_by_topic::ListSubscriptionsByTopicError;
+    aws_sdk_sns::operation::subscribe::SubscribeError
+);
+
+/// Throttling answers SNS does not model per operation, matched by exact error code.
+const THROTTLING_CODES: [&str; 5] =
+    ["Throttling", "ThrottlingException", "ThrottledException", "RequestThrottled", "TooManyRequestsException"];
+
+fn classify<E>(err: SdkError<E, HttpResponse>) -> BusError
 where
-    E: std::error::Error + aws_sdk_sns::error::ProvideErrorMetadata + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
+    E: std::error::Error + Transient + aws_sdk_sns::error::ProvideErrorMetadata + Send + Sync + 'static,
 {
     let retryable = match &err {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
         SdkError::ServiceError(service) => {
-            let code = service.err().code().unwrap_or_default();
-            code.contains("Throttl")
-                || code.contains("InternalError")
-                || code.contains("ServiceUnavailable")
-                || code.is_empty()
+            let status = service.raw().status();
+            service.err().is_transient()
+                || status.is_server_error()
+                || status.as_u16() == 429
+                || service.err().code().is_none_or(|code| THROTTLING_CODES.contains(&code))
         }
         _ => false,
     };

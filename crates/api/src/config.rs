@@ -1,9 +1,12 @@
 //! `pedidos-api` configuration, loaded once at start-up.
 
-use platform::config::{orders_table, parsed, required, Common, ConfigError, Lookup};
+use std::time::Duration;
+
+use platform::config::{in_range, orders_table, parsed, required, Common, ConfigError, Lookup};
 
 use crate::admin::AdminToken;
 use crate::api_keys::ApiKeys;
+use crate::http_server::HttpLimits;
 
 pub const DEFAULT_PORT: u16 = 8080;
 
@@ -21,6 +24,11 @@ pub struct Config {
     pub admin_port: Option<u16>,
     /// `API_KEYS` or `API_KEYS_FILE`: keys order writes must carry. Unset: writes are open (local runs, tests).
     pub api_keys: Option<ApiKeys>,
+    /// `HTTP_HEADER_READ_TIMEOUT_SECONDS` (10): how long a client may take to send a request's headers, and also how
+    /// long an idle keep-alive connection stays open (hyper times both alike). Behind a load balancer that reuses
+    /// connections, set it above the balancer's idle timeout, or the balancer may send a request on a connection
+    /// being closed (a 502): the AWS templates do.
+    pub http_limits: HttpLimits,
 }
 
 impl Config {
@@ -60,6 +68,16 @@ impl Config {
             admin_token,
             admin_port,
             api_keys: ApiKeys::from_env(env)?,
+            http_limits: HttpLimits {
+                header_read_timeout: Duration::from_secs(in_range(
+                    env,
+                    "HTTP_HEADER_READ_TIMEOUT_SECONDS",
+                    10_u64,
+                    1,
+                    3600,
+                )?),
+                ..HttpLimits::default()
+            },
         })
     }
 }
@@ -103,6 +121,7 @@ mod tests {
             ),
             (vec![("ADMIN_PORT", "9090")], "ADMIN_PORT=\"9090\" is invalid: needs ADMIN_TOKEN"),
             (vec![("API_KEYS", "tiny")], "API_KEYS=\"(redacted)\" is invalid"),
+            (vec![("HTTP_HEADER_READ_TIMEOUT_SECONDS", "0")], "HTTP_HEADER_READ_TIMEOUT_SECONDS=\"0\" is invalid"),
         ] {
             let err = config(&pairs).err().unwrap_or_default();
             assert!(err.starts_with(expected), "{pairs:?}: {err}");

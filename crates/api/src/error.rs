@@ -44,6 +44,10 @@ pub enum ApiError {
     /// SNS unreachable, throttling or timing out after bounded retries. The cause is logged, never returned.
     #[error("the message bus is unavailable")]
     Unavailable(String),
+    /// 503 for an order write: the bus or the store failed, or the request ran out of its time budget. The body names
+    /// the `pedidoId` to retry with, generated or derived ones included, so the retry is the same order.
+    #[error("the order could not be accepted right now")]
+    OrderUnavailable { pedido_id: uuid::Uuid, cause: String },
     /// 503: the order store is unreachable, throttling or refusing. The cause is logged, never returned.
     #[error("the order store is unavailable")]
     StoreUnavailable(String),
@@ -71,6 +75,9 @@ pub struct Problem {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<std::collections::BTreeMap<String, Vec<String>>>)]
     pub errors: Option<FieldErrors>,
+    /// The order to retry with (503 to an order write only): send the same body with this `pedidoId`.
+    #[serde(rename = "pedidoId", skip_serializing_if = "Option::is_none")]
+    pub pedido_id: Option<uuid::Uuid>,
     /// Dependency name to `ok` or `unavailable` (`/ready` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<std::collections::BTreeMap<String, String>>)]
@@ -85,6 +92,15 @@ impl ApiError {
         Self::Validation(errors)
     }
 
+    /// For an order write: a 503 becomes one that names the `pedidoId` to retry with; anything else is unchanged.
+    #[must_use]
+    pub fn for_order(self, pedido_id: uuid::Uuid) -> Self {
+        match self {
+            Self::Unavailable(cause) | Self::StoreUnavailable(cause) => Self::OrderUnavailable { pedido_id, cause },
+            other => other,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Self::MalformedJson(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -96,14 +112,20 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::Unavailable(_) | Self::StoreUnavailable(_) | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::OrderUnavailable { .. } | Self::StoreUnavailable(_) | Self::NotReady(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::CorruptRecord { .. } | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn detail(&self) -> String {
         match self {
-            Self::Unavailable(_) => "The order could not be published right now. Retry with the same pedidoId.".into(),
+            Self::Unavailable(_) => "The message bus cannot be reached right now. Retry shortly.".into(),
+            Self::OrderUnavailable { pedido_id, .. } => format!(
+                "The order could not be accepted right now. Retry the same body with pedidoId {pedido_id} (or the same \
+                 Idempotency-Key): it is the same order, never a second one."
+            ),
             Self::StoreUnavailable(_) => "The order store cannot be reached right now. Retry shortly.".into(),
             Self::NotReady(dependencies) => {
                 let down: Vec<&str> =
@@ -134,6 +156,7 @@ impl IntoResponse for ApiError {
         let status = self.status();
         match &self {
             Self::Unavailable(cause) | Self::StoreUnavailable(cause) => tracing::warn!(%cause, "answering 503"),
+            Self::OrderUnavailable { pedido_id, cause } => tracing::warn!(%pedido_id, %cause, "answering 503"),
             Self::NotReady(dependencies) => tracing::warn!(?dependencies, "answering 503 (not ready)"),
             Self::CorruptRecord { key, reason } => tracing::error!(%key, %reason, "answering 500: corrupt stored item"),
             Self::Internal(cause) => tracing::error!(%cause, "answering 500"),
@@ -145,6 +168,7 @@ impl IntoResponse for ApiError {
             status: status.as_u16(),
             detail: self.detail(),
             errors: None,
+            pedido_id: None,
             dependencies: None,
         };
         let challenge = match &self {
@@ -154,6 +178,7 @@ impl IntoResponse for ApiError {
         let problem = match self {
             Self::Validation(errors) => Problem { errors: Some(errors), ..problem },
             Self::NotReady(dependencies) => Problem { dependencies: Some(dependencies), ..problem },
+            Self::OrderUnavailable { pedido_id, .. } => Problem { pedido_id: Some(pedido_id), ..problem },
             _ => problem,
         };
         let mut response = (status, axum::Json(problem)).into_response();

@@ -1,8 +1,8 @@
 //! Request extraction that answers in problem+json: content type (415), size (413), JSON syntax (400), object shape,
 //! and the rejections of axum's own extractors, which would otherwise answer in text/plain.
 
-use std::collections::HashSet;
 use std::fmt;
+use std::str::FromStr;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
@@ -50,80 +50,98 @@ fn declared_length(headers: &HeaderMap) -> Option<usize> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-/// Parses `bytes` as a JSON object.
+/// Parses `bytes` as a JSON object in one pass, rejecting any object that repeats a key.
 ///
 /// # Errors
 /// 400 for anything that is not a JSON object, or that repeats a key in any object.
 pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    match serde_json::from_slice(bytes) {
-        Ok(Value::Object(map)) => {
-            serde_json::from_slice::<UniqueKeys>(bytes)
-                .map_err(|e| ApiError::BadRequest(format!("request body is ambiguous: {e}")))?;
-            Ok(map)
-        }
+    match serde_json::from_slice::<UniqueKeys>(bytes) {
+        Ok(UniqueKeys(Value::Object(map))) => Ok(map),
         Ok(_) => Err(ApiError::BadRequest("request body must be a JSON object".into())),
+        Err(e) if e.is_data() => Err(ApiError::BadRequest(format!("request body is ambiguous: {e}"))),
         Err(e) => Err(ApiError::MalformedJson(e.to_string())),
     }
 }
 
-/// Walks a JSON document and fails on an object that repeats a key. serde_json keeps the last value silently and
-/// other parsers the first, so `{"total": 1, "total": 1000}` would be a different order to different readers.
-struct UniqueKeys;
+/// The key serde_json's `arbitrary_precision` feature uses to hand a number's exact text to a visitor as a one-entry
+/// map. `serde_json::Value` recognises it the same way; `numbers_keep_their_exact_text` fails if it ever changes.
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+
+/// A JSON value built while parsing, failing on an object that repeats a key. serde_json keeps the last value
+/// silently and other parsers the first, so `{"total": 1, "total": 1000}` would be a different order to different
+/// readers.
+struct UniqueKeys(Value);
 
 impl<'de> Deserialize<'de> for UniqueKeys {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(UniqueKeys)
+        deserializer.deserialize_any(UniqueKeysVisitor)
     }
 }
 
-impl<'de> Visitor<'de> for UniqueKeys {
+struct UniqueKeysVisitor;
+
+impl<'de> Visitor<'de> for UniqueKeysVisitor {
     type Value = UniqueKeys;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("any JSON value")
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
-        Ok(self)
+    fn visit_bool<E>(self, value: bool) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys(Value::Bool(value)))
     }
 
-    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
-        Ok(self)
+    fn visit_i64<E>(self, value: i64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys(value.into()))
     }
 
-    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
-        Ok(self)
+    fn visit_u64<E>(self, value: u64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys(value.into()))
     }
 
-    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
-        Ok(self)
+    fn visit_f64<E>(self, value: f64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys(value.into()))
     }
 
-    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
-        Ok(self)
+    fn visit_str<E>(self, value: &str) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys(Value::String(value.to_owned())))
     }
 
-    fn visit_unit<E>(self) -> Result<Self, E> {
-        Ok(self)
+    fn visit_string<E>(self, value: String) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys(Value::String(value)))
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
-        while seq.next_element::<UniqueKeys>()?.is_some() {}
-        Ok(self)
+    fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys(Value::Null))
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
-        let mut seen = HashSet::new();
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
+        let mut values = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+        while let Some(UniqueKeys(value)) = seq.next_element()? {
+            values.push(value);
+        }
+        Ok(UniqueKeys(Value::Array(values)))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+        let mut object = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            if let Some(key) = seen.replace(key) {
+            if object.is_empty() && key == NUMBER_TOKEN {
+                let text: String = map.next_value()?;
+                return serde_json::Number::from_str(&text)
+                    .map(|n| UniqueKeys(Value::Number(n)))
+                    .map_err(de::Error::custom);
+            }
+            if object.contains_key(&key) {
                 return Err(de::Error::custom(format_args!(
                     "duplicate key `{}`",
                     key.chars().take(64).collect::<String>()
                 )));
             }
-            map.next_value::<UniqueKeys>()?;
+            let UniqueKeys(value) = map.next_value()?;
+            object.insert(key, value);
         }
-        Ok(self)
+        Ok(UniqueKeys(Value::Object(object)))
     }
 }
 
@@ -186,5 +204,20 @@ mod tests {
             let err = parse_object(ambiguous).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(err.contains("duplicate key"), "{err}");
         }
+    }
+
+    /// One pass builds the same value serde_json would, numbers keeping their exact text (money never goes through
+    /// f64), and tells malformed JSON (400 MalformedJson) from a repeated key.
+    #[test]
+    fn numbers_keep_their_exact_text() {
+        let text = br#"{"total": 59.98, "big": 123456789012345678901234567890.10, "n": -0, "e": 1e400, "s": "x", "a": [true, null, {"k": 0.1}]}"#;
+        let parsed = parse_object(text).map(Value::Object).map_err(|e| e.to_string());
+        let reference = serde_json::from_slice::<Value>(text).map_err(|e| e.to_string());
+        assert_eq!(parsed, reference);
+        let total = parsed.ok().and_then(|v| v.get("total").map(ToString::to_string));
+        assert_eq!(total.as_deref(), Some("59.98"));
+        assert!(matches!(parse_object(b"{\"total\": 1,"), Err(ApiError::MalformedJson(_))));
+        assert!(matches!(parse_object(b"[1]"), Err(ApiError::BadRequest(_))));
+        assert!(matches!(parse_object(br#"{"a": 1, "a": 1}"#), Err(ApiError::BadRequest(_))));
     }
 }

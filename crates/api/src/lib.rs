@@ -19,12 +19,13 @@ pub mod config;
 pub mod console;
 pub mod error;
 pub mod extract;
+pub mod http_server;
+pub mod idempotency_key;
 pub mod metrics_catalog;
 pub mod openapi;
 pub mod order_input;
 pub mod routes;
 
-use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,6 +51,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::bus::{EventBus, SnsBus};
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::http_server::{serve, HttpLimits};
 
 /// How long a client may take to send its request body.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -244,31 +246,15 @@ pub async fn run(
     listener: TcpListener,
     admin_listener: Option<TcpListener>,
     state: AppState,
+    limits: HttpLimits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     match admin_listener {
-        None => serve(listener, router(state), shutdown).await,
+        None => serve(listener, router(state), limits, shutdown).await,
         Some(admin_listener) => {
-            let public = serve(listener, public_router(state.clone()), shutdown.clone());
-            let admin = serve(admin_listener, admin_router(state), shutdown);
+            let public = serve(listener, public_router(state.clone()), limits, shutdown.clone());
+            let admin = serve(admin_listener, admin_router(state), limits, shutdown);
             tokio::try_join!(public, admin).map(|_| ())
-        }
-    }
-}
-
-async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken) -> std::io::Result<()> {
-    let stop = shutdown.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
-    let mut server = std::pin::pin!(server.into_future());
-    tokio::select! {
-        result = &mut server => return result,
-        () = shutdown.cancelled() => {}
-    }
-    match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
-        Ok(result) => result,
-        Err(_) => {
-            tracing::warn!(timeout = ?DRAIN_TIMEOUT, "in-flight requests did not finish in time; exiting anyway");
-            Ok(())
         }
     }
 }
@@ -280,10 +266,15 @@ async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken) 
 pub async fn start(config: Config, shutdown: CancellationToken) -> std::io::Result<()> {
     // One budget for both: a client waits on every call, SNS publish and DynamoDB read alike.
     let sdk = platform::aws::load(&config.common.region, platform::aws::CallBudget::INTERACTIVE, Duration::ZERO).await;
-    let bus = SnsBus::new(aws_sdk_sns::Client::new(&sdk), config.topic.clone());
+    let bus = Arc::new(SnsBus::new(aws_sdk_sns::Client::new(&sdk), config.topic.clone()));
+    // A bare topic name is looked up once, in the background: the API is live at once, whatever SNS does.
+    tokio::spawn({
+        let bus = Arc::clone(&bus);
+        async move { bus.warm_up().await }
+    });
     let orders: Arc<dyn OrderReads> =
         Arc::new(DynamoOrders::new(aws_sdk_dynamodb::Client::new(&sdk), config.orders_table.clone()));
-    let mut state = AppState::new(Arc::new(bus), Arc::clone(&orders));
+    let mut state = AppState::new(bus, Arc::clone(&orders));
     if let Some(token) = &config.admin_token {
         // The console exists only behind the admin surface; it samples nothing until first opened.
         let console = console::Console::new(
@@ -318,5 +309,5 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> std::io::Resu
         region = %config.common.region,
         "pedidos-api listening"
     );
-    run(listener, admin_listener, state, shutdown).await
+    run(listener, admin_listener, state, config.http_limits, shutdown).await
 }

@@ -39,6 +39,8 @@ enum PublishMode {
     Accept,
     Unavailable,
     Rejected,
+    /// Never answers: an SNS call stuck past every SDK budget.
+    Hang,
 }
 
 /// One `publish` call as the fake saw it.
@@ -100,6 +102,7 @@ impl EventBus for FakeBus {
                 }
                 PublishMode::Unavailable => Err(BusError::Unavailable(INTERNAL.to_owned())),
                 PublishMode::Rejected => Err(BusError::Rejected(INTERNAL.to_owned())),
+                PublishMode::Hang => std::future::pending().await,
             }
         })
     }
@@ -213,6 +216,13 @@ impl App {
 
     async fn post_json(&self, uri: &str, body: &Value) -> Reply {
         self.send(request(Method::POST, uri, Some("application/json"), Body::from(body.to_string()))).await
+    }
+
+    /// `POST /api/pedidos` with `Idempotency-Key: key`.
+    async fn post_with_key(&self, body: &Value, key: &str) -> Reply {
+        let mut req = request(Method::POST, "/api/pedidos", Some("application/json"), Body::from(body.to_string()));
+        req.headers_mut().insert("idempotency-key", key.parse().unwrap_or_else(|e| panic!("{key}: {e}")));
+        self.send(req).await
     }
 
     async fn put_json(&self, uri: &str, body: &Value) -> Reply {
@@ -552,6 +562,79 @@ async fn bus_rejection_is_503_without_internal_text() {
     assert!(!reply.text().contains("secret-internal-cause"), "{}", reply.text());
 }
 
+/// A 503 to a POST without a client pedidoId names the generated one: retrying with it is the same order.
+#[tokio::test]
+async fn a_503_names_the_pedido_id_to_retry_with() {
+    let app = App::new(FakeBus::new(PublishMode::Unavailable));
+    let body = app.post_json("/api/pedidos", &order()).await.problem(StatusCode::SERVICE_UNAVAILABLE);
+    let id = body["pedidoId"].as_str().and_then(|id| Uuid::parse_str(id).ok());
+    let id = id.unwrap_or_else(|| panic!("no pedidoId in {body}"));
+    assert!(body["detail"].as_str().is_some_and(|d| d.contains(&id.to_string())), "{body}");
+    // With the client's own id, the 503 names that one.
+    let own = app.post_json("/api/pedidos", &json!({"clienteId": CLIENTE, "total": "1.00", "pedidoId": PEDIDO})).await;
+    assert_eq!(own.problem(StatusCode::SERVICE_UNAVAILABLE)["pedidoId"], json!(PEDIDO));
+    let put = app.put_json(&format!("/api/pedidos/{PEDIDO}"), &update(json!(2))).await;
+    assert_eq!(put.problem(StatusCode::SERVICE_UNAVAILABLE)["pedidoId"], json!(PEDIDO));
+}
+
+/// A bus that never answers cannot hold a client past the write budget (the promised 10 s): 503 naming the order.
+#[tokio::test(start_paused = true)]
+async fn a_hanging_bus_is_a_503_within_the_write_budget() {
+    let app = App::new(FakeBus::new(PublishMode::Hang));
+    let started = tokio::time::Instant::now();
+    let reply = app.post_json("/api/pedidos", &order()).await;
+    let waited = started.elapsed();
+    let body = reply.problem(StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body["pedidoId"].is_string(), "{body}");
+    assert!(reply.header("retry-after").is_some());
+    let budget = pedidos_api::routes::orders::WRITE_BUDGET;
+    assert!(waited >= budget && waited < std::time::Duration::from_secs(10), "answered after {waited:?}");
+}
+
+/// The same Idempotency-Key from the same client is the same order: the same pedidoId on every retry, before and
+/// after the workers applied it, and a 409 if the key is reused for a different order.
+#[tokio::test]
+async fn idempotency_key_makes_a_retry_the_same_order() {
+    // The first attempt fails; the retry goes to another API instance (nothing is shared but the derivation).
+    let failing = App::new(FakeBus::new(PublishMode::Unavailable));
+    let first = failing.post_with_key(&order(), "\"8e03978e-40d5-43e8-bc93-6894a57f9324\"").await;
+    let id = first.problem(StatusCode::SERVICE_UNAVAILABLE)["pedidoId"].clone();
+    assert!(id.is_string(), "{}", first.text());
+
+    let app = App::accepting();
+    let retry = app.post_with_key(&order(), "8e03978e-40d5-43e8-bc93-6894a57f9324").await;
+    assert_eq!(retry.status, StatusCode::ACCEPTED, "{}", retry.text());
+    assert_eq!(retry.json()["pedidoId"], id);
+    let other = app.post_with_key(&order(), "another-key").await;
+    assert_ne!(other.json()["pedidoId"], id);
+    let other_customer = json!({"clienteId": "11111111-2222-4333-8444-555555555555", "total": 59.98});
+    assert_ne!(app.post_with_key(&other_customer, "8e03978e-40d5-43e8-bc93-6894a57f9324").await.json()["pedidoId"], id);
+
+    // Once applied, a retry is still answered 202 with the same id; the key reused for another order is a 409.
+    let event = app.published()[0].event.clone();
+    app.apply(&event, None).await;
+    let again = app.post_with_key(&order(), "8e03978e-40d5-43e8-bc93-6894a57f9324").await;
+    assert_eq!(again.status, StatusCode::ACCEPTED, "{}", again.text());
+    assert_eq!(again.json()["pedidoId"], id);
+    let reused = app
+        .post_with_key(&json!({"clienteId": CLIENTE, "total": "1.00"}), "8e03978e-40d5-43e8-bc93-6894a57f9324")
+        .await;
+    let detail = reused.problem(StatusCode::CONFLICT)["detail"].as_str().unwrap_or_default().to_owned();
+    assert!(detail.contains("total"), "{detail}");
+}
+
+/// A malformed Idempotency-Key is refused before anything is published.
+#[tokio::test]
+async fn malformed_idempotency_key_is_400() {
+    let app = App::accepting();
+    for key in ["\"\"", "\"unterminated", &"k".repeat(300)] {
+        let reply = app.post_with_key(&order(), key).await;
+        let detail = reply.problem(StatusCode::BAD_REQUEST)["detail"].as_str().unwrap_or_default().to_owned();
+        assert!(detail.contains("Idempotency-Key"), "{key}: {detail}");
+    }
+    assert!(app.published().is_empty());
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // PUT /api/pedidos/{pedidoId}
 
@@ -765,6 +848,13 @@ async fn openapi_document_lists_the_paths() {
     }
     assert!(doc["paths"]["/api/pedidos"]["post"]["responses"]["202"].is_object());
     assert!(doc["paths"]["/api/pedidos/{pedidoId}"]["put"].is_object());
+    // Summaries are plain text in the docs page (only descriptions are Markdown): no literal backticks.
+    for (path, operations) in paths {
+        for (method, operation) in operations.as_object().into_iter().flatten() {
+            let summary = operation["summary"].as_str().unwrap_or_default();
+            assert!(!summary.is_empty() && !summary.contains('`'), "{method} {path}: summary {summary:?}");
+        }
+    }
 }
 
 /// The interactive docs page is served from the binary (no CDN).
@@ -1392,4 +1482,71 @@ async fn tracking_answers_match_their_openapi_schemas() {
     conforms("Readiness", &app.get("/ready").await.json());
     conforms("Problem", &app.get(&format!("/api/pedidos/{}", Uuid::new_v4())).await.json());
     conforms("Problem", &app.get("/api/clientes/x/pedidos?limit=0").await.json());
+}
+
+/// The request schemas are as strict as the validation: each body below is valid by the OpenAPI document exactly
+/// when the API accepts it (except `items` adding up to `total`, a rule between fields JSON Schema cannot state).
+#[tokio::test]
+async fn request_schemas_accept_what_the_api_accepts_and_no_more() {
+    let app = App::accepting();
+    let doc = app.get("/openapi.json").await.json();
+    let valid = |schema: &str, body: &Value| -> bool {
+        let root = json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$ref": format!("#/components/schemas/{schema}"),
+            "components": doc["components"],
+        });
+        let validator = jsonschema::options()
+            .should_validate_formats(true)
+            .build(&root)
+            .unwrap_or_else(|e| panic!("schema {schema}: {e}"));
+        validator.is_valid(body)
+    };
+    let item =
+        |cantidad: Value, precio: &str| json!({"productoId": "SKU-1", "cantidad": cantidad, "precioUnitario": precio});
+    let cases = [
+        json!({"clienteId": CLIENTE, "total": "59.98"}),
+        json!({"clienteId": CLIENTE, "total": "0.01", "pedidoId": PEDIDO, "fecha": "2026-11-21T10:30:00-03:00"}),
+        json!({"clienteId": CLIENTE, "total": "999999999.99"}),
+        json!({"clienteId": CLIENTE, "total": "3.00", "items": [item(json!(3), "1.00")]}),
+        json!({"clienteId": CLIENTE, "total": "0"}),
+        json!({"clienteId": CLIENTE, "total": "1.001"}),
+        json!({"clienteId": CLIENTE, "total": "1000000000.00"}),
+        json!({"clienteId": CLIENTE, "total": "-1"}),
+        json!({"clienteId": CLIENTE, "total": "abc"}),
+        json!({"clienteId": "not-a-uuid", "total": "1.00"}),
+        json!({"clienteId": CLIENTE}),
+        json!({"clienteId": CLIENTE, "total": "1.00", "extra": 1}),
+        json!({"clienteId": CLIENTE, "total": "1.00", "fecha": "yesterday"}),
+        json!({"clienteId": CLIENTE, "total": "1.00", "items": []}),
+        json!({"clienteId": CLIENTE, "total": "1.00", "items": [item(json!(0), "1.00")]}),
+        json!({"clienteId": CLIENTE, "total": "1.00", "items": [item(json!(1), "1.00").as_object().map(|o| { let mut o = o.clone(); o.insert("x".into(), json!(1)); o })]}),
+        json!({"clienteId": CLIENTE, "total": "1.00", "items": [{"productoId": "", "cantidad": 1, "precioUnitario": "1.00"}]}),
+        json!({"clienteId": CLIENTE, "total": "1.00", "version": 2}),
+    ];
+    for body in &cases {
+        let accepted = app.post_json("/api/pedidos", body).await.status == StatusCode::ACCEPTED;
+        assert_eq!(valid("CrearPedido", body), accepted, "POST {body}: API accepted = {accepted}");
+    }
+    for (version, accepted) in
+        [(json!(2), true), (json!(1_000_000), true), (json!(1), false), (json!(1_000_001), false)]
+    {
+        let body = update(version);
+        assert_eq!(valid("ActualizarPedido", &body), accepted, "PUT {body}");
+        let status = app.put_json(&format!("/api/pedidos/{}", Uuid::new_v4()), &body).await.status;
+        assert_eq!(status == StatusCode::ACCEPTED, accepted, "PUT {body}: {status}");
+    }
+    for (email, accepted) in [
+        ("a@b.co", true),
+        ("x.y+z@example.com", true),
+        ("a@b", false),
+        ("a b@c.co", false),
+        ("a@b..co", false),
+        ("@b.co", false),
+    ] {
+        let body = json!({"email": email});
+        assert_eq!(valid("Suscripcion", &body), accepted, "{body}");
+        let status = app.admin_post_json("/api/suscripcion", &body).await.status;
+        assert_eq!(status.is_success(), accepted, "{body}: {status}");
+    }
 }

@@ -22,14 +22,19 @@ use crate::api_keys::WriteAccess;
 use crate::bus::BusError;
 use crate::error::{ApiError, Problem};
 use crate::extract::JsonObject;
+use crate::idempotency_key;
 use crate::order_input::{self, Mode, OrderInput};
 use crate::AppState;
+
+/// The most an order write may take, store check and publish together: under the 10 s a client is promised
+/// (docs/RELIABILITY.md G2), with room for the response.
+pub const WRITE_BUDGET: std::time::Duration = std::time::Duration::from_secs(9);
 
 /// Body of `POST /api/pedidos` (documentation only; the handler validates field by field to report every problem).
 /// Field names are matched case-insensitively, so the seed's `PedidoId`, `ClienteId`, `Fecha`, `Total` work too.
 #[derive(ToSchema)]
 #[allow(dead_code)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CrearPedido {
     /// Optional; generated when absent. Retrying the same order with its own id is answered 202 again (the workers
     /// drop the repeat); the id of a different stored order, or of one already updated, is a 409.
@@ -37,24 +42,29 @@ pub struct CrearPedido {
     cliente_id: Uuid,
     /// RFC 3339; defaults to now.
     fecha: Option<chrono::DateTime<chrono::FixedOffset>>,
-    /// Decimal as a JSON number or string: > 0, at most 2 decimals, at most 999999999.99.
-    #[schema(value_type = String, example = "59.98")]
+    /// A decimal string: > 0, at most 2 decimals, at most 999999999.99. A JSON number with the same digits is
+    /// accepted too (read from its text, never through a float).
+    #[schema(value_type = String, pattern = r"^(?:[1-9][0-9]{0,8}(?:\.[0-9]{1,2})?|0\.(?:[1-9][0-9]?|0[1-9]))$", example = "59.98")]
     total: String,
-    /// When present, `total` must equal the sum of `cantidad * precioUnitario` exactly.
+    /// When present, `total` must equal the sum of `cantidad * precioUnitario` exactly (a rule between fields,
+    /// which JSON Schema cannot state).
+    #[schema(min_items = 1, max_items = 500)]
     items: Option<Vec<ItemInput>>,
 }
 
 /// Body of `PUT /api/pedidos/{pedidoId}`: the full new state and its version.
 #[derive(ToSchema)]
 #[allow(dead_code)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ActualizarPedido {
     /// Must equal the path's pedidoId when given.
     pedido_id: Option<Uuid>,
     cliente_id: Uuid,
     fecha: Option<chrono::DateTime<chrono::FixedOffset>>,
-    #[schema(value_type = String, example = "64.50")]
+    /// Same rules as in `CrearPedido`.
+    #[schema(value_type = String, pattern = r"^(?:[1-9][0-9]{0,8}(?:\.[0-9]{1,2})?|0\.(?:[1-9][0-9]?|0[1-9]))$", example = "64.50")]
     total: String,
+    #[schema(min_items = 1, max_items = 500)]
     items: Option<Vec<ItemInput>>,
     /// The order's new version, from 2 (1 is the creation) to 1000000; it must be above the stored version.
     #[schema(minimum = 2, maximum = 1_000_000)]
@@ -63,12 +73,14 @@ pub struct ActualizarPedido {
 
 #[derive(ToSchema)]
 #[allow(dead_code)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ItemInput {
+    #[schema(min_length = 1, max_length = 64)]
     producto_id: String,
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 4_294_967_295_u64)]
     cantidad: u32,
-    #[schema(value_type = String, example = "19.99")]
+    /// Same rules as `total`.
+    #[schema(value_type = String, pattern = r"^(?:[1-9][0-9]{0,8}(?:\.[0-9]{1,2})?|0\.(?:[1-9][0-9]?|0[1-9]))$", example = "19.99")]
     precio_unitario: String,
 }
 
@@ -84,15 +96,18 @@ pub struct Publicado {
     pub message_id: String,
 }
 
-/// Publish a new order (`PedidoCreado`, version 1).
+/// Publish a new order (PedidoCreado, version 1).
 #[utoipa::path(
     post, path = "/api/pedidos", tag = "pedidos",
     request_body(content = CrearPedido, content_type = "application/json"),
-    params(("x-request-id" = Option<String>, Header, description = "Correlation id; generated when absent")),
+    params(
+        ("x-request-id" = Option<String>, Header, description = "Correlation id; generated when absent"),
+        ("Idempotency-Key" = Option<String>, Header, max_length = 257, description = "For clients that do not choose the pedidoId: a unique key per order (a quoted string, e.g. a UUID). A retry with the same key (same API key, same clienteId) is the same order. A body pedidoId takes precedence."),
+    ),
     security((), ("apiKey" = [])),
     responses(
         (status = 202, description = "Published to SNS", body = Publicado),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed JSON, a repeated key, or a malformed Idempotency-Key", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "API keys are configured and the request has none", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The API key is not a configured one", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
@@ -100,24 +115,49 @@ pub struct Publicado {
         (status = 409, description = "The pedidoId belongs to a different stored order, or to one already updated", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "A stored item could not be read; logged with the request id", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "SNS or the order store unavailable; retry with the same pedidoId", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "SNS or the order store unavailable, or the 9 s budget ran out; the body's pedidoId is the one to retry with", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn create(
-    _access: WriteAccess,
+    access: WriteAccess,
     State(state): State<AppState>,
     headers: HeaderMap,
     JsonObject(body): JsonObject,
 ) -> Result<(StatusCode, Json<Publicado>), ApiError> {
+    let idempotency_key = idempotency_key::from_headers(&headers)?;
     let now = Utc::now();
     let mut input = order_input::parse(body, Mode::Create, now).map_err(ApiError::Validation)?;
-    // A generated id cannot collide with anything: only a client's own id costs a store read.
-    if input.pedido_id_given {
-        if let Some(stored) = state.orders.get(input.order.pedido_id).await? {
-            retry_of(&stored.order, &mut input)?;
-        }
+    // A body pedidoId is the client's own idempotency key and wins; without one, the header's key names the order.
+    if let (false, Some(key)) = (input.pedido_id_given, &idempotency_key) {
+        input.order.pedido_id = idempotency_key::pedido_id(access.client.as_ref(), input.order.cliente_id, key);
     }
-    publish(&state, &headers, OrderEvent::created(input.order, now)).await
+    let pedido_id = input.order.pedido_id;
+    within_budget(pedido_id, async {
+        // A generated id cannot collide with anything: only a chosen or derived id costs a store read.
+        if input.pedido_id_given || idempotency_key.is_some() {
+            if let Some(stored) = state.orders.get(pedido_id).await? {
+                retry_of(&stored.order, &mut input)?;
+            }
+        }
+        publish(&state, &headers, OrderEvent::created(input.order, now)).await
+    })
+    .await
+}
+
+/// Runs an order write's store check and publish within [`WRITE_BUDGET`], so a client never waits past the promised
+/// 10 s whatever the dependencies do (each call has its own SDK budget; together they could exceed it). Any 503,
+/// the budget's included, names the `pedidoId` to retry with.
+async fn within_budget<T>(
+    pedido_id: Uuid,
+    write: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout(WRITE_BUDGET, write).await {
+        Ok(result) => result.map_err(|e| e.for_order(pedido_id)),
+        Err(_) => Err(ApiError::OrderUnavailable {
+            pedido_id,
+            cause: format!("the order store and the bus took longer than {WRITE_BUDGET:?} together"),
+        }),
+    }
 }
 
 /// A POST whose pedidoId is already stored. The same order still at version 1 is a client retry (its 202 may have
@@ -148,7 +188,7 @@ fn retry_of(stored: &OrderRecord, input: &mut OrderInput) -> Result<(), ApiError
     .collect();
     if !differ.is_empty() {
         return Err(ApiError::Conflict(format!(
-            "order {id} already exists with a different {}; a new order needs a new pedidoId",
+            "order {id} already exists with a different {}; a new order needs a new pedidoId (or Idempotency-Key)",
             differ.join(", ")
         )));
     }
@@ -157,7 +197,7 @@ fn retry_of(stored: &OrderRecord, input: &mut OrderInput) -> Result<(), ApiError
     Ok(())
 }
 
-/// Publish the full new state of an order (`PedidoActualizado`, version >= 2).
+/// Publish the full new state of an order (PedidoActualizado, version 2 or later).
 #[utoipa::path(
     put, path = "/api/pedidos/{pedidoId}", tag = "pedidos",
     request_body(content = ActualizarPedido, content_type = "application/json"),
@@ -173,7 +213,7 @@ fn retry_of(stored: &OrderRecord, input: &mut OrderInput) -> Result<(), ApiError
         (status = 409, description = "The store already holds this version or a newer one", body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "A stored item could not be read; logged with the request id", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "SNS or the order store unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "SNS or the order store unavailable, or the 9 s budget ran out; retry with the same body", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn update(
@@ -188,23 +228,27 @@ pub async fn update(
     let now = Utc::now();
     let input = order_input::parse(body, Mode::Update { pedido_id }, now).map_err(ApiError::Validation)?;
     let version = input.version.unwrap_or(2);
-    if let Some(stored) = state.orders.get(pedido_id).await? {
-        let latest = stored.order.version;
-        if latest == version {
-            return Err(ApiError::Conflict(format!(
-                "version {version} is already applied; the stored version is {latest}. Send version {} to change \
-                 the order",
-                latest.saturating_add(1)
-            )));
+    within_budget(pedido_id, async {
+        if let Some(stored) = state.orders.get(pedido_id).await? {
+            let latest = stored.order.version;
+            if latest == version {
+                return Err(ApiError::Conflict(format!(
+                    "version {version} is already applied; the stored version is {latest}. Send version {} to \
+                     change the order",
+                    latest.saturating_add(1)
+                )));
+            }
+            if latest > version {
+                return Err(ApiError::Conflict(format!(
+                    "version {version} is older than the stored version {latest}. Send version {} to change the \
+                     order",
+                    latest.saturating_add(1)
+                )));
+            }
         }
-        if latest > version {
-            return Err(ApiError::Conflict(format!(
-                "version {version} is older than the stored version {latest}. Send version {} to change the order",
-                latest.saturating_add(1)
-            )));
-        }
-    }
-    publish(&state, &headers, OrderEvent::updated(input.order, version, now)).await
+        publish(&state, &headers, OrderEvent::updated(input.order, version, now)).await
+    })
+    .await
 }
 
 async fn publish(
@@ -241,7 +285,7 @@ async fn publish(
             tracing::warn!(pedido_id = %event.order.pedido_id, version = event.version, error = %err, "publish failed");
             // A rejected publish (wrong ARN, missing permission) is still not the client's fault, and retrying may
             // work once operators fix it: 503, never a leak of the cause.
-            Err(ApiError::Unavailable(err.to_string()))
+            Err(ApiError::OrderUnavailable { pedido_id: event.order.pedido_id, cause: err.to_string() })
         }
     }
 }

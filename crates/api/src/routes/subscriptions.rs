@@ -18,19 +18,27 @@ use crate::AppState;
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct EmailQuery {
     /// The address to subscribe (alternative to the JSON body).
+    #[param(
+        max_length = 254,
+        pattern = r"^[^@\s,;\x00-\x1f\x7f-\x9f]+@[^@\s,;.\x00-\x1f\x7f-\x9f]+(?:\.[^@\s,;.\x00-\x1f\x7f-\x9f]+)+$"
+    )]
     email: Option<String>,
 }
 
 /// Body of `POST /api/suscripcion`.
 #[derive(ToSchema)]
 #[allow(dead_code)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Suscripcion {
-    #[schema(example = "cliente@example.com")]
+    #[schema(
+        example = "cliente@example.com",
+        max_length = 254,
+        pattern = r"^[^@\s,;\x00-\x1f\x7f-\x9f]+@[^@\s,;.\x00-\x1f\x7f-\x9f]+(?:\.[^@\s,;.\x00-\x1f\x7f-\x9f]+)+$"
+    )]
     email: String,
     /// Only these events reach the address (an SNS filter policy on `eventType`); every event when absent. Applied
     /// when the subscription is created: an existing subscription keeps its filter.
-    #[schema(example = json!(["PedidoCreado"]))]
+    #[schema(example = json!(["PedidoCreado"]), min_items = 1)]
     event_types: Option<Vec<TipoEvento>>,
 }
 
@@ -203,7 +211,7 @@ fn valid_email(raw: &str) -> Result<String, ApiError> {
 /// The state of an email subscription. Admin only.
 #[utoipa::path(
     get, path = "/api/suscripcion/estado/{email}", tag = "suscripciones",
-    params(("email" = String, Path)),
+    params(("email" = String, Path, max_length = 254, pattern = r"^[^@\s,;\x00-\x1f\x7f-\x9f]+@[^@\s,;.\x00-\x1f\x7f-\x9f]+(?:\.[^@\s,;.\x00-\x1f\x7f-\x9f]+)+$")),
     security(("adminBearer" = [])),
     responses(
         (status = 200, body = EstadoSuscripcion),

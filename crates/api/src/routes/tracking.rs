@@ -226,7 +226,7 @@ pub struct PaginaQuery {
     cursor: Option<String>,
 }
 
-/// A customer's orders, newest first (by `fecha`), a page at a time.
+/// A customer's orders, newest first by fecha, a page at a time.
 #[utoipa::path(
     get, path = "/api/clientes/{clienteId}/pedidos", tag = "pedidos",
     params(("clienteId" = Uuid, Path), PaginaQuery, ("x-request-id" = Option<String>, Header, description = "Correlation id; generated when absent")),
