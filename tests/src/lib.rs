@@ -1,21 +1,21 @@
-//! Harness for the end-to-end tests: a real moto server, the real binaries, real HTTP and SQS.
+//! Harness for the end-to-end tests: a real AWS emulator, the real binaries, real HTTP and SQS.
 //!
 //! # Layout
-//! - [`Moto`]: a moto server on `127.0.0.1` and a free port, one per test; [`Moto::pause`] freezes it (SIGSTOP) to
-//!   simulate an unreachable emulator that keeps its state.
-//! - [`sdk`] and [`topology`]: SDK clients pointed at a moto server, and the project's topology created on it with a
+//! - [`Emulator`]: the AWS endpoints of one test, started fresh for it. DynamoDB is always a [`Moto`] server; SNS and
+//!   SQS are the same moto server, or a [`LocalStack`] when the suite runs in the LocalStack lane
+//!   (`E2E_EMULATOR=localstack`, see [`Lane`]). [`Emulator::pause`] freezes every process of it (SIGSTOP) to simulate
+//!   an unreachable endpoint that keeps its state. Tests see only [`Endpoints`], never which emulator answers.
+//! - [`sdk`] and [`topology`]: SDK clients pointed at the endpoints, and the project's topology created on them with a
 //!   per-test name suffix, so tests share nothing and run in parallel.
-//! - [`Service`] (built with [`ServiceBuilder`]): a workspace binary (`pedidos-api`, `pedidos-worker`) started with a
-//!   hermetic environment, its output in `target/e2e-logs/<name>.log`.
+//! - [`Service`] (built with [`ServiceBuilder`]): a workspace binary (`pedidos-api`, `pedidos-worker`,
+//!   `pedidos-admin`) started with a hermetic environment, its output in `target/e2e-logs/<name>.log`. The binaries
+//!   are built on first use (see [`binary`]).
 //! - [`eventually`], [`drain`], [`queue_depth`], [`http`]: polling with a deadline, reading queues, an HTTP client.
 //! - [`orders_store`], [`scan_orders`] and [`Snapshot`]: what the workers wrote, read back with the store's own code.
 //! - [`worker_builder`], [`api_builder`], [`sns_envelope`]: services wired to a topology (queue, topic, tables), and
 //!   the SNS notification a subscription would deliver, for sending copies straight to a queue.
 //!
 //! Every process started here is killed when its handle drops, also when a test panics.
-//!
-//! The binaries are not built by `cargo test` (they belong to other packages): `./scripts/test` runs
-//! `cargo build --workspace --bins` first.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -35,7 +35,7 @@ pub use platform::topology::{Names, QueueInfo, Topology};
 
 /// Region every test uses.
 pub const REGION: &str = "us-east-1";
-/// Dummy credentials: moto accepts anything, and the SDK refuses to sign without some.
+/// Dummy credentials: the emulators accept anything, and the SDK refuses to sign without some.
 pub const ACCESS_KEY: &str = "test";
 pub const SECRET_KEY: &str = "test";
 
@@ -63,13 +63,66 @@ pub fn bin_dir() -> PathBuf {
     }
 }
 
-/// The path of workspace binary `name`, panicking with the fix when it was not built.
+/// The binaries the end-to-end tests start, each the only binary of the package of the same name.
+pub const BINARIES: [&str; 3] = ["pedidos-api", "pedidos-worker", "pedidos-admin"];
+
+/// The path of workspace binary `name` (one of [`BINARIES`]).
+///
+/// `cargo test` builds the test crates but not the other packages' binaries, so the first call in a test process runs
+/// `cargo build --bins` for [`BINARIES`] once (a no-op when they are up to date; `./scripts/test` builds them first),
+/// so a test never runs a binary older than the sources. Skipped when `PEDIDOS_BIN_DIR` names prebuilt binaries.
+/// Panics with one line saying what to run when the build fails or the binary is still missing.
 pub fn binary(name: &str) -> PathBuf {
+    static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    if std::env::var_os("PEDIDOS_BIN_DIR").is_none() {
+        if let Err(e) = BUILT.get_or_init(build_binaries) {
+            panic!("{e}");
+        }
+    }
     let path = bin_dir().join(name);
     if !path.is_file() {
-        panic!("binary {name} not built (looked for {}): run cargo build --bins (./scripts/test does)", path.display());
+        panic!(
+            "binary {name} not found at {}: build it with `cargo build --workspace --bins` (./scripts/test does)",
+            path.display()
+        );
     }
     path
+}
+
+/// `cargo build --bins -p <each of BINARIES>` into the target directory and profile of this test executable.
+fn build_binaries() -> Result<(), String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let bin_dir = bin_dir();
+    let mut command = Command::new(&cargo);
+    command.current_dir(workspace_root()).args(["build", "--bins"]);
+    for package in BINARIES {
+        command.args(["-p", package]);
+    }
+    // target/<profile>: the same profile, and the same target directory unless CARGO_TARGET_DIR already says it.
+    match bin_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => {}
+        Some("release") => {
+            command.arg("--release");
+        }
+        Some(profile) => {
+            command.args(["--profile", profile]);
+        }
+    }
+    if std::env::var_os("CARGO_TARGET_DIR").is_none() {
+        if let Some(target) = bin_dir.parent() {
+            command.arg("--target-dir").arg(target);
+        }
+    }
+    let shown = format!("cargo build --bins -p {}", BINARIES.join(" -p "));
+    let status = command
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run `{shown}` ({e}): build the binaries with `cargo build --workspace --bins`"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{shown}` failed ({status}; its output is above): fix the build, then run the tests again"))
+    }
 }
 
 /// `target/e2e-logs/`, created on first use.
@@ -168,15 +221,194 @@ fn kill_and_reap(child: &mut Child) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Moto
+// Emulators
 
-/// A moto server on `127.0.0.1:<free port>`, killed on drop.
-pub struct Moto {
+/// Which emulator serves SNS and SQS in this run, from `E2E_EMULATOR`: `moto` (the default) or `localstack`
+/// (`./scripts/test` runs the suite once per lane). DynamoDB is moto in both lanes: LocalStack's DynamoDB downloads
+/// DynamoDB Local at first use, so it cannot run offline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Moto,
+    LocalStack,
+}
+
+impl Lane {
+    /// The lane `E2E_EMULATOR` selects; panics with one line on an unknown value.
+    pub fn current() -> Self {
+        match std::env::var("E2E_EMULATOR").ok().as_deref().map(str::trim) {
+            None | Some("" | "moto") => Self::Moto,
+            Some("localstack") => Self::LocalStack,
+            Some(other) => panic!("E2E_EMULATOR={other:?}: expected moto or localstack"),
+        }
+    }
+}
+
+/// Where the SDK sends each service's calls. A test only ever sees these URLs, never which emulator answers them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    /// SNS and SQS.
+    pub messaging: String,
+    pub dynamodb: String,
+}
+
+impl From<&str> for Endpoints {
+    /// One endpoint for every service.
+    fn from(url: &str) -> Self {
+        Self { messaging: url.to_owned(), dynamodb: url.to_owned() }
+    }
+}
+
+impl From<String> for Endpoints {
+    fn from(url: String) -> Self {
+        Self::from(url.as_str())
+    }
+}
+
+impl From<&Endpoints> for Endpoints {
+    fn from(endpoints: &Endpoints) -> Self {
+        endpoints.clone()
+    }
+}
+
+/// The emulators of one test, started for it alone (so pausing them affects no other test) and killed on drop: a
+/// moto server, plus a LocalStack for SNS and SQS in the LocalStack lane (see [`Lane`]).
+pub struct Emulator {
+    moto: Moto,
+    localstack: Option<LocalStack>,
+}
+
+impl Emulator {
+    /// Starts the emulators of the current [`Lane`] on free ports of 127.0.0.1 and waits until they answer.
+    pub async fn start() -> Self {
+        match Lane::current() {
+            Lane::Moto => Self { moto: Moto::start().await, localstack: None },
+            Lane::LocalStack => {
+                let (moto, localstack) = tokio::join!(Moto::start(), LocalStack::start());
+                Self { moto, localstack: Some(localstack) }
+            }
+        }
+    }
+
+    /// The URLs to give the SDK (see [`ServiceBuilder::endpoints`] for a binary).
+    pub fn endpoints(&self) -> Endpoints {
+        let dynamodb = self.moto.endpoint();
+        let messaging = self.localstack.as_ref().map_or_else(|| dynamodb.clone(), LocalStack::endpoint);
+        Endpoints { messaging, dynamodb }
+    }
+
+    /// Freezes every emulator process (SIGSTOP): connections are accepted by the kernel but never answered, like an
+    /// unreachable endpoint. State is kept for [`Emulator::resume`].
+    pub fn pause(&self) {
+        self.moto.server.pause();
+        if let Some(localstack) = &self.localstack {
+            localstack.server.pause();
+        }
+    }
+
+    /// Undoes [`Emulator::pause`].
+    pub fn resume(&self) {
+        self.moto.server.resume();
+        if let Some(localstack) = &self.localstack {
+            localstack.server.resume();
+        }
+    }
+}
+
+/// An emulator process on `127.0.0.1:<port>`: paused, resumed and killed by pid; killed on drop.
+struct Server {
+    /// What it is, for messages: `moto`, `LocalStack`.
+    what: &'static str,
     child: Mutex<Option<Child>>,
     pid: u32,
     port: u16,
     paused: AtomicBool,
     log: PathBuf,
+}
+
+impl Server {
+    /// Runs `command` (its output to `target/e2e-logs/<log_name>.log`) as the server on `port`.
+    fn spawn(what: &'static str, mut command: Command, port: u16, log_name: &str) -> Result<Self, String> {
+        let (log, file) = log_file(log_name);
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(clone_file(&file, &log))
+            .stderr(file)
+            .spawn()
+            .map_err(|e| format!("cannot spawn {what}: {e}"))?;
+        Ok(Self { what, pid: child.id(), child: Mutex::new(Some(child)), port, paused: AtomicBool::new(false), log })
+    }
+
+    /// Polls `GET <endpoint><path>` until `ready` accepts the answer's status and body, the process exits, or
+    /// `timeout` passes.
+    async fn wait_ready(&self, path: &str, timeout: Duration, ready: fn(u16, &str) -> bool) -> Result<(), String> {
+        let client = http();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return Err(format!("exited with {status} before answering; log:\n{}", tail(&self.log_text(), 20)));
+            }
+            let probe = client.get(format!("{}{path}", self.endpoint())).timeout(Duration::from_secs(1)).send().await;
+            if let Ok(response) = probe {
+                let status = response.status().as_u16();
+                let body = response.text().await.unwrap_or_default();
+                if ready(status, &body) {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "not ready on port {} within {timeout:?}; log:\n{}",
+                    self.port,
+                    tail(&self.log_text(), 20)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn try_wait(&self) -> Option<ExitStatus> {
+        let mut guard = self.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        guard.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn pause(&self) {
+        send_signal(self.pid, "STOP").unwrap_or_else(|e| panic!("cannot pause {}: {e}", self.what));
+        self.paused.store(true, Ordering::SeqCst);
+    }
+
+    fn resume(&self) {
+        send_signal(self.pid, "CONT").unwrap_or_else(|e| panic!("cannot resume {}: {e}", self.what));
+        self.paused.store(false, Ordering::SeqCst);
+    }
+
+    fn stop(&self) {
+        if self.paused.swap(false, Ordering::SeqCst) {
+            let _ = send_signal(self.pid, "CONT");
+        }
+        let mut guard = self.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(mut child) = guard.take() {
+            kill_and_reap(&mut child);
+        }
+    }
+
+    fn log_text(&self) -> String {
+        read_lossy(&self.log)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A moto server on `127.0.0.1:<free port>`, killed on drop. Tests use [`Emulator`], which holds one.
+pub struct Moto {
+    server: Server,
 }
 
 impl Moto {
@@ -192,9 +424,9 @@ impl Moto {
         let bin = moto_bin.with_file_name("python");
         if !moto_bin.is_file() || !bin.is_file() {
             panic!(
-                "moto not found: run ./scripts/test (it installs moto into .venv); looked for {} and {}",
-                moto_bin.display(),
-                bin.display()
+                "moto is not installed (no {}): run ./scripts/test once, which installs it into .venv (or: python3 -m \
+                 venv .venv && .venv/bin/pip install -r requirements-dev.txt)",
+                moto_bin.display()
             );
         }
         let mut last_error = String::new();
@@ -209,108 +441,119 @@ impl Moto {
 
     async fn try_start(bin: &Path) -> Result<Self, String> {
         let port = free_port();
-        let (log, file) = log_file(&format!("moto-{port}"));
-        let launcher = workspace_root().join("scripts/lib/moto_server.py");
-        let child = Command::new(bin)
-            .arg(&launcher)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(clone_file(&file, &log))
-            .stderr(file)
-            .spawn()
-            .map_err(|e| format!("cannot spawn {}: {e}", bin.display()))?;
-        let moto = Self { pid: child.id(), child: Mutex::new(Some(child)), port, paused: AtomicBool::new(false), log };
-        let client = http();
-        let deadline = Instant::now() + Self::START_TIMEOUT;
-        loop {
-            if let Some(status) = moto.try_wait() {
-                return Err(format!("exited with {status} before answering; log:\n{}", tail(&moto.log_text(), 20)));
-            }
-            let probe =
-                client.get(format!("{}/moto-api/", moto.endpoint())).timeout(Duration::from_secs(1)).send().await;
-            if probe.is_ok() {
-                return Ok(moto);
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "no answer on port {port} within {:?}; log:\n{}",
-                    Self::START_TIMEOUT,
-                    tail(&moto.log_text(), 20)
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn try_wait(&self) -> Option<ExitStatus> {
-        let mut guard = self.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        guard.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        let mut command = Command::new(bin);
+        command.arg(workspace_root().join("scripts/lib/moto_server.py")).args([
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ]);
+        let server = Server::spawn("moto", command, port, &format!("moto-{port}"))?;
+        server.wait_ready("/moto-api/", Self::START_TIMEOUT, |_, _| true).await?;
+        Ok(Self { server })
     }
 
     /// `http://127.0.0.1:<port>`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    /// Freezes the server (SIGSTOP): connections are accepted by the kernel but never answered, like an unreachable
-    /// endpoint. State is kept for [`Moto::resume`].
-    pub fn pause(&self) {
-        send_signal(self.pid, "STOP").unwrap_or_else(|e| panic!("cannot pause moto: {e}"));
-        self.paused.store(true, Ordering::SeqCst);
-    }
-
-    /// Undoes [`Moto::pause`].
-    pub fn resume(&self) {
-        send_signal(self.pid, "CONT").unwrap_or_else(|e| panic!("cannot resume moto: {e}"));
-        self.paused.store(false, Ordering::SeqCst);
-    }
-
-    /// Kills the server now (its state is lost).
-    pub fn stop(&self) {
-        if self.paused.swap(false, Ordering::SeqCst) {
-            let _ = send_signal(self.pid, "CONT");
-        }
-        let mut guard = self.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(mut child) = guard.take() {
-            kill_and_reap(&mut child);
-        }
+        self.server.endpoint()
     }
 
     /// What the server printed so far.
     pub fn log_text(&self) -> String {
-        read_lossy(&self.log)
+        self.server.log_text()
     }
 }
 
-impl Drop for Moto {
+/// LocalStack serving SNS and SQS on `127.0.0.1:<free port>` (`scripts/lib/localstack_server.py`), its state in a
+/// directory of its own that is removed with it. Killed on drop. Tests use [`Emulator`], which holds one in the
+/// LocalStack lane.
+pub struct LocalStack {
+    server: Server,
+    root: PathBuf,
+}
+
+impl LocalStack {
+    /// How long LocalStack may take until both services report ready (about 3 s on an idle machine).
+    pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+    /// Starts LocalStack with the Python of its venv (`LOCALSTACK_BIN`, else
+    /// `<workspace>/.local/localstack/venv/bin/python`, where `./scripts/test` installs it) and waits until
+    /// `/_localstack/health` reports SNS and SQS ready. Retries on another port if the chosen one was taken.
+    pub async fn start() -> Self {
+        let bin = std::env::var_os("LOCALSTACK_BIN")
+            .map_or_else(|| workspace_root().join(".local/localstack/venv/bin/python"), PathBuf::from);
+        if !bin.is_file() {
+            panic!(
+                "LocalStack is not installed (no {}): the LocalStack lane runs from ./scripts/test, which installs it \
+                 into .local/localstack when Python 3.12 or 3.13 exists",
+                bin.display()
+            );
+        }
+        let mut last_error = String::new();
+        for _attempt in 0..3 {
+            match Self::try_start(&bin).await {
+                Ok(localstack) => return localstack,
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("LocalStack did not start: {last_error}");
+    }
+
+    async fn try_start(bin: &Path) -> Result<Self, String> {
+        let port = free_port();
+        let root = log_dir().with_file_name("e2e-localstack").join(unique(&port.to_string()));
+        let mut command = Command::new(bin);
+        command
+            .arg(workspace_root().join("scripts/lib/localstack_server.py"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string(), "--root"])
+            .arg(&root);
+        let server = Server::spawn("LocalStack", command, port, &format!("localstack-{port}"))?;
+        let localstack = Self { server, root };
+        localstack.server.wait_ready("/_localstack/health", Self::START_TIMEOUT, Self::ready).await?;
+        Ok(localstack)
+    }
+
+    /// `/_localstack/health` answered 200 with both services `running` (or `available`, loaded on first use).
+    fn ready(status: u16, body: &str) -> bool {
+        let Ok(health) = serde_json::from_str::<serde_json::Value>(body) else { return false };
+        let up = |service: &str| matches!(health["services"][service].as_str(), Some("running" | "available"));
+        status == 200 && up("sns") && up("sqs")
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        self.server.endpoint()
+    }
+
+    /// What the server printed so far.
+    pub fn log_text(&self) -> String {
+        self.server.log_text()
+    }
+}
+
+impl Drop for LocalStack {
     fn drop(&mut self) {
-        self.stop();
+        self.server.stop();
+        let _ = std::fs::remove_dir_all(&self.root);
     }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // AWS
 
-/// SNS and SQS clients for `endpoint` with dummy credentials, region `us-east-1` and bounded timeouts, independent of
+/// SNS and SQS clients for `endpoints` with dummy credentials, region `us-east-1` and bounded timeouts, independent of
 /// the process environment.
-pub async fn sdk(endpoint: &str) -> (aws_sdk_sns::Client, aws_sdk_sqs::Client) {
-    let config = sdk_config(endpoint).await;
-    (aws_sdk_sns::Client::new(&config), aws_sdk_sqs::Client::new(&config))
+pub async fn sdk(endpoints: &Endpoints) -> (aws_sdk_sns::Client, aws_sdk_sqs::Client) {
+    let config = sdk_config().await;
+    let sns = aws_sdk_sns::config::Builder::from(&config).endpoint_url(&endpoints.messaging).build();
+    let sqs = aws_sdk_sqs::config::Builder::from(&config).endpoint_url(&endpoints.messaging).build();
+    (aws_sdk_sns::Client::from_conf(sns), aws_sdk_sqs::Client::from_conf(sqs))
 }
 
-async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+async fn sdk_config() -> aws_config::SdkConfig {
     let credentials = aws_sdk_sns::config::Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "e2e");
     aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(REGION))
-        .endpoint_url(endpoint)
         .credentials_provider(credentials)
         .timeout_config(
             aws_config::timeout::TimeoutConfig::builder()
@@ -323,16 +566,18 @@ async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
         .await
 }
 
-/// A DynamoDB client for `endpoint`, configured like [`sdk`].
-pub async fn dynamodb(endpoint: &str) -> aws_sdk_dynamodb::Client {
-    aws_sdk_dynamodb::Client::new(&sdk_config(endpoint).await)
+/// A DynamoDB client for `endpoints`, configured like [`sdk`].
+pub async fn dynamodb(endpoints: &Endpoints) -> aws_sdk_dynamodb::Client {
+    let config = aws_sdk_dynamodb::config::Builder::from(&sdk_config().await).endpoint_url(&endpoints.dynamodb).build();
+    aws_sdk_dynamodb::Client::from_conf(config)
 }
 
-/// The project's topology (tables, topic, two queues with DLQs, subscriptions) on `moto`, every name ending in
+/// The project's topology (tables, topic, two queues with DLQs, subscriptions) on `emulator`, every name ending in
 /// `suffix`.
-pub async fn topology(moto: &Moto, suffix: &str) -> Topology {
-    let (sns, sqs) = sdk(&moto.endpoint()).await;
-    let dynamodb = dynamodb(&moto.endpoint()).await;
+pub async fn topology(emulator: &Emulator, suffix: &str) -> Topology {
+    let endpoints = emulator.endpoints();
+    let (sns, sqs) = sdk(&endpoints).await;
+    let dynamodb = dynamodb(&endpoints).await;
     platform::topology::ensure(&sns, &sqs, &dynamodb, &Names::with_suffix(suffix))
         .await
         .unwrap_or_else(|e| panic!("creating the topology with suffix {suffix:?} failed: {e}"))
@@ -422,10 +667,10 @@ pub fn sns_envelope(topic_arn: &str, event: &domain::OrderEvent, request_id: Opt
 // ---------------------------------------------------------------------------------------------------------------
 // The order store
 
-/// The orders table `table` on `endpoint`, through the store crate: tests read back what the workers wrote with the
+/// The orders table `table` at `endpoints`, through the store crate: tests read back what the workers wrote with the
 /// same decoding the API uses.
-pub async fn orders_store(endpoint: &str, table: &str) -> store::dynamo::DynamoOrders {
-    store::dynamo::DynamoOrders::new(dynamodb(endpoint).await, table)
+pub async fn orders_store(endpoints: &Endpoints, table: &str) -> store::dynamo::DynamoOrders {
+    store::dynamo::DynamoOrders::new(dynamodb(endpoints).await, table)
 }
 
 /// The versions in an order's history (`versiones`), in the order they were applied.
@@ -538,9 +783,17 @@ impl ServiceBuilder {
         self
     }
 
-    /// Points the AWS SDK at `endpoint` (`AWS_ENDPOINT_URL`).
-    pub fn endpoint(self, endpoint: impl Into<String>) -> Self {
-        self.env("AWS_ENDPOINT_URL", endpoint)
+    /// Points the AWS SDK at `endpoints` the standard way: `AWS_ENDPOINT_URL` alone when one endpoint serves every
+    /// service; otherwise `AWS_ENDPOINT_URL` for SNS and SQS plus `AWS_ENDPOINT_URL_DYNAMODB`, the service-specific
+    /// variable the SDK prefers for DynamoDB.
+    pub fn endpoints(self, endpoints: impl Into<Endpoints>) -> Self {
+        let endpoints = endpoints.into();
+        let builder = self.env("AWS_ENDPOINT_URL", &endpoints.messaging);
+        if endpoints.dynamodb == endpoints.messaging {
+            builder.unset("AWS_ENDPOINT_URL_DYNAMODB")
+        } else {
+            builder.env("AWS_ENDPOINT_URL_DYNAMODB", endpoints.dynamodb)
+        }
     }
 
     /// The port the service is told to listen on (a free one by default).
@@ -588,22 +841,22 @@ impl ServiceBuilder {
 }
 
 /// `pedidos-worker` for `topo.queues[queue]` (0: process, 1: logistics; the role follows from the queue's name), with
-/// both tables of `topo` and 1 s long polls (tests stop quickly), its SDK pointed at `endpoint`.
-pub fn worker_builder(endpoint: &str, topo: &Topology, queue: usize) -> ServiceBuilder {
+/// both tables of `topo` and 1 s long polls (tests stop quickly), its SDK pointed at `endpoints`.
+pub fn worker_builder(endpoints: &Endpoints, topo: &Topology, queue: usize) -> ServiceBuilder {
     Service::builder("pedidos-worker")
         .name(unique(if queue == 0 { "process" } else { "logistics" }))
-        .endpoint(endpoint)
+        .endpoints(endpoints)
         .env("SQS_QUEUE_URL", &topo.queues[queue].url)
         .env("ORDERS_TABLE", &topo.orders_table)
         .env("IDEMPOTENCY_TABLE", &topo.idempotency_table)
         .env("WAIT_TIME_SECONDS", "1")
 }
 
-/// `pedidos-api` publishing to `topo`'s topic and reading `topo`'s orders table, its SDK pointed at `endpoint`.
-pub fn api_builder(endpoint: &str, topo: &Topology) -> ServiceBuilder {
+/// `pedidos-api` publishing to `topo`'s topic and reading `topo`'s orders table, its SDK pointed at `endpoints`.
+pub fn api_builder(endpoints: &Endpoints, topo: &Topology) -> ServiceBuilder {
     Service::builder("pedidos-api")
         .name(unique("api"))
-        .endpoint(endpoint)
+        .endpoints(endpoints)
         .env("SNS_TOPIC_ARN", &topo.topic_arn)
         .env("ORDERS_TABLE", &topo.orders_table)
 }
@@ -629,7 +882,7 @@ pub struct Service {
 impl Service {
     /// A builder for binary `bin` (`pedidos-api`, `pedidos-worker`) with the defaults every test wants:
     /// `LOG_FORMAT=json`, `RUST_LOG=info`, dummy credentials, `AWS_REGION=us-east-1`, `BIND_ADDR=127.0.0.1`, a free
-    /// `PORT`. Call [`ServiceBuilder::endpoint`] to point it at moto.
+    /// `PORT`. Call [`ServiceBuilder::endpoints`] to point it at the emulator.
     pub fn builder(bin: &str) -> ServiceBuilder {
         let port = free_port();
         let env = [

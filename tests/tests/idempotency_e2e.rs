@@ -1,4 +1,4 @@
-//! The generic idempotency store (`store::idempotency::DynamoIdempotency`) on moto: effects outside DynamoDB run
+//! The generic idempotency store (`store::idempotency::DynamoIdempotency`) on the emulator: effects outside DynamoDB run
 //! exactly once across workers.
 //!
 //! The effect is a call to a small HTTP "payment gateway" on 127.0.0.1 that lives outside the workers and counts what
@@ -18,7 +18,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use chrono::Utc;
 use domain::{EventType, OrderEvent, OrderState};
-use e2e::{dynamodb, eventually, http, queue_depth, sdk, sns_envelope, topology, unique, Moto, Topology};
+use e2e::{dynamodb, eventually, http, queue_depth, sdk, sns_envelope, topology, unique, Emulator, Topology};
 use pedidos_worker::consumer::{Consumer, Settings};
 use pedidos_worker::handler::{BoxFuture, HandlerError, MessageContext};
 use pedidos_worker::health::Health;
@@ -201,16 +201,16 @@ struct Workers {
 }
 
 impl Workers {
-    async fn start(moto: &Moto, topo: &Topology, gateway_url: &str) -> Self {
+    async fn start(emulator: &Emulator, topo: &Topology, gateway_url: &str) -> Self {
         let stop = CancellationToken::new();
         let counts = Arc::new(ClaimCounts::default());
         let url = &topo.queues[0].url;
         let mut tasks = Vec::new();
         for _ in 0..WORKERS {
-            let (_, sqs) = sdk(&moto.endpoint()).await;
+            let (_, sqs) = sdk(&emulator.endpoints()).await;
             let queue_settings = discover(&sqs, url).await.unwrap_or_else(|e| panic!("discover: {e}"));
             let claims = Counted {
-                inner: DynamoIdempotency::new(dynamodb(&moto.endpoint()).await, &topo.idempotency_table),
+                inner: DynamoIdempotency::new(dynamodb(&emulator.endpoints()).await, &topo.idempotency_table),
                 counts: Arc::clone(&counts),
             };
             let handler = Idempotent {
@@ -315,12 +315,12 @@ fn assert_completed(key: &str, item: &BTreeMap<String, AttributeValue>) {
     assert!((6.9..=7.1).contains(&days), "{key}: expires in {days:.2} days");
 }
 
-async fn setup() -> (Moto, Topology, aws_sdk_sqs::Client, aws_sdk_dynamodb::Client) {
-    let moto = Moto::start().await;
-    let topo = topology(&moto, &format!("-{}", unique("i"))).await;
-    let (_, sqs) = sdk(&moto.endpoint()).await;
-    let dynamo = dynamodb(&moto.endpoint()).await;
-    (moto, topo, sqs, dynamo)
+async fn setup() -> (Emulator, Topology, aws_sdk_sqs::Client, aws_sdk_dynamodb::Client) {
+    let emulator = Emulator::start().await;
+    let topo = topology(&emulator, &format!("-{}", unique("i"))).await;
+    let (_, sqs) = sdk(&emulator.endpoints()).await;
+    let dynamo = dynamodb(&emulator.endpoints()).await;
+    (emulator, topo, sqs, dynamo)
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -330,11 +330,11 @@ async fn setup() -> (Moto, Topology, aws_sdk_sqs::Client, aws_sdk_dynamodb::Clie
 /// `pedidoId#version`, never two at once; the queue drains; every claim is `COMPLETED` with its TTL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_run_each_side_effect_exactly_once() {
-    let (moto, topo, sqs, dynamo) = setup().await;
+    let (emulator, topo, sqs, dynamo) = setup().await;
     let stop_gateway = CancellationToken::new();
     let gateway = Gateway { calls: Arc::default(), fail_first: Arc::default() };
     let gateway_url = serve(gateway.clone(), stop_gateway.clone()).await;
-    let workers = Workers::start(&moto, &topo, &gateway_url).await;
+    let workers = Workers::start(&emulator, &topo, &gateway_url).await;
     let events: Vec<OrderEvent> = (0..10).map(|_| created(Uuid::new_v4())).collect();
     let keys: Vec<String> = events.iter().map(|e| e.dedup_key().to_string()).collect();
     deliver(&sqs, &topo, &events).await;
@@ -369,14 +369,14 @@ async fn three_workers_run_each_side_effect_exactly_once() {
 /// lapse: two calls for that key, one success; copies of it are still run at most once more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_effect_releases_its_claim_and_the_retry_runs_it() {
-    let (moto, topo, sqs, dynamo) = setup().await;
+    let (emulator, topo, sqs, dynamo) = setup().await;
     let flaky = created(Uuid::new_v4());
     let steady = created(Uuid::new_v4());
     let (flaky_key, steady_key) = (flaky.dedup_key().to_string(), steady.dedup_key().to_string());
     let stop_gateway = CancellationToken::new();
     let gateway = Gateway { calls: Arc::default(), fail_first: Arc::new(BTreeSet::from([flaky_key.clone()])) };
     let gateway_url = serve(gateway.clone(), stop_gateway.clone()).await;
-    let workers = Workers::start(&moto, &topo, &gateway_url).await;
+    let workers = Workers::start(&emulator, &topo, &gateway_url).await;
     deliver(&sqs, &topo, &[flaky.clone(), steady.clone()]).await;
     eventually(SETTLE, Duration::from_millis(100), || async { (gateway.successes(&flaky_key) == 1).then_some(()) })
         .await;

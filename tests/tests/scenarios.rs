@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use domain::{Item, OrderEvent, OrderState};
 use e2e::{
     api_builder, drain, eventually, history, http, queue_depth, scan_orders, sdk, sns_envelope, topology, unique,
-    worker_builder, Moto, Service, Snapshot, Topology,
+    worker_builder, Emulator, Service, Snapshot, Topology,
 };
 use pedidos_worker::handler::tracking_code;
 use rust_decimal::Decimal;
@@ -242,7 +242,7 @@ fn watch(
 // The pipeline
 
 struct Pipeline {
-    moto: Moto,
+    emulator: Emulator,
     topo: Topology,
     api: Service,
     /// Every worker process of each role (process, logistics), oldest first; killed ones kept for their logs.
@@ -253,12 +253,12 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    /// moto, the topology, the API and `instances` workers per queue; the table watcher running.
+    /// The emulator, the topology, the API and `instances` workers per queue; the table watcher running.
     async fn start(visibility_timeout: Option<u32>, instances: usize) -> Self {
-        let moto = Moto::start().await;
-        let topo = topology(&moto, &format!("-{}", unique("s"))).await;
-        let (_, sqs) = sdk(&moto.endpoint()).await;
-        let dynamodb = e2e::dynamodb(&moto.endpoint()).await;
+        let emulator = Emulator::start().await;
+        let topo = topology(&emulator, &format!("-{}", unique("s"))).await;
+        let (_, sqs) = sdk(&emulator.endpoints()).await;
+        let dynamodb = e2e::dynamodb(&emulator.endpoints()).await;
         if let Some(seconds) = visibility_timeout {
             for q in &topo.queues {
                 sqs.set_queue_attributes()
@@ -269,14 +269,21 @@ impl Pipeline {
                     .unwrap_or_else(|e| panic!("visibility: {}", aws_sdk_sqs::error::DisplayErrorContext(e)));
             }
         }
-        let mut api = api_builder(&moto.endpoint(), &topo).spawn();
+        let mut api = api_builder(&emulator.endpoints(), &topo).spawn();
         api.wait_healthy(START).await;
         let stop = CancellationToken::new();
         // Every scan holds the emulator's DynamoDB lock for the whole table: rarely at scale.
         let every = Duration::from_millis(if long() { 15_000 } else { 1000 });
         let watcher = watch(dynamodb.clone(), topo.orders_table.clone(), every, stop.clone());
-        let mut pipeline =
-            Self { moto, topo, api, workers: [Vec::new(), Vec::new()], sqs, dynamodb, watcher: Some((stop, watcher)) };
+        let mut pipeline = Self {
+            emulator,
+            topo,
+            api,
+            workers: [Vec::new(), Vec::new()],
+            sqs,
+            dynamodb,
+            watcher: Some((stop, watcher)),
+        };
         for _ in 0..instances {
             pipeline.start_worker(PROCESS).await;
             pipeline.start_worker(LOGISTICS).await;
@@ -286,7 +293,7 @@ impl Pipeline {
 
     async fn start_worker(&mut self, role: usize) {
         let mut worker =
-            worker_builder(&self.moto.endpoint(), &self.topo, role).env("SHUTDOWN_GRACE_SECONDS", "10").spawn();
+            worker_builder(&self.emulator.endpoints(), &self.topo, role).env("SHUTDOWN_GRACE_SECONDS", "10").spawn();
         worker.wait_healthy(START).await;
         self.workers[role].push(worker);
     }
@@ -719,7 +726,7 @@ async fn outage_emulator_down_for_ten_seconds() {
         (pipeline.processed(PROCESS).await >= orders / 6).then_some(())
     })
     .await;
-    pipeline.moto.pause();
+    pipeline.emulator.pause();
     let paused = Instant::now();
     // A probe during the outage (a new order): 503 with Retry-After, promptly.
     let probe_id = Uuid::new_v4();
@@ -732,7 +739,7 @@ async fn outage_emulator_down_for_ten_seconds() {
     };
     let remaining = Duration::from_secs(10).saturating_sub(paused.elapsed());
     tokio::time::sleep(remaining).await; // the outage itself: a fixed duration is the point here, not synchronisation
-    pipeline.moto.resume();
+    pipeline.emulator.resume();
     clients_task.await.unwrap_or_else(|e| panic!("clients: {e}"));
     assert_eq!(probe_status, 503);
     assert!(retry_after.is_some(), "Retry-After present");
@@ -878,7 +885,7 @@ async fn poison_under_load_goes_to_the_dlqs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_per_queue_with_duplicates_reordering_a_crash_and_an_outage() {
     let (orders, clients) = scale((60, 6), (1000, 24));
-    // Killed workers' messages come back within 10 s; a lease is still long enough for moto under load.
+    // Killed workers' messages come back within 10 s; a lease is still long enough for an emulator under load.
     let mut pipeline = Pipeline::start(Some(10), 3).await;
     let started = Instant::now();
     let plans: Vec<Plan> = new_ids(orders)
@@ -931,9 +938,9 @@ async fn three_instances_per_queue_with_duplicates_reordering_a_crash_and_an_out
     })
     .await;
     let outage_at = started.elapsed();
-    pipeline.moto.pause();
+    pipeline.emulator.pause();
     tokio::time::sleep(Duration::from_secs(10)).await; // the outage itself: its length is the point
-    pipeline.moto.resume();
+    pipeline.emulator.resume();
     clients_task.await.unwrap_or_else(|e| panic!("clients: {e}"));
     let load_seconds = started.elapsed().as_secs_f64();
     assert!(outage_at.as_secs_f64() < load_seconds, "the crash and the outage happened while clients were sending");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{TimeZone, Utc};
 use domain::{Item, OrderEvent, OrderState};
-use e2e::{dynamodb, metric_sum, topology, unique, Moto};
+use e2e::{dynamodb, metric_sum, topology, unique, Emulator};
 use rust_decimal::Decimal;
 use store::dynamo::{order_key, DynamoOrders};
 use store::transact::BatchedWrites;
@@ -33,17 +33,17 @@ fn meta(request: &str) -> ChangeMeta {
     ChangeMeta { request_id: Some(request.to_owned()), at: Utc::now() }
 }
 
-async fn setup() -> (Moto, DynamoOrders, aws_sdk_dynamodb::Client) {
-    let moto = Moto::start().await;
-    let topo = topology(&moto, &format!("-{}", unique("st"))).await;
-    let client = dynamodb(&moto.endpoint()).await;
+async fn setup() -> (Emulator, DynamoOrders, aws_sdk_dynamodb::Client) {
+    let emulator = Emulator::start().await;
+    let topo = topology(&emulator, &format!("-{}", unique("st"))).await;
+    let client = dynamodb(&emulator.endpoints()).await;
     let orders = DynamoOrders::new(client.clone(), topo.orders_table);
-    (moto, orders, client)
+    (emulator, orders, client)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_conditional_write_decides_applied_duplicate_and_stale() {
-    let (_moto, orders, _) = setup().await;
+    let (_emulator, orders, _) = setup().await;
     let (pedido, cliente) = (Uuid::new_v4(), Uuid::new_v4());
     let apply = |version| {
         let orders = orders.clone();
@@ -76,7 +76,7 @@ async fn one_conditional_write_decides_applied_duplicate_and_stale() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_apply_each_version_once() {
-    let (_moto, orders, _) = setup().await;
+    let (_emulator, orders, _) = setup().await;
     let (pedido, cliente) = (Uuid::new_v4(), Uuid::new_v4());
     // 4 "workers" race every version 1..=5, in different orders.
     let mut tasks = Vec::new();
@@ -106,7 +106,7 @@ async fn concurrent_writers_apply_each_version_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batched_writes_share_one_transaction_and_classify_cancellations() {
-    let (_moto, orders, _) = setup().await;
+    let (_emulator, orders, _) = setup().await;
     let cliente = Uuid::new_v4();
     let seeded: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
     for id in &seeded {
@@ -148,7 +148,7 @@ async fn batched_writes_share_one_transaction_and_classify_cancellations() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_customer_pages_through_orders_newest_first() {
-    let (_moto, orders, _) = setup().await;
+    let (_emulator, orders, _) = setup().await;
     let cliente = Uuid::new_v4();
     let ids: Vec<Uuid> = (1..=5).map(|_| Uuid::new_v4()).collect();
     for (day, id) in ids.iter().enumerate() {
@@ -173,7 +173,7 @@ async fn a_customer_pages_through_orders_newest_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_item_is_an_error_naming_its_key_not_a_panic() {
-    let (_moto, orders, client) = setup().await;
+    let (_emulator, orders, client) = setup().await;
     let pedido = Uuid::new_v4();
     client
         .put_item()

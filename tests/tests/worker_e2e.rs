@@ -1,4 +1,4 @@
-//! `pedidos-worker` against a real moto server (SQS, SNS and DynamoDB), through the real SNS fan-out where it matters.
+//! `pedidos-worker` against a real emulator (SQS, SNS and DynamoDB), through the real SNS fan-out where it matters.
 //!
 //! Binaries are used where process behaviour is the point (signals, exit codes, health); the consumer runs in-process
 //! where a test needs a handler the binary does not have (failing, slow). Effects are asserted from the order store
@@ -13,7 +13,7 @@ use chrono::Utc;
 use domain::{OrderEvent, OrderState};
 use e2e::{
     api_builder, drain, eventually, history, http, orders_store, queue_depth, sdk, sns_envelope, topology, unique,
-    worker_builder, Moto, Service, Topology,
+    worker_builder, Emulator, Service, Topology,
 };
 use pedidos_worker::consumer::{Consumer, Settings};
 use pedidos_worker::handler::{tracking_code, BoxFuture, Effect, Handler, HandlerError, MessageContext};
@@ -31,8 +31,8 @@ const PROCESS: usize = 0;
 const LOGISTICS: usize = 1;
 
 /// A worker binary on `topo.queues[queue]`, with the topology's tables, healthy.
-async fn start_worker(moto: &Moto, topo: &Topology, queue: usize, extra: &[(&str, &str)]) -> Service {
-    let mut builder = worker_builder(&moto.endpoint(), topo, queue);
+async fn start_worker(emulator: &Emulator, topo: &Topology, queue: usize, extra: &[(&str, &str)]) -> Service {
+    let mut builder = worker_builder(&emulator.endpoints(), topo, queue);
     for (k, v) in extra {
         builder = builder.env(*k, *v);
     }
@@ -138,23 +138,23 @@ async fn wait_stored(orders: &DynamoOrders, id: Uuid, version: u64, shipment: bo
     .await
 }
 
-async fn setup() -> (Moto, Topology, aws_sdk_sqs::Client, DynamoOrders) {
-    let moto = Moto::start().await;
-    let topo = topology(&moto, &format!("-{}", unique("w"))).await;
-    let (_, sqs) = sdk(&moto.endpoint()).await;
-    let orders = orders_store(&moto.endpoint(), &topo.orders_table).await;
-    (moto, topo, sqs, orders)
+async fn setup() -> (Emulator, Topology, aws_sdk_sqs::Client, DynamoOrders) {
+    let emulator = Emulator::start().await;
+    let topo = topology(&emulator, &format!("-{}", unique("w"))).await;
+    let (_, sqs) = sdk(&emulator.endpoints()).await;
+    let orders = orders_store(&emulator.endpoints(), &topo.orders_table).await;
+    (emulator, topo, sqs, orders)
 }
 
 /// Orders posted through the API are applied once by each role: state and shipment in the store, each version once,
 /// correlated with the API's request id. An update reaches only the process queue (subscription filter policy).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_fan_out_to_both_workers_once() {
-    let (moto, topo, sqs, orders) = setup().await;
-    let mut api = api_builder(&moto.endpoint(), &topo).spawn();
+    let (emulator, topo, sqs, orders) = setup().await;
+    let mut api = api_builder(&emulator.endpoints(), &topo).spawn();
     api.wait_healthy(START).await;
-    let process = start_worker(&moto, &topo, PROCESS, &[]).await;
-    let logistics = start_worker(&moto, &topo, LOGISTICS, &[]).await;
+    let process = start_worker(&emulator, &topo, PROCESS, &[]).await;
+    let logistics = start_worker(&emulator, &topo, LOGISTICS, &[]).await;
     let client = http();
     let mut posted = Vec::new();
     for _ in 0..6 {
@@ -225,9 +225,9 @@ async fn orders_fan_out_to_both_workers_once() {
 /// v1, v1 again, v3, then the late v2: the store holds [1, 3]; the worker says processed, duplicate, processed, stale.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_and_stale_versions_are_recognised() {
-    let (moto, topo, sqs, orders) = setup().await;
+    let (emulator, topo, sqs, orders) = setup().await;
     let url = topo.queues[PROCESS].url.clone();
-    let worker = start_worker(&moto, &topo, PROCESS, &[]).await;
+    let worker = start_worker(&emulator, &topo, PROCESS, &[]).await;
     // Every outcome's counter exists from start-up at 0.
     for name in ["processed", "duplicate", "stale", "ignored", "rejected", "failed", "released"] {
         assert_eq!(worker.metric(&outcome(name)).await, Some(0.0), "{name} exported at 0");
@@ -253,7 +253,7 @@ async fn duplicates_and_stale_versions_are_recognised() {
 /// Poison goes to the DLQ after one receive with its reason attached; a good neighbour is applied normally.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_goes_to_the_dlq_after_one_receive() {
-    let (moto, topo, sqs, orders) = setup().await;
+    let (emulator, topo, sqs, orders) = setup().await;
     let queue = topo.queues[PROCESS].clone();
     let good = event_json(Uuid::new_v4(), 1);
     let invalid = good.replace("\"total\":59.98", "\"total\":-1");
@@ -264,7 +264,7 @@ async fn poison_goes_to_the_dlq_after_one_receive() {
     }
     let good_id = Uuid::new_v4();
     send(&sqs, &queue.url, &event_json(good_id, 1)).await;
-    let worker = start_worker(&moto, &topo, PROCESS, &[]).await;
+    let worker = start_worker(&emulator, &topo, PROCESS, &[]).await;
     assert_eq!(wait_outcome(&worker, "rejected", 3.0).await, 3.0);
     assert_eq!(wait_outcome(&worker, "processed", 1.0).await, 1.0);
     wait_empty(&sqs, &queue.url, SETTLE).await;
@@ -294,33 +294,50 @@ async fn poison_goes_to_the_dlq_after_one_receive() {
 /// policy keeps it off the queue altogether.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_event_types_are_dead_lettered() {
-    let (moto, topo, sqs, orders) = setup().await;
-    let (sns, _) = sdk(&moto.endpoint()).await;
+    let (emulator, topo, sqs, orders) = setup().await;
+    let (sns, _) = sdk(&emulator.endpoints()).await;
     let queue = topo.queues[PROCESS].clone();
     let id = Uuid::new_v4();
     let unknown = format!(r#"{{"type":"PedidoCancelado","version":3,"pedidoId":"{id}"}}"#);
     send(&sqs, &queue.url, &unknown).await;
-    // Through SNS, with its eventType attribute: filtered out before any queue (moto delivers synchronously).
-    sns.publish()
-        .topic_arn(&topo.topic_arn)
-        .message(&unknown)
-        .message_attributes(
-            "eventType",
-            aws_sdk_sns::types::MessageAttributeValue::builder()
-                .data_type("String")
-                .string_value("PedidoCancelado")
-                .build()
-                .unwrap_or_else(|e| panic!("attribute: {e}")),
-        )
-        .send()
+    // Through SNS, with its eventType attribute: the filter policies keep it off both queues. SNS may deliver after
+    // Publish returns, so a known event published after it is the marker: once the marker is on both queues, the
+    // unknown event would have arrived too.
+    let publish = |message: String, event_type: &'static str| {
+        sns.publish()
+            .topic_arn(&topo.topic_arn)
+            .message(message)
+            .message_attributes(
+                "eventType",
+                aws_sdk_sns::types::MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(event_type)
+                    .build()
+                    .unwrap_or_else(|e| panic!("attribute: {e}")),
+            )
+            .send()
+    };
+    publish(unknown.clone(), "PedidoCancelado")
         .await
         .unwrap_or_else(|e| panic!("publish: {}", aws_sdk_sns::error::DisplayErrorContext(e)));
-    for q in &topo.queues {
-        let expected = if q.url == queue.url { 1 } else { 0 };
-        assert_eq!(queue_depth(&sqs, &q.url).await, (expected, 0), "{}: only the direct send arrived", q.name);
-    }
-    let worker = start_worker(&moto, &topo, PROCESS, &[]).await;
+    let marker = Uuid::new_v4();
+    publish(event_json(marker, 1), "PedidoCreado")
+        .await
+        .unwrap_or_else(|e| panic!("publish: {}", aws_sdk_sns::error::DisplayErrorContext(e)));
+    let visible = |index: usize| {
+        let sqs = &sqs;
+        let url = topo.queues[index].url.clone();
+        async move { queue_depth(sqs, &url).await.0 }
+    };
+    let depths = eventually(SETTLE, Duration::from_millis(100), || async {
+        let depths = (visible(PROCESS).await, visible(LOGISTICS).await);
+        (depths.0 >= 2 && depths.1 >= 1).then_some(depths)
+    })
+    .await;
+    assert_eq!(depths, (2, 1), "only the direct send and the marker arrived (process, logistics)");
+    let worker = start_worker(&emulator, &topo, PROCESS, &[]).await;
     assert_eq!(wait_outcome(&worker, "rejected", 1.0).await, 1.0);
+    assert_eq!(wait_outcome(&worker, "processed", 1.0).await, 1.0, "the marker");
     wait_empty(&sqs, &queue.url, SETTLE).await;
     let dead = drain(&sqs, &queue.dlq_url, 1, SETTLE).await;
     assert_eq!(dead.len(), 1);
@@ -336,8 +353,8 @@ async fn unknown_event_types_are_dead_lettered() {
 /// Raw message delivery and the seed's legacy PascalCase payload are both applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_delivery_and_legacy_events_are_processed() {
-    let (moto, topo, sqs, orders) = setup().await;
-    let (sns, _) = sdk(&moto.endpoint()).await;
+    let (emulator, topo, sqs, orders) = setup().await;
+    let (sns, _) = sdk(&emulator.endpoints()).await;
     let queue = topo.queues[PROCESS].clone();
     sns.set_subscription_attributes()
         .subscription_arn(&queue.subscription_arn)
@@ -369,7 +386,7 @@ async fn raw_delivery_and_legacy_events_are_processed() {
         Uuid::new_v4()
     );
     send(&sqs, &queue.url, &legacy).await;
-    let worker = start_worker(&moto, &topo, PROCESS, &[]).await;
+    let worker = start_worker(&emulator, &topo, PROCESS, &[]).await;
     assert_eq!(wait_outcome(&worker, "processed", 2.0).await, 2.0);
     let raw = stored(&orders, raw_id).await.unwrap_or_else(|| panic!("raw-delivered order not stored"));
     assert_eq!(history(&raw.order), [1]);
@@ -387,14 +404,14 @@ async fn raw_delivery_and_legacy_events_are_processed() {
 /// nothing is seen twice, and the store holds every order once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_strands_nothing() {
-    let (moto, topo, sqs, orders) = setup().await;
+    let (emulator, topo, sqs, orders) = setup().await;
     let url = topo.queues[PROCESS].url.clone();
     let ids: Vec<Uuid> = (0..30).map(|_| Uuid::new_v4()).collect();
     for id in &ids {
         send(&sqs, &url, &event_json(*id, 1)).await;
     }
     let mut first =
-        start_worker(&moto, &topo, PROCESS, &[("WORKER_CONCURRENCY", "2"), ("SHUTDOWN_GRACE_SECONDS", "5")]).await;
+        start_worker(&emulator, &topo, PROCESS, &[("WORKER_CONCURRENCY", "2"), ("SHUTDOWN_GRACE_SECONDS", "5")]).await;
     wait_outcome(&first, "processed", 1.0).await;
     let stopped_at = Instant::now();
     first.signal_term();
@@ -402,7 +419,7 @@ async fn sigterm_drains_and_strands_nothing() {
     assert!(status.is_some_and(|s| s.success()), "exit status {status:?}");
     assert!(stopped_at.elapsed() < Duration::from_secs(7), "took {:?}", stopped_at.elapsed());
     let done_first = lines_with(&first, "processed").len();
-    let second = start_worker(&moto, &topo, PROCESS, &[]).await;
+    let second = start_worker(&emulator, &topo, PROCESS, &[]).await;
     // Well within the 30 s visibility timeout: released messages were visible at once.
     let restarted = Instant::now();
     wait_empty(&sqs, &url, Duration::from_secs(20)).await;
@@ -419,17 +436,17 @@ async fn sigterm_drains_and_strands_nothing() {
 /// had applied but not deleted comes back as a duplicate and is not applied again (store history).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loses_nothing_and_reapplies_nothing() {
-    let (moto, topo, sqs, orders) = setup().await;
+    let (emulator, topo, sqs, orders) = setup().await;
     let url = topo.queues[PROCESS].url.clone();
     set_visibility_timeout(&sqs, &url, 3).await;
     let ids: Vec<Uuid> = (0..20).map(|_| Uuid::new_v4()).collect();
     for id in &ids {
         send(&sqs, &url, &event_json(*id, 1)).await;
     }
-    let mut first = start_worker(&moto, &topo, PROCESS, &[("WORKER_CONCURRENCY", "2")]).await;
+    let mut first = start_worker(&emulator, &topo, PROCESS, &[("WORKER_CONCURRENCY", "2")]).await;
     wait_outcome(&first, "processed", 1.0).await;
     first.kill();
-    let second = start_worker(&moto, &topo, PROCESS, &[]).await;
+    let second = start_worker(&emulator, &topo, PROCESS, &[]).await;
     wait_empty(&sqs, &url, SETTLE).await;
     for id in &ids {
         let view = stored(&orders, *id).await.unwrap_or_else(|| panic!("order {id} lost"));
@@ -447,10 +464,10 @@ async fn sigkill_loses_nothing_and_reapplies_nothing() {
 /// alone and applies new events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovers_from_an_emulator_outage() {
-    let (moto, topo, sqs, orders) = setup().await;
+    let (emulator, topo, sqs, orders) = setup().await;
     let url = topo.queues[PROCESS].url.clone();
-    let worker = start_worker(&moto, &topo, PROCESS, &[("HEALTH_FAILURE_SECONDS", "2")]).await;
-    moto.pause();
+    let worker = start_worker(&emulator, &topo, PROCESS, &[("HEALTH_FAILURE_SECONDS", "2")]).await;
+    emulator.pause();
     let client = http();
     let health = format!("{}/health", worker.base_url());
     eventually(Duration::from_secs(60), Duration::from_millis(250), || async {
@@ -459,7 +476,7 @@ async fn recovers_from_an_emulator_outage() {
     })
     .await;
     let receives_during = worker.metric("pedidos_worker_sqs_calls_total{operation=\"receive\"}").await.unwrap_or(0.0);
-    moto.resume();
+    emulator.resume();
     eventually(Duration::from_secs(60), Duration::from_millis(250), || async {
         let status = client.get(&health).send().await.ok()?.status();
         (status == 200).then_some(())
@@ -481,9 +498,9 @@ async fn recovers_from_an_emulator_outage() {
 /// A missing queue fails at start-up, naming it; a missing variable names the variable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_up_errors_are_clear() {
-    let moto = Moto::start().await;
+    let emulator = Emulator::start().await;
     let missing = Service::builder("pedidos-worker")
-        .endpoint(moto.endpoint())
+        .endpoints(emulator.endpoints())
         .env("SQS_QUEUE_URL", "no-such-queue")
         .run(Duration::from_secs(30))
         .await;
@@ -493,7 +510,7 @@ async fn start_up_errors_are_clear() {
         "{}",
         missing.stderr
     );
-    let unset = Service::builder("pedidos-worker").endpoint(moto.endpoint()).run(Duration::from_secs(30)).await;
+    let unset = Service::builder("pedidos-worker").endpoints(emulator.endpoints()).run(Duration::from_secs(30)).await;
     assert!(unset.status.is_some_and(|s| !s.success()));
     assert!(unset.stderr.contains("SQS_QUEUE_URL"), "{}", unset.stderr);
 }
@@ -503,9 +520,10 @@ async fn start_up_errors_are_clear() {
 /// and the store's history holds it once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_on_one_queue_apply_every_version_once() {
-    let (moto, topo, sqs, orders) = setup().await;
+    let (emulator, topo, sqs, orders) = setup().await;
     let url = topo.queues[PROCESS].url.clone();
-    let workers = [start_worker(&moto, &topo, PROCESS, &[]).await, start_worker(&moto, &topo, PROCESS, &[]).await];
+    let workers =
+        [start_worker(&emulator, &topo, PROCESS, &[]).await, start_worker(&emulator, &topo, PROCESS, &[]).await];
     let ids: Vec<Uuid> = (0..15).map(|_| Uuid::new_v4()).collect();
     const COPIES: usize = 3;
     // Phase per version, so the later version never overtakes the earlier one: the history must be exactly [1, 2].
@@ -596,8 +614,13 @@ impl Handler for Slow {
 }
 
 /// A consumer on `url` with its own SQS client, as `pedidos_worker::start` wires it, around `handler`.
-async fn consumer(moto: &Moto, url: &str, handler: Arc<dyn Handler>, settings: Settings) -> (Consumer, Arc<Health>) {
-    let (_, sqs) = sdk(&moto.endpoint()).await;
+async fn consumer(
+    emulator: &Emulator,
+    url: &str,
+    handler: Arc<dyn Handler>,
+    settings: Settings,
+) -> (Consumer, Arc<Health>) {
+    let (_, sqs) = sdk(&emulator.endpoints()).await;
     let queue_settings = discover(&sqs, url).await.unwrap_or_else(|e| panic!("discover: {e}"));
     let health = Arc::new(Health::new("process", url.to_owned(), Duration::from_secs(60)));
     let queue = Arc::new(SqsQueue::new(sqs, queue_settings));
@@ -617,12 +640,13 @@ fn settings(grace: Duration) -> Settings {
 /// A failing handler is retried with growing visibility delays, then the redrive policy moves it to the DLQ.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_handler_backs_off_then_dead_letters() {
-    let (moto, topo, sqs, _) = setup().await;
+    let (emulator, topo, sqs, _) = setup().await;
     let queue = topo.queues[PROCESS].clone();
     send(&sqs, &queue.url, &event_json(Uuid::new_v4(), 1)).await;
     let calls = Arc::new(Mutex::new(Vec::new()));
     let (consumer, _) =
-        consumer(&moto, &queue.url, Arc::new(AlwaysFails(Arc::clone(&calls))), settings(Duration::from_secs(1))).await;
+        consumer(&emulator, &queue.url, Arc::new(AlwaysFails(Arc::clone(&calls))), settings(Duration::from_secs(1)))
+            .await;
     let stop = CancellationToken::new();
     let task = tokio::spawn(consumer.run(stop.clone()));
     let dead = drain(&sqs, &queue.dlq_url, 1, Duration::from_secs(60)).await;
@@ -647,7 +671,7 @@ async fn failing_handler_backs_off_then_dead_letters() {
 /// When the grace period ends, handlers still running are abandoned and their messages released at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grace_expiry_releases_in_flight_messages() {
-    let (moto, topo, sqs, _) = setup().await;
+    let (emulator, topo, sqs, _) = setup().await;
     let url = topo.queues[PROCESS].url.clone();
     let ids: Vec<Uuid> = (0..8).map(|_| Uuid::new_v4()).collect();
     for id in &ids {
@@ -655,7 +679,7 @@ async fn grace_expiry_releases_in_flight_messages() {
     }
     let done = Arc::new(Mutex::new(Vec::new()));
     let (slow, health) = consumer(
-        &moto,
+        &emulator,
         &url,
         Arc::new(Slow(Duration::from_secs(60), Arc::clone(&done))),
         settings(Duration::from_secs(1)),
@@ -675,7 +699,7 @@ async fn grace_expiry_releases_in_flight_messages() {
     })
     .await;
     let (fast, _) =
-        consumer(&moto, &url, Arc::new(Slow(Duration::ZERO, Arc::clone(&done))), settings(Duration::from_secs(5)))
+        consumer(&emulator, &url, Arc::new(Slow(Duration::ZERO, Arc::clone(&done))), settings(Duration::from_secs(5)))
             .await;
     let stop = CancellationToken::new();
     let task = tokio::spawn(fast.run(stop.clone()));
@@ -733,7 +757,7 @@ impl Handler for Watched {
 /// A handler running past half the visibility timeout keeps its message invisible: nobody else receives it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeat_keeps_long_handlers_invisible() {
-    let (moto, topo, sqs, _) = setup().await;
+    let (emulator, topo, sqs, _) = setup().await;
     let url = topo.queues[PROCESS].url.clone();
     set_visibility_timeout(&sqs, &url, 2).await;
     let id = Uuid::new_v4();
@@ -741,7 +765,7 @@ async fn heartbeat_keeps_long_handlers_invisible() {
     let done = Arc::new(Mutex::new(Vec::new()));
     let cancelled = Arc::new(Mutex::new(None));
     let handler = Watched { delay: Duration::from_secs(5), done: Arc::clone(&done), cancelled: Arc::clone(&cancelled) };
-    let (consumer, health) = consumer(&moto, &url, Arc::new(handler), settings(Duration::from_secs(10))).await;
+    let (consumer, health) = consumer(&emulator, &url, Arc::new(handler), settings(Duration::from_secs(10))).await;
     let stop = CancellationToken::new();
     let task = tokio::spawn(consumer.run(stop.clone()));
     eventually(SETTLE, Duration::from_millis(20), || async { (health.in_flight() == 1).then_some(()) }).await;
@@ -760,7 +784,7 @@ async fn heartbeat_keeps_long_handlers_invisible() {
 /// When extending visibility fails (SQS unreachable), the handler is cancelled rather than racing a redelivery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_heartbeat_cancels_the_handler() {
-    let (moto, topo, sqs, _) = setup().await;
+    let (emulator, topo, sqs, _) = setup().await;
     let url = topo.queues[PROCESS].url.clone();
     set_visibility_timeout(&sqs, &url, 2).await;
     send(&sqs, &url, &event_json(Uuid::new_v4(), 1)).await;
@@ -768,17 +792,17 @@ async fn failed_heartbeat_cancels_the_handler() {
     let cancelled = Arc::new(Mutex::new(None));
     let handler =
         Watched { delay: Duration::from_secs(120), done: Arc::clone(&done), cancelled: Arc::clone(&cancelled) };
-    let (consumer, health) = consumer(&moto, &url, Arc::new(handler), settings(Duration::from_secs(1))).await;
+    let (consumer, health) = consumer(&emulator, &url, Arc::new(handler), settings(Duration::from_secs(1))).await;
     let stop = CancellationToken::new();
     let task = tokio::spawn(consumer.run(stop.clone()));
     eventually(SETTLE, Duration::from_millis(20), || async { (health.in_flight() == 1).then_some(()) }).await;
-    moto.pause();
+    emulator.pause();
     let paused = Instant::now();
     let at = eventually(Duration::from_secs(60), Duration::from_millis(100), || async {
         cancelled.lock().ok().and_then(|c| *c)
     })
     .await;
-    moto.resume();
+    emulator.resume();
     stop.cancel();
     let _ = task.await;
     // The lease is 2 s and the extension must be confirmed before it runs out (a local deadline): the cancel comes

@@ -1,4 +1,4 @@
-//! The worker binary's own port as an on-call engineer uses it, against a real moto server: the live page's stream
+//! The worker binary's own port as an on-call engineer uses it, against a real emulator: the live page's stream
 //! (`GET /events`) shows each settled message, hostile text included, and `/metrics` is readable without CloudWatch
 //! (queue depth gauges, `# HELP` for every family, counters from start-up).
 
@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_sqs::types::MessageAttributeValue;
 use chrono::Utc;
 use domain::{OrderEvent, OrderState};
-use e2e::{http, sdk, topology, unique, worker_builder, Moto};
+use e2e::{http, sdk, topology, unique, worker_builder, Emulator};
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
@@ -64,11 +64,11 @@ fn outcome_lines(stream: &str) -> Vec<serde_json::Value> {
 /// is not held up by the open stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_live_stream_shows_each_outcome_and_metrics_show_the_queue() {
-    let moto = Moto::start().await;
-    let topo = topology(&moto, &format!("-{}", unique("live"))).await;
-    let (_, sqs) = sdk(&moto.endpoint()).await;
+    let emulator = Emulator::start().await;
+    let topo = topology(&emulator, &format!("-{}", unique("live"))).await;
+    let (_, sqs) = sdk(&emulator.endpoints()).await;
     let queue_url = topo.queues[PROCESS].url.clone();
-    let mut worker = worker_builder(&moto.endpoint(), &topo, PROCESS).spawn();
+    let mut worker = worker_builder(&emulator.endpoints(), &topo, PROCESS).spawn();
     worker.wait_healthy(START).await;
 
     // A client without a total timeout: the stream stays open for the whole test.
