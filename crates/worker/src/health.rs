@@ -28,6 +28,8 @@ pub struct Health {
     /// Unix millis since when the order store fails (0: it does not).
     store_failing_since: AtomicU64,
     in_flight: AtomicUsize,
+    /// `pedidos_worker_in_flight`, resolved once: set twice per message, so not looked up by name each time.
+    in_flight_gauge: metrics::Gauge,
     started: u64,
     /// Receives failing continuously for this long make the worker unhealthy.
     unhealthy_after: Duration,
@@ -57,12 +59,14 @@ pub struct InFlight<'a>(&'a Health);
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         let now = self.0.in_flight.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
-        metrics::gauge!("pedidos_worker_in_flight").set(now as f64);
+        self.0.in_flight_gauge.set(now as f64);
     }
 }
 
 impl Health {
     pub fn new(role: &'static str, queue: String, unhealthy_after: Duration) -> Self {
+        // The recorder first: a handle taken before it is installed would record nowhere.
+        let _ = platform::metrics::handle();
         Self {
             role,
             queue,
@@ -70,6 +74,7 @@ impl Health {
             failing_since: AtomicU64::new(0),
             store_failing_since: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            in_flight_gauge: metrics::gauge!("pedidos_worker_in_flight"),
             started: now_ms(),
             unhealthy_after,
             oldest_in_window: AtomicU64::new(0),
@@ -133,7 +138,7 @@ impl Health {
 
     pub fn enter(&self) -> InFlight<'_> {
         let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        metrics::gauge!("pedidos_worker_in_flight").set(now as f64);
+        self.in_flight_gauge.set(now as f64);
         InFlight(self)
     }
 

@@ -130,7 +130,11 @@ impl SqsQueue {
             .queue_url(&self.settings.url)
             .max_number_of_messages(i32::try_from(max.clamp(1, 10)).unwrap_or(10))
             .wait_time_seconds(i32::try_from(wait.as_secs()).unwrap_or(20))
-            .message_system_attribute_names(MessageSystemAttributeName::All)
+            // Only the system attributes `owned` reads: `All` adds sender ids, first-receive times, sequence numbers and
+            // trace headers to every message, which the SDK then parses for nothing (a profile showed it).
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
             .message_attribute_names("All")
             .send()
             .await
