@@ -7,7 +7,10 @@ use platform::config::{process_env, Common};
 fn main() -> ExitCode {
     let command = std::env::args().nth(1);
     match command.as_deref() {
-        None | Some("serve") => platform::block_on(platform::Runtime::MultiThread, serve()),
+        // One thread, as for the workers: a request is a few hundred microseconds of CPU around one AWS call, and
+        // handing its wake-ups between worker threads cost about a fifth of the CPU per order (740 -> 600 us,
+        // docs/BENCHMARKS.md). One core serves over a thousand orders a second; scale out with tasks.
+        None | Some("serve") => platform::block_on(platform::Runtime::CurrentThread, serve()),
         Some("healthcheck") => health_check(),
         Some("topology") => platform::block_on(platform::Runtime::MultiThread, topology()),
         Some(other) => {

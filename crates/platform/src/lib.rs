@@ -20,10 +20,11 @@ pub mod topology;
 /// Which tokio runtime a binary runs on.
 #[derive(Debug, Clone, Copy)]
 pub enum Runtime {
-    /// Worker threads per core: for the API, where requests arrive independently.
+    /// Worker threads per core: for one-off commands (`topology`).
     MultiThread,
-    /// One thread: for the SQS worker, whose work is I/O-bound and small per message; cross-thread wake-ups were most
-    /// of its CPU per message on a multi-threaded runtime (see docs/BENCHMARKS.md).
+    /// One thread: for the serving processes (the API and the SQS workers), whose work is I/O-bound and small per
+    /// request or message; cross-thread wake-ups were most of their CPU per unit on a multi-threaded runtime (see
+    /// docs/BENCHMARKS.md).
     CurrentThread,
 }
 
