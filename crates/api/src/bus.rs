@@ -239,6 +239,40 @@ pub fn filter_policy(types: &[EventType]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aws_sdk_sns::config::timeout::TimeoutConfig;
+    use aws_sdk_sns::config::{BehaviorVersion, Credentials, Region};
+
+    /// An SNS endpoint that accepts connections and never answers: every `ListTopics` page would wait out its own
+    /// SDK budget (3 attempts x 2 s), but resolving a bare name gives up after [`RESOLVE_BUDGET`] in all.
+    #[tokio::test(start_paused = true)]
+    async fn resolving_a_bare_topic_name_has_one_budget() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+        let addr = silent.local_addr().unwrap_or_else(|e| panic!("local_addr: {e}"));
+        let config = aws_sdk_sns::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+            .endpoint_url(format!("http://{addr}"))
+            .timeout_config(TimeoutConfig::builder().operation_attempt_timeout(Duration::from_secs(2)).build())
+            .build();
+        let bus = SnsBus::new(Client::from_conf(config), "pedidos".into());
+        let event = OrderEvent::created(
+            domain::OrderState {
+                pedido_id: uuid::Uuid::new_v4(),
+                cliente_id: uuid::Uuid::new_v4(),
+                fecha: chrono::Utc::now().fixed_offset(),
+                total: rust_decimal::Decimal::ONE,
+                items: None,
+            },
+            chrono::Utc::now(),
+        );
+        let started = tokio::time::Instant::now();
+        let result = bus.publish(&event, "req").await;
+        let waited = started.elapsed();
+        assert!(matches!(&result, Err(BusError::Unavailable(e)) if e.contains("took longer than")), "{result:?}");
+        assert!(waited >= RESOLVE_BUDGET && waited < RESOLVE_BUDGET + Duration::from_secs(1), "{waited:?}");
+        drop(silent);
+    }
 
     #[test]
     fn filter_policy_names_the_event_types() {

@@ -77,7 +77,7 @@ pub fn parse(body: Map<String, Value>, mode: Mode, now: DateTime<Utc>) -> Result
         }
         (Mode::Create, None) => None,
         (Mode::Update { .. }, None) => missing("version", &mut errors),
-        (Mode::Update { .. }, Some(v)) => match v.as_u64() {
+        (Mode::Update { .. }, Some(v)) => match whole_number(v) {
             Some(n) if (2..=MAX_VERSION).contains(&n) => Some(n),
             _ => {
                 errors
@@ -217,6 +217,24 @@ fn truncate(key: &str) -> String {
     key.chars().take(64).collect()
 }
 
+/// A JSON number that is a whole, non-negative number: `3`, and also `3.0` or `3e0` (JSON Schema counts those as
+/// integers too), read from the number's text.
+fn whole_number(value: &Value) -> Option<u64> {
+    if let Some(n) = value.as_u64() {
+        return Some(n);
+    }
+    let Value::Number(number) = value else {
+        return None;
+    };
+    let text = number.to_string();
+    let exact = Decimal::from_str(&text).or_else(|_| Decimal::from_scientific(&text)).ok()?;
+    if exact.fract().is_zero() {
+        u64::try_from(exact).ok()
+    } else {
+        None
+    }
+}
+
 fn missing<T>(field: &str, errors: &mut FieldErrors) -> Option<T> {
     errors.add(field, "is required");
     None
@@ -287,7 +305,7 @@ fn items(value: &Value, errors: &mut FieldErrors) -> Option<Vec<Line>> {
             }
             None => missing(&format!("{prefix}productoId"), errors),
         };
-        let cantidad = match get("cantidad").map(|v| v.as_u64().and_then(|n| u32::try_from(n).ok())) {
+        let cantidad = match get("cantidad").map(|v| whole_number(v).and_then(|n| u32::try_from(n).ok())) {
             Some(Some(n)) => Some(n),
             Some(None) => {
                 errors.add(format!("{prefix}cantidad"), "must be a whole number between 1 and 4294967295");
@@ -327,6 +345,23 @@ mod tests {
             json!({"ClienteId": CLIENTE, "Total": "59.98", "PedidoId": CLIENTE, "Fecha": "2026-01-01T00:00:00Z"}),
         );
         assert!(b.is_ok(), "{b:?}");
+    }
+
+    /// Whole numbers written as `3.0` or `3e0` are integers to JSON Schema, so they are to the API; `3.5` is not.
+    #[test]
+    fn whole_numbers_may_have_a_zero_fraction() {
+        let parsed = |text: &str| whole_number(&serde_json::from_str::<Value>(text).unwrap_or(Value::Null));
+        assert_eq!(parsed("3"), Some(3));
+        assert_eq!(parsed("3.0"), Some(3));
+        assert_eq!(parsed("3e0"), Some(3));
+        assert_eq!(parsed("2E1"), Some(20));
+        assert_eq!(parsed("3.5"), None);
+        assert_eq!(parsed("-1"), None);
+        assert_eq!(parsed("\"3\""), None);
+        assert_eq!(parsed("1e30"), None);
+        let line = json!([{"productoId": "a", "cantidad": 2.0, "precioUnitario": "1.50"}]);
+        let order = create(json!({"clienteId": CLIENTE, "total": "3.00", "items": line}));
+        assert!(order.is_ok(), "{order:?}");
     }
 
     #[test]

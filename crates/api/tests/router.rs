@@ -1549,4 +1549,9 @@ async fn request_schemas_accept_what_the_api_accepts_and_no_more() {
         let status = app.admin_post_json("/api/suscripcion", &body).await.status;
         assert_eq!(status.is_success(), accepted, "{body}: {status}");
     }
+    for body in [json!({"email": "c@d.co", "extra": 1}), json!({"email": "c@d.co", "eventTypes": []})] {
+        assert!(!valid("Suscripcion", &body), "{body}");
+        let reply = app.admin_post_json("/api/suscripcion", &body).await;
+        assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {}", reply.text());
+    }
 }

@@ -38,9 +38,11 @@ pub const WRITE_BUDGET: std::time::Duration = std::time::Duration::from_secs(9);
 pub struct CrearPedido {
     /// Optional; generated when absent. Retrying the same order with its own id is answered 202 again (the workers
     /// drop the repeat); the id of a different stored order, or of one already updated, is a 409.
+    #[schema(nullable = false)]
     pedido_id: Option<Uuid>,
     cliente_id: Uuid,
     /// RFC 3339; defaults to now.
+    #[schema(nullable = false)]
     fecha: Option<chrono::DateTime<chrono::FixedOffset>>,
     /// A decimal string: > 0, at most 2 decimals, at most 999999999.99. A JSON number with the same digits is
     /// accepted too (read from its text, never through a float).
@@ -48,7 +50,7 @@ pub struct CrearPedido {
     total: String,
     /// When present, `total` must equal the sum of `cantidad * precioUnitario` exactly (a rule between fields,
     /// which JSON Schema cannot state).
-    #[schema(min_items = 1, max_items = 500)]
+    #[schema(min_items = 1, max_items = 500, nullable = false)]
     items: Option<Vec<ItemInput>>,
 }
 
@@ -58,13 +60,15 @@ pub struct CrearPedido {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ActualizarPedido {
     /// Must equal the path's pedidoId when given.
+    #[schema(nullable = false)]
     pedido_id: Option<Uuid>,
     cliente_id: Uuid,
+    #[schema(nullable = false)]
     fecha: Option<chrono::DateTime<chrono::FixedOffset>>,
     /// Same rules as in `CrearPedido`.
     #[schema(value_type = String, pattern = r"^(?:[1-9][0-9]{0,8}(?:\.[0-9]{1,2})?|0\.(?:[1-9][0-9]?|0[1-9]))$", example = "64.50")]
     total: String,
-    #[schema(min_items = 1, max_items = 500)]
+    #[schema(min_items = 1, max_items = 500, nullable = false)]
     items: Option<Vec<ItemInput>>,
     /// The order's new version, from 2 (1 is the creation) to 1000000; it must be above the stored version.
     #[schema(minimum = 2, maximum = 1_000_000)]
@@ -102,7 +106,7 @@ pub struct Publicado {
     request_body(content = CrearPedido, content_type = "application/json"),
     params(
         ("x-request-id" = Option<String>, Header, description = "Correlation id; generated when absent"),
-        ("Idempotency-Key" = Option<String>, Header, max_length = 257, description = "For clients that do not choose the pedidoId: a unique key per order (a quoted string, e.g. a UUID). A retry with the same key (same API key, same clienteId) is the same order. A body pedidoId takes precedence."),
+        ("Idempotency-Key" = Option<String>, Header, pattern = r#"^(?:"[!#-\[\]-~](?:[ !#-\[\]-~]{0,253}[!#-\[\]-~])?"|[!#-\[\]-~](?:[ !#-\[\]-~]{0,253}[!#-\[\]-~])?)$"#, description = "For clients that do not choose the pedidoId: a unique key per order (a quoted string, e.g. a UUID). A retry with the same key (same API key, same clienteId) is the same order. A body pedidoId takes precedence."),
     ),
     security((), ("apiKey" = [])),
     responses(
