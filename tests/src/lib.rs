@@ -429,14 +429,7 @@ impl Moto {
                 moto_bin.display()
             );
         }
-        let mut last_error = String::new();
-        for _attempt in 0..3 {
-            match Self::try_start(&bin).await {
-                Ok(moto) => return moto,
-                Err(e) => last_error = e,
-            }
-        }
-        panic!("moto_server did not start: {last_error}");
+        start_with_retries("moto_server", || Self::try_start(&bin)).await
     }
 
     async fn try_start(bin: &Path) -> Result<Self, String> {
@@ -464,6 +457,25 @@ impl Moto {
     }
 }
 
+/// Up to three attempts at starting an emulator: the free port chosen can be taken before the server binds it.
+///
+/// # Panics
+/// When every attempt failed, with the last error.
+async fn start_with_retries<T, F, Fut>(what: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let mut last_error = String::new();
+    for _attempt in 0..3 {
+        match attempt().await {
+            Ok(started) => return started,
+            Err(e) => last_error = e,
+        }
+    }
+    panic!("{what} did not start: {last_error}");
+}
+
 /// LocalStack serving SNS and SQS on `127.0.0.1:<free port>` (`scripts/lib/localstack_server.py`), its state in a
 /// directory of its own that is removed with it. Killed on drop. Tests use [`Emulator`], which holds one in the
 /// LocalStack lane.
@@ -489,14 +501,7 @@ impl LocalStack {
                 bin.display()
             );
         }
-        let mut last_error = String::new();
-        for _attempt in 0..3 {
-            match Self::try_start(&bin).await {
-                Ok(localstack) => return localstack,
-                Err(e) => last_error = e,
-            }
-        }
-        panic!("LocalStack did not start: {last_error}");
+        start_with_retries("LocalStack", || Self::try_start(&bin)).await
     }
 
     async fn try_start(bin: &Path) -> Result<Self, String> {
