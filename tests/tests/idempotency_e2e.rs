@@ -217,7 +217,7 @@ impl Workers {
                 effect: ChargeOrder { client: http(), url: gateway_url.to_owned() },
                 claims: Arc::new(claims),
             };
-            let health = Arc::new(Health::new("charge", url.clone(), Duration::from_secs(60)));
+            let health = Arc::new(Health::new("charge", url.clone(), pedidos_worker::health::Limits::default()));
             let settings = Settings {
                 concurrency: 4,
                 wait_time: Duration::from_secs(1),

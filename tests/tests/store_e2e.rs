@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{TimeZone, Utc};
-use domain::{Item, OrderEvent, OrderState};
+use domain::{ContentDigest, Item, OrderEvent, OrderState};
 use e2e::{dynamodb, metric_sum, topology, unique, Emulator};
 use rust_decimal::Decimal;
 use store::dynamo::{order_key, DynamoOrders};
+use store::model::{HISTORY_KEPT, HISTORY_MAX, REQUEST_ID_MAX};
 use store::transact::BatchedWrites;
 use store::{Applied, ChangeMeta, OrderReads, OrderWrites, Shipment, StoreError};
 use uuid::Uuid;
@@ -189,6 +190,164 @@ async fn a_corrupt_item_is_an_error_naming_its_key_not_a_panic() {
         other => panic!("expected a corrupt-item error, got {other:?}"),
     }
     // A write on it also reports the corruption (the stored version is unreadable) instead of guessing.
+    // (moto answers a 500 when the condition compares the string with a number; DynamoDB fails the condition and
+    // returns the item, which the store reports as corrupt.)
     let written = orders.apply(&event(pedido, Uuid::new_v4(), 2, 1), &meta("x")).await;
-    assert!(written.is_err() || written.ok() == Some(Applied::Duplicate), "never a silent apply over garbage");
+    assert!(
+        matches!(written, Err(StoreError::Corrupt { .. } | StoreError::Unavailable { .. })),
+        "never a silent apply over garbage: {written:?}"
+    );
+    // An order item without any version is corrupt too, never taken for a duplicate.
+    let bare = Uuid::new_v4();
+    put(
+        &client,
+        orders.table(),
+        HashMap::from([("pk".into(), s(&order_key(bare))), ("pedidoId".into(), s(&bare.to_string()))]),
+    )
+    .await;
+    let written = orders.apply(&event(bare, Uuid::new_v4(), 1, 1), &meta("x")).await;
+    match written {
+        Err(StoreError::Corrupt { key, reason }) => {
+            assert_eq!((key.as_str(), reason.contains("version")), (order_key(bare).as_str(), true))
+        }
+        other => panic!("an item without version must be reported as corrupt, got {other:?}"),
+    }
+}
+
+fn s(text: &str) -> AttributeValue {
+    AttributeValue::S(text.to_owned())
+}
+
+async fn put(client: &aws_sdk_dynamodb::Client, table: &str, item: HashMap<String, AttributeValue>) {
+    client
+        .put_item()
+        .table_name(table)
+        .set_item(Some(item))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{}", aws_sdk_dynamodb::error::DisplayErrorContext(e)));
+}
+
+/// An order taking many versions keeps a bounded history in its item: the condition refuses a full history,
+/// the store compacts it to the most recent entries and applies, and the count of applied versions is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_stays_bounded_however_many_versions_apply() {
+    let (_emulator, orders, _) = setup().await;
+    let (pedido, cliente) = (Uuid::new_v4(), Uuid::new_v4());
+    let compactions_before = metric_sum("pedidos_store_calls_total{operation=\"compact_history\"");
+    for version in 1..=100 {
+        let applied = orders.apply(&event(pedido, cliente, version, 1), &meta(&"r".repeat(300))).await;
+        assert_eq!(applied.ok(), Some(Applied::Applied), "version {version}");
+    }
+    let Ok(Some(view)) = orders.get(pedido).await else { panic!("the order must be readable") };
+    let history: Vec<u64> = view.order.versiones.iter().map(|v| v.version).collect();
+    assert!((HISTORY_KEPT..=HISTORY_MAX).contains(&history.len()), "{history:?}");
+    assert_eq!(history.last(), Some(&100));
+    assert!(history.windows(2).all(|w| w[1] == w[0] + 1), "the most recent ones, in order: {history:?}");
+    assert_eq!(view.order.versiones_aplicadas, 100);
+    assert!(view.order.versiones.iter().all(|v| v.request_id.as_ref().is_some_and(|r| r.len() == REQUEST_ID_MAX)));
+    let compactions = metric_sum("pedidos_store_calls_total{operation=\"compact_history\"") - compactions_before;
+    assert!(
+        (3.0..=5.0).contains(&compactions),
+        "one compaction every {} versions: {compactions}",
+        HISTORY_MAX - HISTORY_KEPT
+    );
+    // Redeliveries of versions still in the history are told apart by content, older ones are stale.
+    assert_eq!(orders.apply(&event(pedido, cliente, 100, 1), &meta("again")).await.ok(), Some(Applied::Duplicate));
+    assert_eq!(
+        orders.apply(&event(pedido, cliente, 3, 1), &meta("late")).await.ok(),
+        Some(Applied::Stale { latest: 100 })
+    );
+}
+
+/// The same version with other content is a conflict carrying both digests; the stored order is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_version_with_other_content_is_a_conflict() {
+    let (_emulator, orders, _) = setup().await;
+    let (pedido, cliente) = (Uuid::new_v4(), Uuid::new_v4());
+    let first = event(pedido, cliente, 2, 1);
+    assert_eq!(orders.apply(&first, &meta("a")).await.ok(), Some(Applied::Applied));
+    let mut other = first.clone();
+    other.order.total = Decimal::new(100, 2);
+    other.order.items = None;
+    let verdict = orders.apply(&other, &meta("b")).await.ok();
+    let expected = Applied::Conflict {
+        version: 2,
+        stored: ContentDigest::of(&first.order),
+        received: ContentDigest::of(&other.order),
+    };
+    assert_eq!(verdict, Some(expected));
+    let Ok(Some(view)) = orders.get(pedido).await else { panic!("readable") };
+    assert_eq!((view.order.total, view.order.request_id.as_deref()), (Decimal::new(5990, 2), Some("a")));
+}
+
+/// DynamoDB's own refusals are classified from the SDK's typed error: an update that would grow an item past 400 KB
+/// is `Rejected` with its AWS code (permanent for that message), a missing table is `Misconfigured` (the deployment).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_classified_rejected_or_misconfigured() {
+    let (_emulator, orders, client) = setup().await;
+    let pedido = oversized_order(&orders, &client).await;
+    match orders.apply(&big_update(pedido), &meta("x")).await {
+        Err(StoreError::Rejected { code, .. }) => assert_eq!(code, "ValidationException"),
+        other => panic!("an item past 400 KB must be refused for good, got {other:?}"),
+    }
+    let missing = DynamoOrders::new(client, "no-such-table");
+    match missing.apply(&event(Uuid::new_v4(), Uuid::new_v4(), 1, 1), &meta("x")).await {
+        Err(StoreError::Misconfigured { code, .. }) => assert_eq!(code, "ResourceNotFoundException"),
+        other => panic!("a missing table is a deployment problem, got {other:?}"),
+    }
+}
+
+/// Version 2 of `pedido` with 500 lines of long product ids: about 50 KB of items.
+fn big_update(pedido: Uuid) -> OrderEvent {
+    let mut update = event(pedido, Uuid::from_u128(7), 2, 1);
+    let line = |n: usize| Item { producto_id: format!("{n:064}"), cantidad: 1, precio_unitario: Decimal::new(1, 2) };
+    update.order.items = Some((0..500).map(line).collect());
+    update
+}
+
+/// A stored order padded (by hand) to 370 KB: it still fits, the next version's 50 KB of items cannot.
+async fn oversized_order(orders: &DynamoOrders, client: &aws_sdk_dynamodb::Client) -> Uuid {
+    let pedido = Uuid::new_v4();
+    assert_eq!(orders.apply(&event(pedido, Uuid::new_v4(), 1, 1), &meta("x")).await.ok(), Some(Applied::Applied));
+    client
+        .update_item()
+        .table_name(orders.table())
+        .key("pk", s(&order_key(pedido)))
+        .update_expression("SET padding = :p")
+        .expression_attribute_values(":p", s(&"x".repeat(370_000)))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{}", aws_sdk_dynamodb::error::DisplayErrorContext(e)));
+    pedido
+}
+
+/// Batched writes isolate a write DynamoDB refuses: three of them among thirty good ones fail alone (`Rejected`),
+/// all thirty apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_writes_isolate_the_write_dynamodb_refuses() {
+    let (_emulator, orders, client) = setup().await;
+    let mut bad = Vec::new();
+    for _ in 0..3 {
+        bad.push(oversized_order(&orders, &client).await);
+    }
+    let batched = Arc::new(BatchedWrites::spawn(orders.clone()));
+    let good: Vec<Uuid> = (0..30).map(|_| Uuid::new_v4()).collect();
+    let mut tasks = Vec::new();
+    let writes = good.iter().map(|id| event(*id, Uuid::from_u128(7), 1, 1)).chain(bad.iter().map(|id| big_update(*id)));
+    for write in writes {
+        let batched = Arc::clone(&batched);
+        tasks.push(tokio::spawn(async move { (write.order.pedido_id, batched.apply(&write, &meta("batch")).await) }));
+    }
+    let mut verdicts = HashMap::new();
+    for task in tasks {
+        let (id, verdict) = task.await.unwrap_or_else(|e| panic!("{e}"));
+        verdicts.insert(id, verdict);
+    }
+    for id in &good {
+        assert!(matches!(verdicts[id], Ok(Applied::Applied)), "{id}: {:?}", verdicts[id]);
+    }
+    for id in &bad {
+        assert!(matches!(verdicts[id], Err(StoreError::Rejected { .. })), "{id}: {:?}", verdicts[id]);
+    }
 }

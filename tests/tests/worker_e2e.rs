@@ -460,8 +460,9 @@ async fn sigkill_loses_nothing_and_reapplies_nothing() {
     assert_eq!(lines_with(&second, "stale").len(), 0);
 }
 
-/// Emulator frozen: the worker backs off (no hot loop), `/health` turns 503; after it returns, the worker recovers
-/// alone and applies new events.
+/// Emulator frozen: the worker backs off (no hot loop) and `/ready` turns 503 naming the failing dependency, while
+/// `/health` (liveness, what orchestrators act on) stays 200 all along; after it returns, the worker recovers alone
+/// and applies new events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovers_from_an_emulator_outage() {
     let (emulator, topo, sqs, orders) = setup().await;
@@ -469,16 +470,21 @@ async fn recovers_from_an_emulator_outage() {
     let worker = start_worker(&emulator, &topo, PROCESS, &[("HEALTH_FAILURE_SECONDS", "2")]).await;
     emulator.pause();
     let client = http();
-    let health = format!("{}/health", worker.base_url());
-    eventually(Duration::from_secs(60), Duration::from_millis(250), || async {
-        let status = client.get(&health).send().await.ok()?.status();
-        (status == 503).then_some(())
+    let (health, ready) = (format!("{}/health", worker.base_url()), format!("{}/ready", worker.base_url()));
+    let unready = eventually(Duration::from_secs(90), Duration::from_millis(250), || async {
+        let response = client.get(&ready).send().await.ok()?;
+        (response.status() == 503).then_some(())?;
+        let body: serde_json::Value = response.json().await.ok()?;
+        (body["dependencies"]["sqs"]["state"] == "failing").then_some(body)
     })
     .await;
+    assert_eq!(unready["status"], "ok", "alive while SQS is down: {unready}");
+    let live = client.get(&health).send().await.map(|r| r.status().as_u16()).ok();
+    assert_eq!(live, Some(200), "liveness does not follow a dependency");
     let receives_during = worker.metric("pedidos_worker_sqs_calls_total{operation=\"receive\"}").await.unwrap_or(0.0);
     emulator.resume();
     eventually(Duration::from_secs(60), Duration::from_millis(250), || async {
-        let status = client.get(&health).send().await.ok()?.status();
+        let status = client.get(&ready).send().await.ok()?.status();
         (status == 200).then_some(())
     })
     .await;
@@ -622,7 +628,7 @@ async fn consumer(
 ) -> (Consumer, Arc<Health>) {
     let (_, sqs) = sdk(&emulator.endpoints()).await;
     let queue_settings = discover(&sqs, url).await.unwrap_or_else(|e| panic!("discover: {e}"));
-    let health = Arc::new(Health::new("process", url.to_owned(), Duration::from_secs(60)));
+    let health = Arc::new(Health::new("process", url.to_owned(), pedidos_worker::health::Limits::default()));
     let queue = Arc::new(SqsQueue::new(sqs, queue_settings));
     (Consumer::new(queue, handler, Arc::clone(&health), settings), health)
 }

@@ -145,6 +145,14 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Unavailable { .. } => Self::StoreUnavailable(error.to_string()),
+            // Not the client's fault and not healed by waiting: logged loudly, answered 503 so clients retry once an
+            // operator fixed the deployment.
+            StoreError::Misconfigured { .. } => {
+                tracing::error!(error = %error, "the order store cannot work as deployed");
+                Self::StoreUnavailable(error.to_string())
+            }
+            // The API built a request DynamoDB refuses: a bug.
+            StoreError::Rejected { .. } => Self::Internal(error.to_string()),
             StoreError::Corrupt { key, reason } => Self::CorruptRecord { key, reason },
             StoreError::BadCursor => Self::invalid_field("cursor", "is not a cursor this API handed out"),
         }

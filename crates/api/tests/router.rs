@@ -1245,25 +1245,35 @@ async fn listing_parameters_are_checked() {
     app.get(&format!("{base}?limit=1&limit=2")).await.problem(StatusCode::BAD_REQUEST);
 }
 
-/// A PUT for a version the store already holds, or an older one, is a 409 naming both versions; nothing is published.
-/// A newer version is published.
+/// A PUT of the version the store holds with other content is a 409 naming what differs (the workers would
+/// dead-letter it as a version conflict); an older version is a 409 naming both versions; nothing is published for
+/// either. The stored version with the same content is a retry (its 202 may have been lost): 202 again, with the
+/// stored content. A newer version is published, keeping the stored `fecha` when the body has none.
 #[tokio::test]
-async fn put_of_an_applied_or_older_version_is_409() {
+async fn put_of_an_applied_version_with_other_content_or_an_older_version_is_409() {
     let app = App::accepting();
     app.apply(&OrderEvent::created(state(pedido(), CLIENTE, "10.00", None), Utc::now()), None).await;
-    app.apply(&OrderEvent::updated(state(pedido(), CLIENTE, "11.00", None), 3, Utc::now()), None).await;
+    app.apply(&OrderEvent::updated(state(pedido(), CLIENTE, "64.50", None), 3, Utc::now()), None).await;
     let uri = format!("/api/pedidos/{PEDIDO}");
 
-    let same = app.put_json(&uri, &update(json!(3))).await.problem(StatusCode::CONFLICT);
-    let detail = same["detail"].as_str().unwrap_or_default();
-    assert!(detail.contains("version 3 is already applied; the stored version is 3"), "{detail}");
+    let mut other = update(json!(3));
+    other["total"] = json!("11.00");
+    let conflict = app.put_json(&uri, &other).await.problem(StatusCode::CONFLICT);
+    let detail = conflict["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("version 3 is already applied with a different total; send version 4"), "{detail}");
     let older = app.put_json(&uri, &update(json!(2))).await.problem(StatusCode::CONFLICT);
     let detail = older["detail"].as_str().unwrap_or_default();
     assert!(detail.contains("version 2 is older than the stored version 3"), "{detail}");
     assert!(app.published().is_empty());
 
+    let retry = app.put_json(&uri, &update(json!(3))).await;
+    assert_eq!(retry.status, StatusCode::ACCEPTED, "{}", retry.text());
+    assert_eq!(app.published()[0].event.order.fecha, day(21), "the stored content, fecha included");
+
     assert_eq!(app.put_json(&uri, &update(json!(4))).await.status, StatusCode::ACCEPTED);
-    assert_eq!(app.published().len(), 1);
+    let published = app.published();
+    assert_eq!(published.len(), 2);
+    assert_eq!(published[1].event.order.fecha, day(21), "an update without fecha keeps the order's date");
 }
 
 /// Versions are bounded by `domain::MAX_VERSION`: one above is a 422 on `version`, the bound itself is published.

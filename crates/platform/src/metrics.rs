@@ -35,11 +35,12 @@ pub fn handle() -> PrometheusHandle {
         .clone()
 }
 
-/// Store call results that are worth a series from start-up: the outcomes of a conditional write and the two ways a
-/// call fails. Rarer labels (`corrupt`, `bad_cursor`, `lost`, ...) still appear when they first happen.
-pub const STORE_WRITE_RESULTS: &[&str] = &["applied", "duplicate", "stale", "throttled", "error"];
+/// Store call results that are worth a series from start-up: the outcomes of a conditional write and the ways a call
+/// fails. Rarer labels (`corrupt`, `bad_cursor`, `lost`, ...) still appear when they first happen.
+pub const STORE_WRITE_RESULTS: &[&str] =
+    &["applied", "duplicate", "stale", "conflict", "throttled", "error", "rejected", "misconfigured"];
 /// The same for reads, which succeed with `ok`.
-pub const STORE_READ_RESULTS: &[&str] = &["ok", "throttled", "error"];
+pub const STORE_READ_RESULTS: &[&str] = &["ok", "throttled", "error", "misconfigured"];
 
 /// Describes the order store's metrics (`store::dynamo` records them; both binaries use the store).
 pub fn describe_store() {
@@ -48,8 +49,10 @@ pub fn describe_store() {
         "pedidos_store_calls_total",
         metrics::Unit::Count,
         "DynamoDB calls of the order store, by operation (apply, create_shipment, transact_write, get, list, check, \
-         claim, ...) and result: applied, duplicate or stale for a conditional write, ok for a read, throttled or \
-         error when DynamoDB did not answer usefully (retried; a steady rate of errors is an outage)"
+         claim, compact_history, ...) and result: applied, duplicate, stale or conflict for a conditional write, ok for \
+         a read; throttled or error when DynamoDB did not answer usefully (retried; a steady rate of errors is an \
+         outage), rejected when it refused the request itself (dead-lettered), misconfigured when the table, an index \
+         or a permission is missing (an operator must act)"
     );
     metrics::describe_histogram!(
         "pedidos_store_call_duration_seconds",

@@ -7,18 +7,19 @@ use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::time::Instant;
 
+use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, ReturnValuesOnConditionCheckFailure};
 use aws_sdk_dynamodb::Client;
 use chrono::{DateTime, Utc};
-use domain::{Item, OrderEvent};
+use domain::{ContentDigest, Item, OrderEvent};
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
 use crate::error::BoxError;
 use crate::model::{
-    actualizado_orden, dia, estado_for, fecha_orden, Applied, AppliedVersion, ChangeMeta, OrderRecord, OrderView, Page,
-    RoleStats, Shipment,
+    actualizado_orden, bounded_request_id, dia, estado_for, fecha_orden, Applied, AppliedVersion, ChangeMeta,
+    OrderRecord, OrderView, Page, RoleStats, Shipment, HISTORY_KEPT, HISTORY_MAX,
 };
 use crate::orders::{OrderReads, OrderWrites, StatsWrites, MAX_PAGE};
 use crate::schema::{attr, CUSTOMER_INDEX, RECENT_INDEX};
@@ -44,8 +45,12 @@ pub fn shipment_key(pedido_id: Uuid) -> String {
     format!("ENVIO#{pedido_id}")
 }
 
-/// Applies version *v* only when the order is absent or holds a lower version.
-pub(crate) const APPLY_CONDITION: &str = "attribute_not_exists(pk) OR #version < :v";
+/// Applies version *v* only when the order is absent, or holds a lower version and room in its history (at most
+/// [`HISTORY_MAX`] entries): a full history fails the condition too, and is compacted before the write is tried again.
+pub(crate) const APPLY_CONDITION: &str =
+    "attribute_not_exists(pk) OR (#version < :v AND (attribute_not_exists(versiones) OR size(versiones) < :historyMax))";
+/// Rounds of "apply, compact the full history" before giving up on a write whose item keeps changing.
+const APPLY_ROUNDS: usize = 3;
 /// Creates the shipment only when absent.
 pub(crate) const SHIPMENT_CONDITION: &str = "attribute_not_exists(pk)";
 
@@ -60,9 +65,14 @@ impl ApplyWrite {
     pub fn new(event: &OrderEvent, meta: &ChangeMeta) -> Self {
         let order = &event.order;
         let at = s(meta.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
-        let mut entry =
-            HashMap::from([("version".to_owned(), n(event.version)), ("aplicadaEn".to_owned(), at.clone())]);
-        if let Some(request_id) = &meta.request_id {
+        let digest = s(ContentDigest::of(order).to_string());
+        let request_id = meta.request_id.as_deref().map(bounded_request_id);
+        let mut entry = HashMap::from([
+            ("version".to_owned(), n(event.version)),
+            ("aplicadaEn".to_owned(), at.clone()),
+            ("digest".to_owned(), digest.clone()),
+        ]);
+        if let Some(request_id) = &request_id {
             entry.insert("requestId".to_owned(), s(request_id.clone()));
         }
         let mut set = vec![
@@ -79,6 +89,8 @@ impl ApplyWrite {
             "creadoEn = if_not_exists(creadoEn, :at)",
             "tipo = :tipo",
             "versiones = list_append(if_not_exists(versiones, :empty), :entry)",
+            "versionesAplicadas = if_not_exists(versionesAplicadas, :zero) + :one",
+            "digest = :digest",
         ];
         let mut values: Attributes = HashMap::from([
             (":v".to_owned(), n(event.version)),
@@ -94,6 +106,10 @@ impl ApplyWrite {
             (":tipo".to_owned(), s("PEDIDO")),
             (":empty".to_owned(), AttributeValue::L(Vec::new())),
             (":entry".to_owned(), AttributeValue::L(vec![AttributeValue::M(entry)])),
+            (":zero".to_owned(), n(0)),
+            (":one".to_owned(), n(1)),
+            (":digest".to_owned(), digest),
+            (":historyMax".to_owned(), n(HISTORY_MAX as u64)),
         ]);
         let mut remove = Vec::new();
         match &order.items {
@@ -103,10 +119,10 @@ impl ApplyWrite {
             }
             None => remove.push("#items"),
         }
-        match &meta.request_id {
+        match request_id {
             Some(request_id) => {
                 set.push("requestId = :rid");
-                values.insert(":rid".to_owned(), s(request_id.clone()));
+                values.insert(":rid".to_owned(), s(request_id));
             }
             None => remove.push("requestId"),
         }
@@ -127,15 +143,25 @@ pub(crate) fn apply_names() -> HashMap<String, String> {
     ])
 }
 
-/// What a failed apply condition means, from the stored item DynamoDB returned with the failure.
-pub(crate) fn apply_verdict(old: Option<&Attributes>, version: u64, key: &str) -> Result<Applied, StoreError> {
-    match old.and_then(|item| item.get("version")).map(|v| number::<u64>(v, key, "version")) {
-        Some(Ok(latest)) if latest == version => Ok(Applied::Duplicate),
-        Some(Ok(latest)) => Ok(Applied::Stale { latest }),
-        Some(Err(corrupt)) => Err(corrupt),
-        // The endpoint did not return the item: the condition alone says "not newer than stored".
-        None => Ok(Applied::Duplicate),
-    }
+/// What a failed apply condition means.
+#[derive(Debug)]
+pub(crate) enum Verdict {
+    /// A duplicate, a stale version or a conflict.
+    Decided(Applied),
+    /// The stored version is older: the condition failed on a full history, to be compacted before trying again.
+    HistoryFull(Attributes),
+    /// The failure carried no item (an endpoint that ignores `ReturnValuesOnConditionCheckFailure`): read it.
+    Unknown,
+}
+
+/// Decides from the stored item DynamoDB returned with the failure. The whole item is decoded: one that cannot be
+/// read (no `version`, say) is corrupt, never taken for a duplicate.
+pub(crate) fn apply_verdict(old: Option<&Attributes>, event: &OrderEvent, key: &str) -> Result<Verdict, StoreError> {
+    let Some(old) = old else { return Ok(Verdict::Unknown) };
+    Ok(match decode_order(old, key)?.verdict_for(event) {
+        Some(applied) => Verdict::Decided(applied),
+        None => Verdict::HistoryFull(old.clone()),
+    })
 }
 
 /// The shipment's item.
@@ -149,7 +175,7 @@ pub(crate) fn shipment_item(shipment: &Shipment) -> Attributes {
         ("creadoEn".to_owned(), s(shipment.creado_en.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))),
     ]);
     if let Some(request_id) = &shipment.request_id {
-        item.insert("requestId".to_owned(), s(request_id.clone()));
+        item.insert("requestId".to_owned(), s(bounded_request_id(request_id)));
     }
     item
 }
@@ -170,9 +196,38 @@ impl DynamoOrders {
         &self.table
     }
 
+    /// One conditional `UpdateItem` (access pattern 1); a full history costs one compaction write and a second try,
+    /// once every `HISTORY_MAX - HISTORY_KEPT` versions.
     async fn apply_now(&self, event: &OrderEvent, meta: &ChangeMeta) -> Result<Applied, StoreError> {
-        let write = ApplyWrite::new(event, meta);
         let started = Instant::now();
+        let verdict = self.apply_rounds(event, meta).await;
+        record("apply", started, &verdict);
+        verdict
+    }
+
+    async fn apply_rounds(&self, event: &OrderEvent, meta: &ChangeMeta) -> Result<Applied, StoreError> {
+        let key = order_key(event.order.pedido_id);
+        for _ in 0..APPLY_ROUNDS {
+            let verdict = match self.apply_once(event, meta).await? {
+                Verdict::Unknown => match self.read_item("apply", &key).await? {
+                    Some(stored) => apply_verdict(Some(&stored), event, &key)?,
+                    // Gone since the condition failed: try again.
+                    None => continue,
+                },
+                verdict => verdict,
+            };
+            match verdict {
+                Verdict::Decided(applied) => return Ok(applied),
+                Verdict::HistoryFull(stored) => self.compact_history(&key, &stored).await?,
+                Verdict::Unknown => {}
+            }
+        }
+        Err(StoreError::unavailable("apply", format!("{key} kept changing while its history was compacted")))
+    }
+
+    /// `Ok(Decided(Applied))` when the write happened.
+    async fn apply_once(&self, event: &OrderEvent, meta: &ChangeMeta) -> Result<Verdict, StoreError> {
+        let write = ApplyWrite::new(event, meta);
         let result = self
             .client
             .update_item()
@@ -185,8 +240,8 @@ impl DynamoOrders {
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
-        let verdict = match result {
-            Ok(_) => Ok(Applied::Applied),
+        match result {
+            Ok(_) => Ok(Verdict::Decided(Applied::Applied)),
             Err(SdkError::ServiceError(failure)) if failure.err().is_conditional_check_failed_exception() => {
                 let old = match failure.err() {
                     aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(e) => {
@@ -194,12 +249,48 @@ impl DynamoOrders {
                     }
                     _ => None,
                 };
-                apply_verdict(old, event.version, &write.key)
+                apply_verdict(old, event, &write.key)
             }
-            Err(e) => Err(unavailable("apply", e)),
+            Err(e) => Err(classify("apply", e)),
+        }
+    }
+
+    /// Keeps the [`HISTORY_KEPT`] most recent entries of the full history `stored` holds, provided the item has not
+    /// changed since (same version, same history length); when it has, the caller simply tries its write again.
+    async fn compact_history(&self, key: &str, stored: &Attributes) -> Result<(), StoreError> {
+        let (Some(version), Some(AttributeValue::L(history))) = (stored.get("version"), stored.get("versiones")) else {
+            return Err(corrupt(key, "a full history without version or versiones"));
         };
-        record("apply", started, &verdict);
-        verdict
+        let kept = history[history.len().saturating_sub(HISTORY_KEPT)..].to_vec();
+        let started = Instant::now();
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(key))
+            // Items from before the count existed: every entry they hold was one applied version.
+            .update_expression("SET versiones = :kept, versionesAplicadas = if_not_exists(versionesAplicadas, :len)")
+            .condition_expression("#version = :seen AND size(versiones) = :len")
+            .expression_attribute_names("#version", "version")
+            .expression_attribute_values(":kept", AttributeValue::L(kept))
+            .expression_attribute_values(":seen", version.clone())
+            .expression_attribute_values(":len", n(history.len() as u64))
+            .send()
+            .await;
+        let outcome = match result {
+            Ok(_) => Ok("ok"),
+            Err(SdkError::ServiceError(failure)) if failure.err().is_conditional_check_failed_exception() => {
+                Ok("changed")
+            }
+            Err(e) => Err(classify("compact_history", e)),
+        };
+        count("compact_history", outcome.as_ref().map_or_else(StoreError::kind, |label| *label), started);
+        outcome.map(|_| ())
+    }
+
+    /// One item by key, consistently.
+    async fn read_item(&self, operation: &'static str, key: &str) -> Result<Option<Attributes>, StoreError> {
+        Ok(self.batch_get(operation, &[key.to_owned()], true).await?.remove(key))
     }
 
     async fn create_shipment_now(&self, shipment: &Shipment) -> Result<Applied, StoreError> {
@@ -218,7 +309,7 @@ impl DynamoOrders {
             Err(SdkError::ServiceError(failure)) if failure.err().is_conditional_check_failed_exception() => {
                 Ok(Applied::Duplicate)
             }
-            Err(e) => Err(unavailable("create_shipment", e)),
+            Err(e) => Err(classify("create_shipment", e)),
         };
         record("create_shipment", started, &verdict);
         verdict
@@ -251,7 +342,7 @@ impl DynamoOrders {
             })?;
         let started = Instant::now();
         let result = self.client.batch_get_item().request_items(&self.table, request).send().await;
-        let output = result.map_err(|e| unavailable(operation, e));
+        let output = result.map_err(|e| classify(operation, e));
         record_read(operation, started, &output);
         let mut output = output?;
         // A few small keys are never left unprocessed in practice; if they are, the caller retries the whole read.
@@ -302,7 +393,7 @@ impl DynamoOrders {
                 .limit(i32::try_from(left).unwrap_or(20))
                 .send()
                 .await
-                .map_err(|e| unavailable("recent", e));
+                .map_err(|e| classify("recent", e));
             record_read("recent", started, &output);
             for item in output?.items.unwrap_or_default() {
                 let key = text(&item, attr::PK, "?").unwrap_or_else(|_| "?".into());
@@ -365,7 +456,7 @@ impl DynamoOrders {
             ])));
         }
         let started = Instant::now();
-        let output = query.send().await.map_err(|e| unavailable("list", e));
+        let output = query.send().await.map_err(|e| classify("list", e));
         record_read("list", started, &output);
         let output = output?;
         let mut orders = Vec::new();
@@ -426,7 +517,7 @@ impl OrderReads for DynamoOrders {
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(|e| unavailable("check", e));
+                .map_err(|e| classify("check", e));
             record_read("check", started, &result);
             result
         })
@@ -468,7 +559,7 @@ impl StatsWrites for DynamoOrders {
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(|e| unavailable("stats", e));
+                .map_err(|e| classify("stats", e));
             record_read("stats", started, &result);
             result
         })
@@ -509,14 +600,69 @@ impl Throttling for aws_sdk_dynamodb::operation::describe_table::DescribeTableEr
     }
 }
 
-pub(crate) fn unavailable<E, R>(operation: &'static str, error: SdkError<E, R>) -> StoreError
+/// Error codes that mean "slow down" beyond the variants each operation models.
+const THROTTLING_CODES: [&str; 5] = [
+    "ThrottlingException",
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+    "Throttling",
+    "TooManyRequestsException",
+];
+/// Error codes of a request that may succeed if sent again unchanged.
+const TRANSIENT_CODES: [&str; 6] = [
+    "TransactionConflictException",
+    "TransactionInProgressException",
+    "InternalServerError",
+    "InternalFailure",
+    "ServiceUnavailable",
+    "RequestTimeout",
+];
+/// Error codes that say this process cannot use the table as deployed: missing table or index, permissions,
+/// credentials.
+const MISCONFIGURED_CODES: [&str; 9] = [
+    "ResourceNotFoundException",
+    "AccessDeniedException",
+    "UnrecognizedClientException",
+    "InvalidClientTokenId",
+    "MissingAuthenticationTokenException",
+    "InvalidSignatureException",
+    "IncompleteSignatureException",
+    "SignatureDoesNotMatch",
+    "ExpiredTokenException",
+];
+
+/// Classifies a DynamoDB call's failure from the SDK's error variant, the modeled error, its exact error code and the
+/// HTTP status (never from message text): transport failures, timeouts, throttling, 5xx and transaction conflicts are
+/// [`StoreError::Unavailable`]; missing resources, permissions and credentials [`StoreError::Misconfigured`]; any
+/// other refusal (`ValidationException`, an item over 400 KB, ...) is [`StoreError::Rejected`].
+pub(crate) fn classify<E>(operation: &'static str, error: SdkError<E, HttpResponse>) -> StoreError
 where
     E: std::error::Error + Throttling + ProvideErrorMetadata + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
 {
-    let throttled = error.as_service_error().is_some_and(Throttling::is_throttled);
     let detail = aws_sdk_dynamodb::error::DisplayErrorContext(&error).to_string();
-    StoreError::Unavailable { operation, throttled, detail, source: Box::new(error) as BoxError }
+    let (code, status, throttled) = match &error {
+        SdkError::ServiceError(failure) => {
+            let service = failure.err();
+            (service.code().map(str::to_owned), Some(failure.raw().status().as_u16()), service.is_throttled())
+        }
+        SdkError::ConstructionFailure(_) => (Some("ConstructionFailure".to_owned()), None, false),
+        // Timeouts, connection failures, unreadable responses: the endpoint, not the request.
+        _ => (None, None, false),
+    };
+    let code_is = |codes: &[&str]| code.as_deref().is_some_and(|code| codes.contains(&code));
+    let construction = code.as_deref() == Some("ConstructionFailure");
+    let source = Box::new(error) as BoxError;
+    if (status.is_none() && !construction) || status.is_some_and(|status| status >= 500) || code_is(&TRANSIENT_CODES) {
+        let throttled = throttled || code_is(&THROTTLING_CODES);
+        StoreError::Unavailable { operation, throttled, detail, source }
+    } else if throttled || status == Some(429) || code_is(&THROTTLING_CODES) {
+        StoreError::Unavailable { operation, throttled: true, detail, source }
+    } else if code_is(&MISCONFIGURED_CODES) {
+        StoreError::Misconfigured { operation, code: code.unwrap_or_default(), detail, source: Some(source) }
+    } else {
+        let code = code.unwrap_or_else(|| format!("HTTP {}", status.unwrap_or_default()));
+        StoreError::Rejected { operation, code, detail, source: Some(source) }
+    }
 }
 
 /// Counts a write by operation and result, and its latency.
@@ -525,6 +671,7 @@ pub(crate) fn record(operation: &'static str, started: Instant, result: &Result<
         Ok(Applied::Applied) => "applied",
         Ok(Applied::Duplicate) => "duplicate",
         Ok(Applied::Stale { .. }) => "stale",
+        Ok(Applied::Conflict { .. }) => "conflict",
         Err(e) => e.kind(),
     };
     count(operation, label, started);
@@ -657,6 +804,8 @@ fn decode_items(item: &Attributes, key: &str) -> Result<Option<Vec<Item>>, Store
 /// # Errors
 /// [`StoreError::Corrupt`] naming `key` and the first bad attribute.
 pub fn decode_order(item: &Attributes, key: &str) -> Result<OrderRecord, StoreError> {
+    // First: an order item without its version is the corruption that matters most to a conditional write.
+    let version = required_number(item, "version", key)?;
     let fecha = text(item, "fecha", key)?;
     let versiones = list(item, "versiones", key)?
         .map(|values| {
@@ -668,6 +817,7 @@ pub fn decode_order(item: &Attributes, key: &str) -> Result<OrderRecord, StoreEr
                         version: required_number(entry, "version", key)?,
                         aplicada_en: utc(&text(entry, "aplicadaEn", key)?, key, "aplicadaEn")?,
                         request_id: optional_text(entry, "requestId", key)?,
+                        digest: optional_digest(entry, key)?,
                     })
                 })
                 .collect::<Result<Vec<_>, StoreError>>()
@@ -676,7 +826,7 @@ pub fn decode_order(item: &Attributes, key: &str) -> Result<OrderRecord, StoreEr
         .unwrap_or_default();
     Ok(OrderRecord {
         pedido_id: uuid(item, "pedidoId", key)?,
-        version: required_number(item, "version", key)?,
+        version,
         estado: text(item, "estado", key)?,
         cliente_id: uuid(item, "clienteId", key)?,
         fecha: DateTime::parse_from_rfc3339(&fecha)
@@ -686,8 +836,21 @@ pub fn decode_order(item: &Attributes, key: &str) -> Result<OrderRecord, StoreEr
         creado_en: utc(&text(item, "creadoEn", key)?, key, "creadoEn")?,
         actualizado_en: utc(&text(item, "actualizadoEn", key)?, key, "actualizadoEn")?,
         request_id: optional_text(item, "requestId", key)?,
+        // Items from before the count existed: each entry they hold was one applied version.
+        versiones_aplicadas: item
+            .get("versionesAplicadas")
+            .map_or(Ok(0), |v| number(v, key, "versionesAplicadas"))?
+            .max(versiones.len() as u64),
+        digest: optional_digest(item, key)?,
         versiones,
     })
+}
+
+/// The `digest` attribute of an item or history entry; absent on those written before digests were stored.
+fn optional_digest(item: &Attributes, key: &str) -> Result<Option<ContentDigest>, StoreError> {
+    optional_text(item, "digest", key)?
+        .map(|text| text.parse().map_err(|_| corrupt(key, format!("digest={text:?} is not a content digest"))))
+        .transpose()
 }
 
 fn decode_shipment(item: &Attributes, key: &str) -> Result<Shipment, StoreError> {
@@ -713,7 +876,40 @@ mod tests {
             panic!("a bad item must be reported as corrupt")
         };
         assert_eq!(named, key);
-        assert!(reason.contains("fecha"), "{reason}");
+        assert!(reason.contains("version"), "{reason}");
+    }
+
+    /// Every kind of failure lands in the class the caller acts on, decided by variant, code and status alone.
+    #[test]
+    fn failures_are_classified_by_kind_code_and_status() {
+        use aws_sdk_dynamodb::error::ErrorMetadata;
+        use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+        use aws_smithy_runtime_api::client::result::SdkError;
+        use aws_smithy_runtime_api::http::{Response, StatusCode};
+        use aws_smithy_types::body::SdkBody;
+
+        let service = |status: u16, code: &str| {
+            let error = UpdateItemError::generic(ErrorMetadata::builder().code(code).message("m").build());
+            let status = StatusCode::try_from(status).unwrap_or_else(|e| panic!("{e}"));
+            classify("apply", SdkError::service_error(error, Response::new(status, SdkBody::empty())))
+        };
+        for (status, code) in [(400, "ThrottlingException"), (400, "ProvisionedThroughputExceededException"), (429, "X")] {
+            assert!(matches!(service(status, code), StoreError::Unavailable { throttled: true, .. }), "{code}");
+        }
+        for (status, code) in [(500, "InternalServerError"), (503, "Anything"), (400, "TransactionConflictException")] {
+            assert!(matches!(service(status, code), StoreError::Unavailable { throttled: false, .. }), "{code}");
+        }
+        for code in ["ResourceNotFoundException", "AccessDeniedException", "UnrecognizedClientException"] {
+            assert_eq!(service(400, code).code(), Some(code));
+            assert!(matches!(service(400, code), StoreError::Misconfigured { .. }), "{code}");
+        }
+        for code in ["ValidationException", "ItemCollectionSizeLimitExceededException", "SomethingNew"] {
+            assert!(matches!(service(400, code), StoreError::Rejected { .. }), "{code}");
+        }
+        let timeout: SdkError<UpdateItemError, Response> = SdkError::timeout_error("slow");
+        assert!(matches!(classify("apply", timeout), StoreError::Unavailable { .. }));
+        let unbuildable: SdkError<UpdateItemError, Response> = SdkError::construction_failure("bad input");
+        assert!(matches!(classify("apply", unbuildable), StoreError::Rejected { .. }));
     }
 
     #[test]

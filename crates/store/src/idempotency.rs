@@ -17,7 +17,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailur
 use aws_sdk_dynamodb::Client;
 use tokio::time::Instant;
 
-use crate::dynamo::{count, n, number, s, unavailable};
+use crate::dynamo::{classify, count, n, number, s};
 use crate::schema::attr;
 use crate::{BoxFuture, StoreError};
 
@@ -124,7 +124,7 @@ impl DynamoIdempotency {
                     None => Ok(Claim::InProgress { lease_left: lease }),
                 }
             }
-            Err(e) => Err(unavailable("claim", e)),
+            Err(e) => Err(classify("claim", e)),
         };
         count("claim", claim.as_ref().map_or_else(StoreError::kind, claim_label), started);
         claim
@@ -157,7 +157,7 @@ impl DynamoIdempotency {
         let result = match request.send().await {
             Ok(_) => Ok(true),
             Err(SdkError::ServiceError(failure)) if failure.err().is_conditional_check_failed_exception() => Ok(false),
-            Err(e) => Err(unavailable(operation, e)),
+            Err(e) => Err(classify(operation, e)),
         };
         count(
             operation,
@@ -225,7 +225,7 @@ impl IdempotencyStore for DynamoIdempotency {
             let result = match result {
                 // Not held any more: nothing to give up.
                 Err(SdkError::ServiceError(failure)) if failure.err().is_conditional_check_failed_exception() => Ok(()),
-                Err(e) => Err(unavailable("release_claim", e)),
+                Err(e) => Err(classify("release_claim", e)),
                 Ok(_) => Ok(()),
             };
             count("release_claim", result.as_ref().map_or_else(StoreError::kind, |()| "ok"), started);

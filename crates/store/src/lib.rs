@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`model`]: order state, applied versions, shipments, pages: what the store holds, independent of DynamoDB.
-//! - [`error`]: [`StoreError`], typed: unavailable (retry), corrupt item (log the key), bad cursor.
+//! - [`error`]: [`StoreError`], typed: unavailable (retry), rejected (never retry), misconfigured (tell an
+//!   operator), corrupt item (log the key), bad cursor.
 //! - [`orders`]: the [`OrderWrites`] (workers) and [`OrderReads`] (API) traits.
 //! - [`dynamo`]: both traits on DynamoDB (one conditional write per effect); [`schema`] creates the tables.
 //! - [`memory`]: the same semantics in memory, for unit tests of the worker and the API.

@@ -1,6 +1,6 @@
 //! The store's semantics in memory: the twin the worker's and the API's unit tests run against.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -16,13 +16,17 @@ struct Tables {
     orders: HashMap<Uuid, OrderRecord>,
     shipments: HashMap<Uuid, Shipment>,
     stats: BTreeMap<String, RoleStats>,
+    /// Orders whose writes DynamoDB would refuse (e.g. an item grown past 400 KB by hand).
+    rejecting: HashSet<Uuid>,
 }
 
-/// In-memory [`OrderWrites`] + [`OrderReads`]. [`MemoryOrders::set_unavailable`] simulates an outage.
+/// In-memory [`OrderWrites`] + [`OrderReads`]. [`MemoryOrders::set_unavailable`] simulates an outage,
+/// [`MemoryOrders::set_misconfigured`] a missing table, [`MemoryOrders::reject_writes_of`] an item DynamoDB refuses.
 #[derive(Default)]
 pub struct MemoryOrders {
     tables: Mutex<Tables>,
     unavailable: AtomicBool,
+    misconfigured: AtomicBool,
 }
 
 impl MemoryOrders {
@@ -33,6 +37,17 @@ impl MemoryOrders {
     /// While `true`, every call fails with [`StoreError::Unavailable`] (throttled).
     pub fn set_unavailable(&self, unavailable: bool) {
         self.unavailable.store(unavailable, Ordering::SeqCst);
+    }
+
+    /// While `true`, every call fails with [`StoreError::Misconfigured`] (`ResourceNotFoundException`).
+    pub fn set_misconfigured(&self, misconfigured: bool) {
+        self.misconfigured.store(misconfigured, Ordering::SeqCst);
+    }
+
+    /// Every later write to `pedido_id` (order or shipment) fails with [`StoreError::Rejected`]
+    /// (`ValidationException`), as DynamoDB answers an update that would grow an item past 400 KB.
+    pub fn reject_writes_of(&self, pedido_id: Uuid) {
+        self.lock().rejecting.insert(pedido_id);
     }
 
     /// Stores `record` as is (tests: seed a state, or an order written by another version).
@@ -53,6 +68,14 @@ impl MemoryOrders {
     }
 
     fn available(&self, operation: &'static str) -> Result<(), StoreError> {
+        if self.misconfigured.load(Ordering::SeqCst) {
+            return Err(StoreError::Misconfigured {
+                operation,
+                code: "ResourceNotFoundException".into(),
+                detail: "simulated: the table does not exist".into(),
+                source: None,
+            });
+        }
         if self.unavailable.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable {
                 operation,
@@ -64,22 +87,32 @@ impl MemoryOrders {
         Ok(())
     }
 
+    fn writable(&self, operation: &'static str, tables: &Tables, pedido_id: Uuid) -> Result<(), StoreError> {
+        if tables.rejecting.contains(&pedido_id) {
+            return Err(StoreError::Rejected {
+                operation,
+                code: "ValidationException".into(),
+                detail: "simulated: Item size to update has exceeded the maximum allowed size".into(),
+                source: None,
+            });
+        }
+        Ok(())
+    }
+
     fn apply_now(&self, event: &OrderEvent, meta: &ChangeMeta) -> Result<Applied, StoreError> {
         self.available("apply")?;
         let mut tables = self.lock();
         let id = event.order.pedido_id;
+        self.writable("apply", &tables, id)?;
         let next = match tables.orders.remove(&id) {
             None => OrderRecord::first(event, meta),
-            Some(old) if old.version < event.version => old.then(event, meta),
-            Some(old) => {
-                let verdict = if old.version == event.version {
-                    Applied::Duplicate
-                } else {
-                    Applied::Stale { latest: old.version }
-                };
-                tables.orders.insert(id, old);
-                return Ok(verdict);
-            }
+            Some(old) => match old.verdict_for(event) {
+                None => old.then(event, meta),
+                Some(verdict) => {
+                    tables.orders.insert(id, old);
+                    return Ok(verdict);
+                }
+            },
         };
         tables.orders.insert(id, next);
         Ok(Applied::Applied)
@@ -116,14 +149,19 @@ impl OrderWrites for MemoryOrders {
     }
 
     fn create_shipment<'a>(&'a self, shipment: &'a Shipment) -> BoxFuture<'a, Result<Applied, StoreError>> {
-        let result =
-            self.available("create_shipment").map(|()| match self.lock().shipments.entry(shipment.pedido_id) {
+        let result = self.available("create_shipment").and_then(|()| {
+            let mut tables = self.lock();
+            self.writable("create_shipment", &tables, shipment.pedido_id)?;
+            Ok(match tables.shipments.entry(shipment.pedido_id) {
                 std::collections::hash_map::Entry::Occupied(_) => Applied::Duplicate,
                 std::collections::hash_map::Entry::Vacant(slot) => {
-                    slot.insert(shipment.clone());
+                    let mut shipment = shipment.clone();
+                    shipment.request_id = shipment.request_id.as_deref().map(crate::model::bounded_request_id);
+                    slot.insert(shipment);
                     Applied::Applied
                 }
-            });
+            })
+        });
         Box::pin(async move { result })
     }
 }

@@ -1,7 +1,7 @@
 //! What the store holds, independent of how DynamoDB spells it.
 
 use chrono::{DateTime, FixedOffset, Utc};
-use domain::{Item, OrderEvent};
+use domain::{ContentDigest, Item, OrderEvent};
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
@@ -21,15 +21,31 @@ pub fn estado_for(version: u64) -> &'static str {
     }
 }
 
+/// Most entries `versiones` ever holds. An order may take every version up to `domain::MAX_VERSION`; its item must
+/// stay far below DynamoDB's 400 KB whatever happens, so the history is bounded (`docs/data-model.md`).
+pub const HISTORY_MAX: usize = 40;
+/// Entries left after the history was compacted (the most recent ones): compaction then happens once every
+/// `HISTORY_MAX - HISTORY_KEPT` versions, not on every write.
+pub const HISTORY_KEPT: usize = 20;
+/// Longest request id stored (characters). The API keeps client ids to this length; other producers' ids are cut.
+pub const REQUEST_ID_MAX: usize = 128;
+
+/// `request_id` cut to [`REQUEST_ID_MAX`] characters: every stored copy of it has a bound.
+pub fn bounded_request_id(request_id: &str) -> String {
+    request_id.chars().take(REQUEST_ID_MAX).collect()
+}
+
 /// What a conditional write found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
     /// The effect happened now.
     Applied,
-    /// This exact effect was applied before (same version, or the shipment exists).
+    /// This exact effect was applied before (same version and content, or the shipment exists).
     Duplicate,
     /// A higher version of the order is already stored.
     Stale { latest: u64 },
+    /// This version was applied with other content: two different writes claimed one version. Nothing is written.
+    Conflict { version: u64, stored: ContentDigest, received: ContentDigest },
 }
 
 /// Who and when, recorded with each applied change.
@@ -45,6 +61,8 @@ pub struct AppliedVersion {
     pub version: u64,
     pub aplicada_en: DateTime<Utc>,
     pub request_id: Option<String>,
+    /// The content applied at this version; `None` on entries written before digests were stored.
+    pub digest: Option<ContentDigest>,
 }
 
 /// An order's current state and its history.
@@ -60,13 +78,20 @@ pub struct OrderRecord {
     pub creado_en: DateTime<Utc>,
     pub actualizado_en: DateTime<Utc>,
     pub request_id: Option<String>,
+    /// The most recent applied versions (at most [`HISTORY_MAX`]), in the order applied.
     pub versiones: Vec<AppliedVersion>,
+    /// How many versions were applied in all, including those compacted out of `versiones`.
+    pub versiones_aplicadas: u64,
+    /// The content of the current version; `None` on items written before digests were stored.
+    pub digest: Option<ContentDigest>,
 }
 
 impl OrderRecord {
     /// The state after applying `event` to nothing (version 1, or the first version this store sees).
     pub fn first(event: &OrderEvent, meta: &ChangeMeta) -> Self {
         let order = &event.order;
+        let digest = ContentDigest::of(order);
+        let request_id = meta.request_id.as_deref().map(bounded_request_id);
         Self {
             pedido_id: order.pedido_id,
             version: event.version,
@@ -77,22 +102,48 @@ impl OrderRecord {
             items: order.items.clone(),
             creado_en: meta.at,
             actualizado_en: meta.at,
-            request_id: meta.request_id.clone(),
+            request_id: request_id.clone(),
             versiones: vec![AppliedVersion {
                 version: event.version,
                 aplicada_en: meta.at,
-                request_id: meta.request_id.clone(),
+                request_id,
+                digest: Some(digest),
             }],
+            versiones_aplicadas: 1,
+            digest: Some(digest),
         }
     }
 
-    /// The state after applying the newer `event` on top of `self` (the caller checked the version).
+    /// The state after applying the newer `event` on top of `self` (the caller checked the version), with the history
+    /// compacted to its [`HISTORY_KEPT`] most recent entries first when it is full, as the DynamoDB store does.
     pub fn then(mut self, event: &OrderEvent, meta: &ChangeMeta) -> Self {
         let mut next = Self::first(event, meta);
         next.creado_en = self.creado_en;
+        next.versiones_aplicadas = self.versiones_aplicadas.max(self.versiones.len() as u64) + 1;
+        if self.versiones.len() >= HISTORY_MAX {
+            self.versiones.drain(..self.versiones.len() - HISTORY_KEPT);
+        }
         self.versiones.append(&mut next.versiones);
         next.versiones = self.versiones;
         next
+    }
+
+    /// What storing `event` on top of this record means when its version is not newer: a duplicate, a stale version,
+    /// or a conflict (the same version applied with other content). `None` when `event` is newer.
+    pub fn verdict_for(&self, event: &OrderEvent) -> Option<Applied> {
+        let received = ContentDigest::of(&event.order);
+        let stored = if event.version == self.version {
+            self.digest
+        } else {
+            self.versiones.iter().find(|v| v.version == event.version).and_then(|v| v.digest)
+        };
+        let conflict = stored.filter(|stored| *stored != received);
+        match (event.version.cmp(&self.version), conflict) {
+            (std::cmp::Ordering::Greater, _) => None,
+            (_, Some(stored)) => Some(Applied::Conflict { version: event.version, stored, received }),
+            (std::cmp::Ordering::Equal, None) => Some(Applied::Duplicate),
+            (std::cmp::Ordering::Less, None) => Some(Applied::Stale { latest: self.version }),
+        }
     }
 
     /// Sort key of the customer index: the order date in UTC, then the id so equal dates stay distinct.

@@ -2,10 +2,15 @@
 //!
 //! The worker handles a received batch of up to 10 messages at once, so their writes reach [`BatchedWrites`] within a
 //! few milliseconds of each other; one transaction then carries all of them. When DynamoDB cancels it, each item's
-//! `CancellationReason` says what happened to it: `ConditionalCheckFailed` (with the stored item) is that message's
-//! `duplicate` or `stale`, decided; `None`, `TransactionConflict` or throttling mean it would have applied, so only
-//! those go into the next transaction. Each write still applies at most once: the conditions are the same as the
-//! single writes' ([`crate::dynamo::DynamoOrders`]).
+//! `CancellationReason` says what happened to it:
+//! - `ConditionalCheckFailed` (with the stored item) is that message's `duplicate`, `stale` or `conflict`, decided;
+//! - `None` (cancelled because of another item), `TransactionConflict` or throttling mean it would have applied, so
+//!   only those go into the next transaction;
+//! - any other reason (`ValidationError`, ...) is that write's own permanent error ([`StoreError::Rejected`]).
+//!
+//! A transaction refused as a whole (a request-level `ValidationException`) cannot say which write was at fault:
+//! every write of it then goes alone, so the bad one fails by itself and the others apply in the same round. Each write
+//! still applies at most once: the conditions are the single writes' ([`crate::dynamo::DynamoOrders`]).
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant as StdInstant};
@@ -18,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::dynamo::{
-    apply_names, apply_verdict, count, s, shipment_item, unavailable, ApplyWrite, Attributes, DynamoOrders,
+    apply_names, apply_verdict, classify, count, s, shipment_item, ApplyWrite, Attributes, DynamoOrders, Verdict,
     APPLY_CONDITION, SHIPMENT_CONDITION,
 };
 use crate::model::{Applied, ChangeMeta, Shipment};
@@ -68,19 +73,19 @@ impl Write {
                 .build()
                 .map(|put| TransactWriteItem::builder().put(put).build()),
         };
-        built.map_err(|e| StoreError::Unavailable {
+        built.map_err(|e| StoreError::Rejected {
             operation: "transact_write",
-            throttled: false,
+            code: "ConstructionFailure".into(),
             detail: e.to_string(),
-            source: Box::new(e),
+            source: Some(Box::new(e)),
         })
     }
 
     /// The outcome of a write whose condition failed, from the stored item.
-    fn verdict(&self, old: Option<&Attributes>) -> Result<Applied, StoreError> {
+    fn verdict(&self, old: Option<&Attributes>) -> Result<Verdict, StoreError> {
         match self {
-            Self::Apply { event, .. } => apply_verdict(old, event.version, &self.key()),
-            Self::Shipment(_) => Ok(Applied::Duplicate),
+            Self::Apply { event, .. } => apply_verdict(old, event, &self.key()),
+            Self::Shipment(_) => Ok(Verdict::Decided(Applied::Duplicate)),
         }
     }
 
@@ -120,12 +125,7 @@ impl BatchedWrites {
 
     async fn submit(&self, write: Write) -> Result<Applied, StoreError> {
         let (reply, answer) = oneshot::channel();
-        let gone = || StoreError::Unavailable {
-            operation: "transact_write",
-            throttled: false,
-            detail: "the batching task stopped".into(),
-            source: "the batching task stopped".into(),
-        };
+        let gone = || StoreError::unavailable("transact_write", "the batching task stopped");
         self.tx.send(Job { write, reply }).await.map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
@@ -159,53 +159,60 @@ async fn execute(orders: &DynamoOrders, jobs: Vec<Job>) {
     // A transaction may not touch one item twice: repeats of a key go through single writes after it.
     let mut keys = HashSet::new();
     let (mut pending, repeats): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|job| keys.insert(job.write.key()));
+    let mut alone = Vec::new();
     for _ in 0..ROUNDS {
         if pending.len() <= 1 {
             break;
         }
-        pending = match transact(orders, pending).await {
-            Round::Done => Vec::new(),
-            Round::Retry(again) => again,
-        };
+        let round = transact(orders, pending).await;
+        pending = round.again;
+        alone.extend(round.alone);
     }
-    for job in pending.into_iter().chain(repeats) {
+    for job in pending.into_iter().chain(alone).chain(repeats) {
         let result = job.write.single(orders).await;
         job.answer(result);
     }
 }
 
-enum Round {
-    Done,
-    /// Writes that would have applied but were cancelled with the transaction.
-    Retry(Vec<Job>),
+/// What a transaction left to do.
+#[derive(Default)]
+struct Round {
+    /// Writes that would have applied but were cancelled with the transaction: the next transaction.
+    again: Vec<Job>,
+    /// Writes whose outcome only a single write can tell (the transaction was refused as a whole, or an item's
+    /// history must be compacted first).
+    alone: Vec<Job>,
 }
 
+/// `CancellationReason` codes of a write that would have applied: it goes into the next transaction.
+const RETRY_REASONS: [&str; 5] =
+    ["None", "TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded"];
+
 async fn transact(orders: &DynamoOrders, jobs: Vec<Job>) -> Round {
-    let items = jobs.iter().map(|job| job.write.item(orders.table())).collect::<Result<Vec<_>, _>>();
-    let items = match items {
-        Ok(items) => items,
-        Err(error) => {
-            let detail = error.to_string();
-            for job in jobs {
-                job.answer(Err(StoreError::Unavailable {
-                    operation: "transact_write",
-                    throttled: false,
-                    detail: detail.clone(),
-                    source: detail.clone().into(),
-                }));
+    let mut round = Round::default();
+    let mut items = Vec::with_capacity(jobs.len());
+    let mut sent = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        match job.write.item(orders.table()) {
+            Ok(item) => {
+                items.push(item);
+                sent.push(job);
             }
-            return Round::Done;
+            Err(error) => job.answer(Err(error)),
         }
-    };
+    }
+    if sent.len() <= 1 {
+        round.alone = sent;
+        return round;
+    }
     let started = StdInstant::now();
     let result = orders.client().transact_write_items().set_transact_items(Some(items)).send().await;
     match result {
         Ok(_) => {
             count("transact_write", "applied", started);
-            for job in jobs {
+            for job in sent {
                 job.answer(Ok(Applied::Applied));
             }
-            Round::Done
         }
         Err(SdkError::ServiceError(failure))
             if matches!(failure.err(), TransactWriteItemsError::TransactionCanceledException(_)) =>
@@ -215,35 +222,42 @@ async fn transact(orders: &DynamoOrders, jobs: Vec<Job>) -> Round {
                 TransactWriteItemsError::TransactionCanceledException(e) => e.cancellation_reasons().to_vec(),
                 _ => Vec::new(),
             };
-            if reasons.len() != jobs.len() {
+            if reasons.len() != sent.len() {
                 // Cannot tell which item failed: every write goes on alone.
-                return Round::Retry(jobs);
+                round.alone = sent;
+                return round;
             }
-            let mut retry = Vec::new();
-            for (job, reason) in jobs.into_iter().zip(reasons) {
-                if reason.code() == Some("ConditionalCheckFailed") {
-                    let verdict = job.write.verdict(reason.item());
-                    job.answer(verdict);
-                } else {
-                    // "None" (cancelled because of another item), a conflict or throttling: it should still apply.
-                    retry.push(job);
+            for (job, reason) in sent.into_iter().zip(reasons) {
+                match reason.code() {
+                    Some("ConditionalCheckFailed") => match job.write.verdict(reason.item()) {
+                        Ok(Verdict::Decided(applied)) => job.answer(Ok(applied)),
+                        Ok(Verdict::HistoryFull(_) | Verdict::Unknown) => round.alone.push(job),
+                        Err(error) => job.answer(Err(error)),
+                    },
+                    None => round.again.push(job),
+                    Some(code) if RETRY_REASONS.contains(&code) => round.again.push(job),
+                    // This write's own refusal (`ValidationError`, ...): it would be refused again in any transaction.
+                    Some(code) => job.answer(Err(StoreError::Rejected {
+                        operation: "transact_write",
+                        code: code.to_owned(),
+                        detail: reason.message().unwrap_or("cancelled").to_owned(),
+                        source: None,
+                    })),
                 }
             }
-            Round::Retry(retry)
         }
         Err(error) => {
-            let error = unavailable("transact_write", error);
+            let error = classify("transact_write", error);
             count("transact_write", error.kind(), started);
-            let detail = error.to_string();
-            for job in jobs {
-                job.answer(Err(StoreError::Unavailable {
-                    operation: "transact_write",
-                    throttled: matches!(error, StoreError::Unavailable { throttled: true, .. }),
-                    detail: detail.clone(),
-                    source: detail.clone().into(),
-                }));
+            if matches!(error, StoreError::Rejected { .. }) {
+                // Refused as a whole, so one write is at fault and nobody can say which: each goes alone.
+                round.alone = sent;
+            } else {
+                for job in sent {
+                    job.answer(Err(error.duplicate()));
+                }
             }
-            Round::Done
         }
     }
+    round
 }

@@ -1,7 +1,8 @@
 //! Coalesces deletes and visibility changes into SQS batch calls (up to 10 entries, never lingering long).
 //!
 //! Handlers finish at slightly different moments; waiting a few milliseconds for neighbours turns ten calls into one,
-//! which is most of the worker's SQS cost under backlog.
+//! which is most of the worker's SQS cost under backlog. A failed entry is retried with backoff while its receipt
+//! handle can still be useful, and for at most [`FINAL_FLUSH`] once the worker is stopping.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,14 +14,21 @@ use crate::queue::{BatchFailure, MessageQueue, QueueError};
 
 /// SQS batch limit.
 pub const MAX_BATCH: usize = 10;
-/// How long the first entry of a batch may wait for company.
+/// How long a batch waits for its next entry before going out (a sliding window: entries arriving closer than this
+/// keep it open, up to [`LINGER_MAX`]).
 pub const LINGER: Duration = Duration::from_millis(20);
-/// Attempts for an entry whose batch call or entry failed transiently.
-const ATTEMPTS: u32 = 3;
-/// Actions queued but not yet sent. Settling a message waits while this many are pending, so a slow or failing SQS
-/// slows receiving down instead of piling up deletes: a SIGKILL strands at most this many settled-but-undeleted
-/// messages (plus the ones in flight), and the store recognises each as a duplicate when it comes back.
+/// The longest a batch stays open for company.
+pub const LINGER_MAX: Duration = Duration::from_millis(250);
+/// Actions queued but not yet sent, and entries waiting to be retried. Settling a message waits while this many are
+/// pending, so a slow or failing SQS slows receiving down instead of piling up deletes: a SIGKILL strands at most
+/// this many settled-but-undeleted messages (plus the ones in flight), and the store recognises each as a duplicate
+/// when it comes back.
 pub const MAX_PENDING: usize = 2 * MAX_BATCH;
+/// How long what is still pending may take to go out once the worker stops (the stop timeout must hold it).
+pub const FINAL_FLUSH: Duration = Duration::from_secs(5);
+/// First and longest delay before a failed entry is sent again.
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub enum Action {
@@ -28,6 +36,14 @@ pub enum Action {
     Delete { receipt_handle: String },
     /// Make the message visible again after `after` (0 releases it at once).
     Visibility { receipt_handle: String, after: Duration },
+}
+
+impl Action {
+    fn handle(&self) -> &str {
+        match self {
+            Self::Delete { receipt_handle } | Self::Visibility { receipt_handle, .. } => receipt_handle,
+        }
+    }
 }
 
 /// Handle to the batching task. Dropping every clone flushes what is pending and ends the task.
@@ -52,77 +68,149 @@ impl Batcher {
     }
 }
 
-async fn run(queue: Arc<dyn MessageQueue>, mut rx: mpsc::Receiver<Action>) {
-    let mut deletes: Vec<(String, u32)> = Vec::new();
-    let mut changes: Vec<(String, Duration, u32)> = Vec::new();
-    let mut open = true;
-    while open || !deletes.is_empty() || !changes.is_empty() {
-        if deletes.is_empty() && changes.is_empty() {
-            match rx.recv().await {
-                Some(action) => push(action, &mut deletes, &mut changes),
-                None => break,
+/// An action with its sending history.
+struct Entry {
+    action: Action,
+    attempt: u32,
+    not_before: Instant,
+    /// After this, sending is pointless (the message may be with another worker) or the worker must exit.
+    give_up_at: Instant,
+}
+
+/// The actions waiting to go out.
+struct Pending {
+    entries: Vec<Entry>,
+    /// How long a receipt handle is worth retrying: half the visibility timeout, about what a settled message's lease
+    /// has left.
+    window: Duration,
+}
+
+impl Pending {
+    fn push(&mut self, action: Action) {
+        let now = Instant::now();
+        self.entries.push(Entry { action, attempt: 1, not_before: now, give_up_at: now + self.window });
+    }
+
+    /// Stopping: everything must go out within [`FINAL_FLUSH`].
+    fn closing(&mut self) {
+        let last = Instant::now() + FINAL_FLUSH;
+        for entry in &mut self.entries {
+            entry.give_up_at = entry.give_up_at.min(last);
+        }
+    }
+
+    fn ready(&self, delete: bool) -> usize {
+        let now = Instant::now();
+        self.entries
+            .iter()
+            .filter(|e| e.not_before <= now && matches!(e.action, Action::Delete { .. }) == delete)
+            .count()
+    }
+
+    fn full(&self) -> bool {
+        self.ready(true) >= MAX_BATCH || self.ready(false) >= MAX_BATCH
+    }
+
+    fn next_retry(&self) -> Option<Instant> {
+        self.entries.iter().map(|e| e.not_before).min()
+    }
+
+    /// Takes up to a batch of ready deletes (`delete`) or visibility changes.
+    fn take(&mut self, delete: bool) -> Vec<Entry> {
+        let now = Instant::now();
+        let mut batch = Vec::new();
+        let mut kept = Vec::with_capacity(self.entries.len());
+        for entry in self.entries.drain(..) {
+            let wanted = entry.not_before <= now && matches!(entry.action, Action::Delete { .. }) == delete;
+            if wanted && batch.len() < MAX_BATCH {
+                batch.push(entry);
+            } else {
+                kept.push(entry);
             }
         }
-        // Linger briefly for more entries, but flush as soon as a batch is full.
-        let deadline = Instant::now() + LINGER;
-        while open && deletes.len() < MAX_BATCH && changes.len() < MAX_BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(action)) => push(action, &mut deletes, &mut changes),
-                Ok(None) => open = false,
+        self.entries = kept;
+        batch
+    }
+}
+
+async fn run(queue: Arc<dyn MessageQueue>, mut rx: mpsc::Receiver<Action>) {
+    let window = (queue.settings().visibility_timeout / 2).max(Duration::from_secs(1));
+    let mut pending = Pending { entries: Vec::new(), window };
+    let mut open = true;
+    while open || !pending.entries.is_empty() {
+        // Wait for an action, or for the next retry to be due.
+        if pending.ready(true) + pending.ready(false) == 0 {
+            let retry_at = pending.next_retry();
+            let room = open && pending.entries.len() < MAX_PENDING;
+            tokio::select! {
+                action = rx.recv(), if room => match action {
+                    Some(action) => pending.push(action),
+                    None => {
+                        open = false;
+                        pending.closing();
+                    }
+                },
+                () = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {}
+            }
+        }
+        // Linger for company while entries keep arriving, but flush as soon as a batch is full.
+        let cap = Instant::now() + LINGER_MAX;
+        while open && pending.entries.len() < MAX_PENDING && !pending.full() {
+            match tokio::time::timeout_at((Instant::now() + LINGER).min(cap), rx.recv()).await {
+                Ok(Some(action)) => pending.push(action),
+                Ok(None) => {
+                    open = false;
+                    pending.closing();
+                }
                 Err(_) => break,
             }
         }
-        if !deletes.is_empty() {
-            let batch: Vec<(String, u32)> = deletes.drain(..deletes.len().min(MAX_BATCH)).collect();
-            flush_deletes(queue.as_ref(), batch, &mut deletes).await;
-        }
-        if !changes.is_empty() {
-            let batch: Vec<(String, Duration, u32)> = changes.drain(..changes.len().min(MAX_BATCH)).collect();
-            flush_changes(queue.as_ref(), batch, &mut changes).await;
+        for delete in [true, false] {
+            let batch = pending.take(delete);
+            if !batch.is_empty() {
+                flush(queue.as_ref(), batch, &mut pending).await;
+            }
         }
     }
 }
 
-fn push(action: Action, deletes: &mut Vec<(String, u32)>, changes: &mut Vec<(String, Duration, u32)>) {
-    match action {
-        Action::Delete { receipt_handle } => deletes.push((receipt_handle, 1)),
-        Action::Visibility { receipt_handle, after } => changes.push((receipt_handle, after, 1)),
-    }
-}
-
-async fn flush_deletes(queue: &dyn MessageQueue, batch: Vec<(String, u32)>, retry: &mut Vec<(String, u32)>) {
-    let handles: Vec<String> = batch.iter().map(|(h, _)| h.clone()).collect();
-    let failed = outcome(queue.delete_batch(&handles).await, &handles, "delete");
+/// Sends one batch; entries that failed transiently go back to `pending` with a delay while worth retrying.
+async fn flush(queue: &dyn MessageQueue, batch: Vec<Entry>, pending: &mut Pending) {
+    let delete = matches!(batch.first().map(|e| &e.action), Some(Action::Delete { .. }));
+    let handles: Vec<String> = batch.iter().map(|e| e.action.handle().to_owned()).collect();
+    let (operation, result) = if delete {
+        ("delete", queue.delete_batch(&handles).await)
+    } else {
+        let entries: Vec<(String, Duration)> = batch
+            .iter()
+            .filter_map(|e| match &e.action {
+                Action::Visibility { receipt_handle, after } => Some((receipt_handle.clone(), *after)),
+                Action::Delete { .. } => None,
+            })
+            .collect();
+        ("change_visibility", queue.change_visibility_batch(&entries).await)
+    };
+    let failed = outcome(result, &handles, operation);
+    let mut batch = batch;
     for failure in failed {
-        let attempt = batch.iter().find(|(h, _)| *h == failure.receipt_handle).map_or(ATTEMPTS, |(_, a)| *a);
-        if !failure.permanent && attempt < ATTEMPTS {
-            retry.push((failure.receipt_handle, attempt + 1));
-        } else {
+        let Some(at) = batch.iter().position(|e| e.action.handle() == failure.receipt_handle) else { continue };
+        let mut entry = batch.swap_remove(at);
+        let delay = RETRY_FIRST.saturating_mul(1 << entry.attempt.min(8).saturating_sub(1)).min(RETRY_MAX);
+        let now = Instant::now();
+        if !failure.permanent && now + delay < entry.give_up_at {
+            entry.attempt += 1;
+            entry.not_before = now + delay;
+            pending.entries.push(entry);
+        } else if delete {
             // Not silent: the message will be redelivered and then recognised as a duplicate.
-            tracing::error!(reason = %failure.reason, attempt, "delete failed; message will be redelivered and deduplicated");
-        }
-    }
-}
-
-async fn flush_changes(
-    queue: &dyn MessageQueue,
-    batch: Vec<(String, Duration, u32)>,
-    retry: &mut Vec<(String, Duration, u32)>,
-) {
-    let entries: Vec<(String, Duration)> = batch.iter().map(|(h, d, _)| (h.clone(), *d)).collect();
-    let handles: Vec<String> = batch.iter().map(|(h, _, _)| h.clone()).collect();
-    let failed = outcome(queue.change_visibility_batch(&entries).await, &handles, "change_visibility");
-    for failure in failed {
-        let Some((_, after, attempt)) = batch.iter().find(|(h, _, _)| *h == failure.receipt_handle) else { continue };
-        if !failure.permanent && *attempt < ATTEMPTS {
-            retry.push((failure.receipt_handle, *after, attempt + 1));
+            tracing::error!(reason = %failure.reason, attempts = entry.attempt, "delete failed; message will be redelivered and deduplicated");
         } else {
-            tracing::warn!(reason = %failure.reason, "visibility change failed; message reappears after its current timeout");
+            tracing::warn!(reason = %failure.reason, attempts = entry.attempt, "visibility change failed; message reappears after its current timeout");
         }
     }
 }
 
-/// A failed call fails every entry (transiently); a backoff keeps a dead endpoint from spinning the retries.
+/// A failed call fails every entry (transiently).
 fn outcome(
     result: Result<Vec<BatchFailure>, QueueError>,
     handles: &[String],
@@ -243,15 +331,45 @@ mod tests {
         assert!(started.elapsed() <= LINGER + Duration::from_millis(2), "{:?}", started.elapsed());
     }
 
-    /// A failed call is retried, so nothing is silently dropped.
+    /// A failed call is retried with backoff (not in a tight loop), so nothing is silently dropped.
     #[tokio::test(start_paused = true)]
-    async fn failed_calls_are_retried() {
+    async fn failed_calls_are_retried_with_backoff() {
         let sink = Arc::new(Recorder { fail_first: Mutex::new(2), ..Recorder::default() });
         let (batcher, task) = Batcher::spawn(sink.clone());
+        let started = Instant::now();
         batcher.submit(delete(1)).await;
         drop(batcher);
         let _ = task.await;
         assert_eq!(sink.deletes.lock().map(|d| d.concat()).unwrap_or_default(), ["h1"]);
+        assert!(started.elapsed() >= RETRY_FIRST * 3, "200 ms then 400 ms between attempts: {:?}", started.elapsed());
+    }
+
+    /// An SQS that never answers does not hold the worker's exit: what is pending is given up after the final flush.
+    #[tokio::test(start_paused = true)]
+    async fn a_dead_sqs_holds_the_stop_for_at_most_the_final_flush() {
+        let sink = Arc::new(Recorder { fail_first: Mutex::new(usize::MAX), ..Recorder::default() });
+        let (batcher, task) = Batcher::spawn(sink.clone());
+        batcher.submit(delete(1)).await;
+        let stopping = Instant::now();
+        drop(batcher);
+        let _ = task.await;
+        assert!(stopping.elapsed() <= FINAL_FLUSH + LINGER_MAX, "{:?}", stopping.elapsed());
+        assert!(sink.deletes.lock().map(|d| d.is_empty()).unwrap_or(false));
+    }
+
+    /// Entries arriving a few milliseconds apart (handlers finishing one store write after another) share a batch.
+    #[tokio::test(start_paused = true)]
+    async fn entries_trickling_in_share_one_batch() {
+        let sink = Arc::new(Recorder::default());
+        let (batcher, task) = Batcher::spawn(sink.clone());
+        for n in 0..10 {
+            batcher.submit(delete(n)).await;
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+        drop(batcher);
+        let _ = task.await;
+        let sizes: Vec<usize> = sink.deletes.lock().map(|d| d.iter().map(Vec::len).collect()).unwrap_or_default();
+        assert_eq!(sizes, [10]);
     }
 
     proptest! {

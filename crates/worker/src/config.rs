@@ -6,6 +6,7 @@ use std::time::Duration;
 use platform::config::{idempotency_table, in_range, orders_table, required, Common, ConfigError, Lookup};
 
 use crate::handler::Role;
+use crate::health::Limits;
 
 pub const DEFAULT_PORT: u16 = 8081;
 
@@ -31,8 +32,8 @@ pub struct Config {
     pub retry_base: Duration,
     /// Cap on the retry delay (SQS allows up to 12 h).
     pub retry_max: Duration,
-    /// SQS or the store failing continuously for this long turns `/health` to 503.
-    pub unhealthy_after: Duration,
+    /// `LIVENESS_STALL_SECONDS` (liveness) and `HEALTH_FAILURE_SECONDS` (readiness), see [`crate::health`].
+    pub health: Limits,
 }
 
 impl Config {
@@ -71,7 +72,12 @@ impl Config {
             },
             retry_base,
             retry_max: retry_max.max(retry_base),
-            unhealthy_after: Duration::from_secs(in_range(env, "HEALTH_FAILURE_SECONDS", 60, 1, 3600)?),
+            health: Limits {
+                // The longest quiet time of a live worker is one SQS or store call that times out (60 s with a 20 s
+                // long poll) plus one backoff (30 s): the default is twice that.
+                stall_after: Duration::from_secs(in_range(env, "LIVENESS_STALL_SECONDS", 180, 10, 86_400)?),
+                unready_after: Duration::from_secs(in_range(env, "HEALTH_FAILURE_SECONDS", 60, 1, 3600)?),
+            },
         })
     }
 }

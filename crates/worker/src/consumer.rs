@@ -4,6 +4,10 @@
 //! *decides* (decode, route, run the handler under a visibility lease) and gets a [`Decision`]: an [`Outcome`] and a
 //! [`Settle`] action. Then one step, [`Consumer::settle`], performs the action, logs one line, counts once, and hands
 //! the same line to the live page ([`crate::live`]) when someone is watching.
+//!
+//! During a store outage the loop holds instead of churning: the messages already held retry in place under their
+//! lease, and no new message is received until the store answers again (when nothing is held, one message is
+//! received to probe it). A message's receive count therefore grows only when SQS really delivers it again.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -185,21 +189,24 @@ impl Consumer {
         // Cancelled when the grace period ends: handlers still running are abandoned and their messages released.
         let abandon = CancellationToken::new();
         let mut backoff = RetryBackoff::default();
-        let mut failing_since: Option<Instant> = None;
+        let mut last_batch_full = false;
 
         while !shutdown.is_cancelled() {
+            let Some(max) = this.receive_size(&shutdown).await else { break };
             let permits = tokio::select! {
-                permits = take_slots(&slots, this.settings.concurrency.min(MAX_BATCH)) => permits,
+                permits = take_slots(&slots, max, last_batch_full) => permits,
                 () = shutdown.cancelled() => break,
             };
-            // The long poll is not abandoned on shutdown: messages SQS hands to a dropped request would stay invisible
-            // for the whole visibility timeout. It returns within `wait_time` (or fails after the call budget).
-            match this.queue.receive(permits.len(), this.settings.wait_time).await {
+            this.health.beat();
+            let received = this.receive_unless_stuck(permits.len(), &shutdown).await;
+            this.health.beat();
+            match received {
                 Ok(messages) => {
-                    if let Some(since) = failing_since.take() {
-                        tracing::info!(down_for = ?since.elapsed(), "SQS reachable again; receiving");
+                    if let Some(down_for) = this.health.succeeded(&this.health.sqs) {
+                        tracing::info!(?down_for, "SQS reachable again; receiving");
                     }
                     backoff = RetryBackoff::default();
+                    last_batch_full = messages.len() == permits.len() && permits.len() > 1;
                     this.health.received_ok();
                     this.health.note_ages(&messages);
                     let mut permits = permits;
@@ -219,10 +226,9 @@ impl Consumer {
                 }
                 Err(error) => {
                     drop(permits);
-                    this.health.receive_failed();
+                    last_batch_full = false;
                     let delay = backoff.next_delay();
-                    if failing_since.is_none() {
-                        failing_since = Some(Instant::now());
+                    if this.health.failed(&this.health.sqs, &error, false) {
                         tracing::warn!(%error, "SQS receive failing; backing off until it answers");
                     } else {
                         tracing::debug!(%error, ?delay, "SQS receive still failing");
@@ -231,10 +237,12 @@ impl Consumer {
                         () = tokio::time::sleep(delay) => {}
                         () = shutdown.cancelled() => {}
                     }
+                    this.health.beat();
                 }
             }
         }
 
+        this.health.stopping();
         tracker.close();
         tracing::info!(in_flight = this.health.in_flight(), grace = ?this.settings.shutdown_grace, "draining in-flight messages");
         if tokio::time::timeout(this.settings.shutdown_grace, tracker.wait()).await.is_err() {
@@ -247,6 +255,62 @@ impl Consumer {
             tracing::error!("batcher task panicked; unflushed deletes will be redelivered as duplicates");
         }
         tracing::info!("consumer stopped");
+    }
+
+    /// How many messages the next receive may ask for; `None` on shutdown. While the store fails, nothing is received
+    /// as long as this worker holds a message (the held ones retry, and are the probe); with nothing held, a single
+    /// message is received to probe the store with.
+    async fn receive_size(&self, shutdown: &CancellationToken) -> Option<usize> {
+        let full = self.settings.concurrency.min(MAX_BATCH);
+        let mut holding = false;
+        loop {
+            if shutdown.is_cancelled() {
+                return None;
+            }
+            if !self.health.store.failing() {
+                if holding {
+                    tracing::info!("store answering again; receiving");
+                }
+                return Some(full);
+            }
+            if self.health.in_flight() == 0 {
+                return Some(1);
+            }
+            if !holding {
+                holding = true;
+                tracing::warn!(
+                    held = self.health.in_flight(),
+                    "store failing: holding the messages received, receiving no more until it answers"
+                );
+            }
+            tokio::select! {
+                () = self.health.store_back(HOLD_RECHECK) => {}
+                () = shutdown.cancelled() => return None,
+            }
+        }
+    }
+
+    /// One receive. The long poll is not abandoned on shutdown (messages SQS hands to a dropped request would stay
+    /// invisible for a whole visibility timeout, and each would have used a receive), unless it outlives its wait by
+    /// [`SHUTDOWN_RECEIVE_SLACK`]: then SQS is not answering anyway, and the shutdown must fit the stop timeout.
+    async fn receive_unless_stuck(
+        &self,
+        max: usize,
+        shutdown: &CancellationToken,
+    ) -> Result<Vec<Received>, QueueError> {
+        let wait = self.settings.wait_time;
+        let stuck = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(wait + SHUTDOWN_RECEIVE_SLACK).await;
+        };
+        tokio::select! {
+            received = self.queue.receive(max, wait) => received,
+            () = stuck => Err(QueueError::Call {
+                operation: "receive",
+                detail: "abandoned at shutdown: SQS did not answer within the long-poll wait".into(),
+                source: None,
+            }),
+        }
     }
 
     async fn handle(
@@ -297,7 +361,7 @@ impl Consumer {
     async fn decide_under_lease(&self, message: &Received, facts: &mut Facts, abandon: &CancellationToken) -> Decision {
         tokio::select! {
             decision = self.decide(message, facts) => decision,
-            lost = keep_lease(self.queue.as_ref(), &message.receipt_handle, self.queue.settings().visibility_timeout) => {
+            lost = keep_lease(self.queue.as_ref(), &self.health, &message.receipt_handle, self.queue.settings().visibility_timeout) => {
                 Decision::new(Outcome::Failed, Settle::Nothing, format!("{lost}; handler cancelled, the message reappears after its visibility timeout"))
             }
             () = abandon.cancelled() => Decision::new(Outcome::Released, Settle::Release, "shutdown grace over; released for another worker"),
@@ -354,18 +418,11 @@ impl Consumer {
             let started = Instant::now();
             let result = self.handler.handle(&event, &ctx).await;
             self.metrics.handler_duration.record(started.elapsed().as_secs_f64());
+            self.health.beat();
             let error = match result {
                 Ok(effect) => {
-                    self.health.store_ok();
-                    return match effect {
-                        Effect::Applied => Decision::new(Outcome::Processed, Settle::Delete, "applied"),
-                        Effect::Duplicate => Decision::new(Outcome::Duplicate, Settle::Delete, "already applied"),
-                        Effect::Stale { latest } => Decision::new(
-                            Outcome::Stale,
-                            Settle::Delete,
-                            format!("older than the applied version {latest}"),
-                        ),
-                    };
+                    self.store_answered();
+                    return effect_decision(effect);
                 }
                 Err(error) => error,
             };
@@ -373,19 +430,37 @@ impl Consumer {
                 // Held and retried in place (the lease keeps it ours): an outage never uses up maxReceiveCount.
                 HandlerError::Unavailable { dependency, source } => {
                     let delay = backoff.next_delay();
-                    if self.health.store_failed() {
+                    if self.health.failed(&self.health.store, &source, false) {
                         tracing::warn!(dependency, error = %source, "dependency failing; holding messages and retrying");
                     } else {
                         tracing::debug!(dependency, error = %source, ?delay, "dependency still failing");
                     }
                     tokio::time::sleep(delay).await;
                 }
+                // No message is at fault and no waiting heals it: held like an outage, but loud on every attempt.
+                HandlerError::Misconfigured { dependency, source } => {
+                    let delay = backoff.next_delay();
+                    self.health.failed(&self.health.store, &source, true);
+                    tracing::error!(dependency, error = %source, retry_in = ?delay, "dependency misconfigured; an operator must fix the deployment (message held)");
+                    tokio::time::sleep(delay).await;
+                }
                 HandlerError::Transient { reason, .. } => {
+                    self.store_answered();
                     let delay = self.retry_delay(message);
                     return Decision::new(Outcome::Failed, Settle::RetryAfter(delay), reason);
                 }
-                HandlerError::Permanent { reason, detail, .. } => return Decision::reject(reason, detail),
+                HandlerError::Permanent { reason, detail, .. } => {
+                    self.store_answered();
+                    return Decision::reject(reason, detail);
+                }
             }
+        }
+    }
+
+    /// The handler's dependency answered (whatever the verdict): the end of a failing period is logged once.
+    fn store_answered(&self) {
+        if let Some(down_for) = self.health.succeeded(&self.health.store) {
+            tracing::info!(?down_for, "dependency answering again");
         }
     }
 
@@ -460,45 +535,85 @@ impl Consumer {
 }
 
 /// Keeps the message invisible while it is handled: extends it at each half of the visibility timeout, and returns
-/// (so the caller cancels the handler) when an extension fails or cannot be confirmed in time. The deadline is local:
-/// a call that hangs past the lease must not let the handler run on while another worker receives the message.
-async fn keep_lease(queue: &dyn MessageQueue, handle: &str, timeout: Duration) -> String {
+/// (so the caller cancels the handler) when an extension cannot be confirmed before the lease ends. A failed extension
+/// is retried with backoff while time remains; the deadline is local, so a call that hangs past the lease never lets
+/// the handler run on while another worker receives the message.
+async fn keep_lease(queue: &dyn MessageQueue, health: &Health, handle: &str, timeout: Duration) -> String {
     // Confirmations must arrive this long before the lease ends, for clock skew and the delete that follows.
     let margin = (timeout / 10).clamp(Duration::from_millis(200), Duration::from_secs(2));
     let mut expires = Instant::now() + timeout;
     loop {
         tokio::time::sleep_until(expires - timeout / 2).await;
-        let asked = Instant::now();
-        match tokio::time::timeout_at(expires - margin, queue.extend_visibility(handle, timeout)).await {
-            Ok(Ok(())) => {
-                expires = asked + timeout;
-                tracing::debug!(extended_by = ?timeout, "visibility extended");
+        let deadline = expires - margin;
+        let mut retry = RetryBackoff::default();
+        loop {
+            let asked = Instant::now();
+            let answer = tokio::time::timeout_at(deadline, queue.extend_visibility(handle, timeout)).await;
+            health.beat();
+            match answer {
+                Ok(Ok(())) => {
+                    expires = asked + timeout;
+                    tracing::debug!(extended_by = ?timeout, "visibility extended");
+                    break;
+                }
+                Ok(Err(error)) => {
+                    let delay = retry.next_delay();
+                    if Instant::now() + delay >= deadline {
+                        return format!("visibility extension failed until the lease ran out: {error}");
+                    }
+                    tracing::warn!(%error, retry_in = ?delay, "visibility extension failed; retrying before the lease ends");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(_) => return "visibility extension not confirmed before the lease ran out".to_owned(),
             }
-            Ok(Err(error)) => return format!("visibility extension failed: {error}"),
-            Err(_) => return "visibility extension not confirmed before the lease ran out".to_owned(),
         }
     }
 }
 
-/// How long the receive loop waits for more handler slots to free up before polling with fewer than a full batch.
-/// Under backlog, slots come back within milliseconds of each other; waiting for them makes every receive (and so
-/// every delete batch) full, which is what gets SQS calls per message down to 0.2.
-const SLOT_LINGER: Duration = crate::batcher::LINGER;
+/// What a store verdict means for the message.
+fn effect_decision(effect: Effect) -> Decision {
+    match effect {
+        Effect::Applied => Decision::new(Outcome::Processed, Settle::Delete, "applied"),
+        Effect::Duplicate => Decision::new(Outcome::Duplicate, Settle::Delete, "already applied"),
+        Effect::Stale { latest } => {
+            Decision::new(Outcome::Stale, Settle::Delete, format!("older than the applied version {latest}"))
+        }
+        // Two writes claimed one version with different content: the later one is kept for a person to decide.
+        Effect::Conflict { version, stored, received } => Decision::reject(
+            "version_conflict",
+            format!("version {version} was applied with content digest {stored}; this message carries {received}"),
+        ),
+    }
+}
 
-/// Waits for one free slot, then for more (up to a full SQS batch) for at most [`SLOT_LINGER`], so no prefetched
-/// message ever waits for a slot while its visibility timer runs.
-async fn take_slots(slots: &Arc<Semaphore>, max: usize) -> Vec<OwnedSemaphorePermit> {
+/// How long the receive loop waits for the next handler slot to free up before polling with fewer than a full batch.
+const SLOT_LINGER: Duration = crate::batcher::LINGER;
+/// After a full receive, the longest the loop waits for the whole batch's slots: under a backlog the messages of one
+/// receive finish within a store round trip or a few of each other, and waiting for all of them keeps every receive
+/// (and so every delete batch) full, which is what gets SQS calls per message down to 0.2.
+const BATCH_LINGER: Duration = Duration::from_millis(250);
+/// How often a receive loop holding during a store outage looks again (it is also woken when the store answers).
+const HOLD_RECHECK: Duration = Duration::from_secs(1);
+/// How long past its wait a receive in flight at shutdown is waited for.
+const SHUTDOWN_RECEIVE_SLACK: Duration = Duration::from_secs(5);
+
+/// Waits for one free slot, then for more (up to `max`) as long as they keep coming back: each next slot within
+/// [`SLOT_LINGER`] of the previous one, for at most [`BATCH_LINGER`] in all after a full batch (`after_full`), or
+/// [`SLOT_LINGER`] in all otherwise. No prefetched message ever waits for a slot while its visibility timer runs.
+async fn take_slots(slots: &Arc<Semaphore>, max: usize, after_full: bool) -> Vec<OwnedSemaphorePermit> {
     let mut permits = Vec::with_capacity(max);
     match Arc::clone(slots).acquire_owned().await {
         Ok(permit) => permits.push(permit),
         // The semaphore is never closed.
         Err(_) => return permits,
     }
-    let deadline = Instant::now() + SLOT_LINGER;
+    let first = Instant::now();
+    let cap = first + if after_full { BATCH_LINGER } else { SLOT_LINGER };
     while permits.len() < max {
         let next = match Arc::clone(slots).try_acquire_owned() {
             Ok(permit) => Some(permit),
             Err(_) => {
+                let deadline = (Instant::now() + SLOT_LINGER).min(cap);
                 tokio::time::timeout_at(deadline, Arc::clone(slots).acquire_owned()).await.ok().and_then(Result::ok)
             }
         };
@@ -518,13 +633,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn take_slots_waits_briefly_for_a_full_batch() {
         let slots = Arc::new(Semaphore::new(10));
-        let busy = take_slots(&slots, 10).await;
+        let busy = take_slots(&slots, 10, false).await;
         assert_eq!(busy.len(), 10);
         let returning = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(5)).await;
             drop(busy);
         });
-        let permits = take_slots(&slots, 10).await;
+        let permits = take_slots(&slots, 10, false).await;
         assert_eq!(permits.len(), 10);
         let _ = returning.await;
     }
@@ -535,8 +650,31 @@ mod tests {
         let slots = Arc::new(Semaphore::new(10));
         let _held = Arc::clone(&slots).try_acquire_many_owned(7);
         let started = Instant::now();
-        let permits = take_slots(&slots, 10).await;
+        let permits = take_slots(&slots, 10, false).await;
         assert_eq!(permits.len(), 3);
         assert!(started.elapsed() <= SLOT_LINGER + Duration::from_millis(1));
+    }
+
+    /// After a full batch, slots trickling back one by one (a store write each, 15 ms apart) are all waited for, so
+    /// the next receive is full too; a slot that never comes back costs at most the batch linger.
+    #[tokio::test(start_paused = true)]
+    async fn after_a_full_batch_slots_trickling_back_fill_the_next_one() {
+        let slots = Arc::new(Semaphore::new(10));
+        let busy = take_slots(&slots, 10, true).await;
+        let mut busy = busy.into_iter();
+        let stuck = busy.next();
+        let returning = tokio::spawn(async move {
+            for permit in busy {
+                tokio::time::sleep(Duration::from_millis(15)).await;
+                drop(permit);
+            }
+        });
+        let started = Instant::now();
+        let permits = take_slots(&slots, 10, true).await;
+        assert_eq!(permits.len(), 9, "every slot that came back, not just the first few");
+        assert!(started.elapsed() <= Duration::from_millis(15 * 9) + SLOT_LINGER, "{:?}", started.elapsed());
+        drop(permits);
+        drop(stuck);
+        let _ = returning.await;
     }
 }

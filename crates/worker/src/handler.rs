@@ -34,9 +34,19 @@ pub struct MessageContext {
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
     /// A dependency (the store) is unreachable or throttling. Not the message's fault: the consumer keeps the message
-    /// (extending its visibility) and retries with backoff, so an outage never uses up `maxReceiveCount`.
+    /// (extending its visibility), stops receiving more, and retries with backoff, so an outage never uses up
+    /// `maxReceiveCount`.
     #[error("{dependency} unavailable: {source}")]
     Unavailable {
+        dependency: &'static str,
+        #[source]
+        source: BoxError,
+    },
+    /// The dependency cannot work as deployed (a missing table, a denied permission): held and retried like
+    /// [`Self::Unavailable`], since no message is at fault, but every attempt is logged as an error naming the
+    /// problem, and `/ready` reports it at once.
+    #[error("{dependency} misconfigured: {source}")]
+    Misconfigured {
         dependency: &'static str,
         #[source]
         source: BoxError,
@@ -77,6 +87,17 @@ impl From<StoreError> for HandlerError {
                     source: Some(Box::new(error)),
                 }
             }
+            // DynamoDB refuses this write and would refuse it again (an item grown past 400 KB, ...): the message
+            // goes to the DLQ with the AWS error code, to be redriven once the item is fixed.
+            StoreError::Rejected { ref code, ref detail, .. } => {
+                tracing::error!(code = %code, error = %error, "the store refuses this write");
+                Self::Permanent {
+                    reason: "store_rejected",
+                    detail: format!("{code}: {detail}"),
+                    source: Some(Box::new(error)),
+                }
+            }
+            StoreError::Misconfigured { .. } => Self::Misconfigured { dependency: "store", source: Box::new(error) },
             other => Self::Unavailable { dependency: "store", source: Box::new(other) },
         }
     }
@@ -234,5 +255,25 @@ mod tests {
         assert!(matches!(HandlerError::from(outage), HandlerError::Unavailable { dependency: "store", .. }));
         let corrupt = StoreError::Corrupt { key: "PEDIDO#1".into(), reason: "version".into() };
         assert!(matches!(HandlerError::from(corrupt), HandlerError::Permanent { reason: "store_item_corrupt", .. }));
+        let too_large = StoreError::Rejected {
+            operation: "apply",
+            code: "ValidationException".into(),
+            detail: "Item size has exceeded the maximum allowed size".into(),
+            source: None,
+        };
+        match HandlerError::from(too_large) {
+            HandlerError::Permanent { reason, detail, .. } => {
+                assert_eq!(reason, "store_rejected");
+                assert!(detail.starts_with("ValidationException: "), "the AWS code leads the detail: {detail}");
+            }
+            other => panic!("a refused write is permanent, not {other:?}"),
+        }
+        let missing = StoreError::Misconfigured {
+            operation: "apply",
+            code: "ResourceNotFoundException".into(),
+            detail: "table".into(),
+            source: None,
+        };
+        assert!(matches!(HandlerError::from(missing), HandlerError::Misconfigured { dependency: "store", .. }));
     }
 }

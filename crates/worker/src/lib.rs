@@ -9,10 +9,12 @@
 //! - [`handler`]: the `Handler` trait, `HandlerError`, and the two roles (one conditional store write each).
 //! - [`idempotent`]: exactly-once for effects outside DynamoDB, on the idempotency store.
 //! - [`stats`]: this instance's counts added to its role's stats item (the console's throughput).
-//! - [`backoff`]: retry and error delays. [`health`]: `/health` and `/metrics`. [`live`]: the live page and its
+//! - [`backoff`]: retry and error delays. [`health`]: liveness (`/health`) apart from dependency state (`/ready`),
+//!   and `/metrics`. [`live`]: the live page and its
 //!   stream of outcome lines. [`depth`]: the queue's depth and oldest message age, polled for operators.
 //!   [`metrics_catalog`]: every metric described, counters at zero from start-up.
-//! - this file: [`run`] (composed by tests with any queue and handler) and [`start`] (the real wiring).
+//! - this file: [`run`] (composed by tests with any queue and handler), [`start`] (the real wiring: the health
+//!   endpoint first, then the queue, then the consumer) and [`Endpoint`].
 
 pub mod backoff;
 pub mod batcher;
@@ -50,8 +52,41 @@ pub enum StartError {
     Bind { port: u16, source: std::io::Error },
 }
 
-/// Serves `/health`, `/metrics` and the live page on `listener`, watches the queue's depth, and consumes `queue` with
-/// `handler` until `shutdown`; the endpoint keeps answering until the consumer has drained.
+/// The worker's HTTP endpoint (`/health`, `/ready`, `/metrics`, the live page), served from before the queue is
+/// known until the consumer has drained.
+pub struct Endpoint {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    health: Arc<Health>,
+}
+
+impl Endpoint {
+    /// Serves `health` on `listener` in the background.
+    pub fn serve(listener: TcpListener, health: Arc<Health>) -> Self {
+        metrics_catalog::register();
+        let stop = CancellationToken::new();
+        let router = health::router(Arc::clone(&health));
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move { axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await }
+        });
+        Self { stop, task, health }
+    }
+
+    /// Ends open live pages (they would hold the graceful shutdown forever), then the server.
+    pub async fn stop(self) {
+        self.health.live.close();
+        self.stop.cancel();
+        match self.task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "health endpoint stopped with an error"),
+            Err(e) => tracing::warn!(error = %e, "health endpoint task failed"),
+        }
+    }
+}
+
+/// Serves the endpoint on `listener`, watches the queue's depth, and consumes `queue` with `handler` until
+/// `shutdown`; the endpoint keeps answering until the consumer has drained.
 pub async fn run(
     listener: TcpListener,
     queue: Arc<dyn MessageQueue>,
@@ -61,17 +96,25 @@ pub async fn run(
     stats: Option<Arc<dyn store::StatsWrites>>,
     shutdown: CancellationToken,
 ) {
-    metrics_catalog::register();
-    let http_stop = CancellationToken::new();
-    let http = tokio::spawn({
-        let stop = http_stop.clone();
-        let router = health::router(Arc::clone(&health));
-        async move { axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await }
-    });
+    let endpoint = Endpoint::serve(listener, Arc::clone(&health));
+    health.running(&queue.settings().url);
+    consume(queue, handler, health, settings, stats, shutdown).await;
+    endpoint.stop().await;
+}
+
+/// The consumer with its companions: the queue-depth watcher and the stats reporter.
+async fn consume(
+    queue: Arc<dyn MessageQueue>,
+    handler: Arc<dyn Handler>,
+    health: Arc<Health>,
+    settings: Settings,
+    stats: Option<Arc<dyn store::StatsWrites>>,
+    shutdown: CancellationToken,
+) {
     let watch_stop = CancellationToken::new();
     let watcher = tokio::spawn(depth::watch(Arc::clone(&queue), Arc::clone(&health), watch_stop.clone()));
     let reporter = stats.map(|stats| tokio::spawn(stats::report(stats, Arc::clone(&health), watch_stop.clone())));
-    Consumer::new(queue, handler, Arc::clone(&health), settings).run(shutdown).await;
+    Consumer::new(queue, handler, health, settings).run(shutdown).await;
     watch_stop.cancel();
     if let Err(e) = watcher.await {
         tracing::warn!(error = %e, "queue depth watcher failed");
@@ -80,14 +123,6 @@ pub async fn run(
         if let Err(e) = reporter.await {
             tracing::warn!(error = %e, "stats reporter failed");
         }
-    }
-    // Open live pages would otherwise hold the graceful shutdown below forever.
-    health.live.close();
-    http_stop.cancel();
-    match http.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "health endpoint stopped with an error"),
-        Err(e) => tracing::warn!(error = %e, "health endpoint task failed"),
     }
 }
 
@@ -126,8 +161,8 @@ pub fn serve() -> std::process::ExitCode {
     serve_process(role_handler)
 }
 
-/// Reads the queue's settings (retrying while SQS is unreachable), wires the role's handler to the order store, and
-/// runs until `shutdown`.
+/// Serves the health endpoint, reads the queue's settings (retrying while SQS is unreachable), wires the role's
+/// handler to the order store, and runs until `shutdown`.
 ///
 /// # Errors
 /// The queue does not exist, or the port is taken.
@@ -149,6 +184,9 @@ fn orders_table(sdk: &aws_config::SdkConfig, config: &Config) -> store::dynamo::
 
 /// [`start`] with another handler (benchmarks measure the queue path alone with a no-op one).
 ///
+/// The health endpoint is bound first, so an orchestrator sees a live process (`"status": "starting"`) while the queue
+/// is still being found: an SQS outage at deploy time is waited out, never a crash loop.
+///
 /// # Errors
 /// The queue does not exist, or the port is taken.
 pub async fn start_with(
@@ -156,10 +194,26 @@ pub async fn start_with(
     shutdown: CancellationToken,
     handler: impl FnOnce(&aws_config::SdkConfig, &Config) -> Arc<dyn Handler>,
 ) -> Result<(), StartError> {
+    let port = config.common.port;
+    let listener =
+        TcpListener::bind((config.common.bind_addr, port)).await.map_err(|source| StartError::Bind { port, source })?;
+    let health = Arc::new(Health::new(config.role.as_str(), config.queue.clone(), config.health));
+    let endpoint = Endpoint::serve(listener, Arc::clone(&health));
+    let started = start_consumer(config, &health, shutdown, handler).await;
+    endpoint.stop().await;
+    started
+}
+
+async fn start_consumer(
+    config: Config,
+    health: &Arc<Health>,
+    shutdown: CancellationToken,
+    handler: impl FnOnce(&aws_config::SdkConfig, &Config) -> Arc<dyn Handler>,
+) -> Result<(), StartError> {
     // Attempts get the long-poll wait on top of the budget, so a 20 s poll is not cut short.
     let sdk = platform::aws::load(&config.common.region, platform::aws::CallBudget::BACKGROUND, config.wait_time).await;
     let client = aws_sdk_sqs::Client::new(&sdk);
-    let Some(settings) = discover_with_retry(&client, &config.queue, &shutdown).await? else { return Ok(()) };
+    let Some(settings) = discover_with_retry(&client, &config.queue, health, &shutdown).await? else { return Ok(()) };
     tracing::info!(
         queue = %settings.url,
         role = config.role.as_str(),
@@ -175,10 +229,7 @@ pub async fn start_with(
     if settings.dlq_url.is_none() {
         tracing::warn!("queue has no redrive policy: poison messages will be redelivered forever");
     }
-    let port = config.common.port;
-    let listener =
-        TcpListener::bind((config.common.bind_addr, port)).await.map_err(|source| StartError::Bind { port, source })?;
-    let health = Arc::new(Health::new(config.role.as_str(), settings.url.clone(), config.unhealthy_after));
+    health.running(&settings.url);
     let handler = handler(&sdk, &config);
     metrics_catalog::register_store(config.role, config.batched_writes);
     let tunables = Settings {
@@ -193,7 +244,7 @@ pub async fn start_with(
     let queue =
         Arc::new(queue::dead_letter_once::DeadLetterOnce::new(SqsQueue::new(client, settings), Arc::new(claims)));
     let stats: Arc<dyn store::StatsWrites> = Arc::new(orders_table(&sdk, &config));
-    run(listener, queue, handler, health, tunables, Some(stats), shutdown).await;
+    consume(queue, handler, Arc::clone(health), tunables, Some(stats), shutdown).await;
     Ok(())
 }
 
@@ -202,16 +253,31 @@ pub async fn start_with(
 async fn discover_with_retry(
     client: &aws_sdk_sqs::Client,
     queue: &str,
+    health: &Health,
     shutdown: &CancellationToken,
 ) -> Result<Option<queue::QueueSettings>, StartError> {
     let mut backoff = RetryBackoff::default();
     loop {
-        match queue::sqs::discover(client, queue).await {
-            Ok(settings) => return Ok(Some(settings)),
+        let found = tokio::select! {
+            found = queue::sqs::discover(client, queue) => found,
+            () = shutdown.cancelled() => return Ok(None),
+        };
+        health.beat();
+        match found {
+            Ok(settings) => {
+                if health.succeeded(&health.sqs).is_some() {
+                    tracing::info!("SQS reachable; queue found");
+                }
+                return Ok(Some(settings));
+            }
             Err(error @ QueueError::NotFound { .. }) => return Err(error.into()),
             Err(error) => {
                 let delay = backoff.next_delay();
-                tracing::warn!(%error, retry_in = ?delay, "cannot read the queue's settings yet; retrying");
+                if health.failed(&health.sqs, &error, false) {
+                    tracing::warn!(%error, "cannot read the queue's settings yet; retrying with backoff");
+                } else {
+                    tracing::debug!(%error, retry_in = ?delay, "queue's settings still unreadable");
+                }
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = shutdown.cancelled() => return Ok(None),

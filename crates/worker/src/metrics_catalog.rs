@@ -30,7 +30,10 @@ pub fn register_store(role: Role, batched: bool) {
     match role {
         Role::Process => zero_store_calls("apply", STORE_WRITE_RESULTS),
         // A shipment is created once or found: never stale.
-        Role::Logistics => zero_store_calls("create_shipment", &["applied", "duplicate", "throttled", "error"]),
+        Role::Logistics => zero_store_calls(
+            "create_shipment",
+            &["applied", "duplicate", "throttled", "error", "rejected", "misconfigured"],
+        ),
     }
     if batched {
         zero_store_calls("transact_write", &["applied", "cancelled", "throttled", "error"]);
@@ -80,6 +83,12 @@ fn describe() {
         "pedidos_worker_message_age_seconds",
         Unit::Seconds,
         "Age of each message when this worker started handling it (now minus SentTimestamp)"
+    );
+    metrics::describe_gauge!(
+        "pedidos_worker_dependency_up",
+        Unit::Count,
+        "1 while the dependency answers, 0 while it fails or cannot work as deployed, by dependency (sqs, store). A \
+         0 is for alarms and people: the worker holds its messages and waits, and its liveness (/health) stays ok"
     );
     metrics::describe_histogram!(
         "pedidos_worker_handler_duration_seconds",

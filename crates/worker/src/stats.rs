@@ -15,6 +15,8 @@ use crate::health::Health;
 pub const REPORT_EVERY: Duration = Duration::from_secs(5);
 /// An idle instance still refreshes its oldest age this often.
 const IDLE_REPORT_EVERY: u32 = 6;
+/// How long the report made at shutdown may take.
+const FINAL_REPORT_BUDGET: Duration = Duration::from_secs(3);
 
 /// Reports until `stop`, then once more so the last counts are not lost.
 pub async fn report(store: Arc<dyn StatsWrites>, health: Arc<Health>, stop: CancellationToken) {
@@ -23,6 +25,7 @@ pub async fn report(store: Arc<dyn StatsWrites>, health: Arc<Health>, stop: Canc
     let mut every = tokio::time::interval(REPORT_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut idle_ticks = 0;
+    let mut failing = false;
     loop {
         let stopping = tokio::select! {
             _ = every.tick() => false,
@@ -38,13 +41,25 @@ pub async fn report(store: Arc<dyn StatsWrites>, health: Arc<Health>, stop: Canc
             .collect();
         idle_ticks += 1;
         if !deltas.is_empty() || idle_ticks >= IDLE_REPORT_EVERY {
-            match store.add_stats(health.role, &deltas, health.oldest_age().as_secs()).await {
-                Ok(()) => {
+            let report = store.add_stats(health.role, &deltas, health.oldest_age().as_secs());
+            // The last report must not hold a shutdown up during a store outage.
+            let budget = if stopping { FINAL_REPORT_BUDGET } else { REPORT_EVERY * 12 };
+            match tokio::time::timeout(budget, report).await {
+                Ok(Ok(())) => {
+                    if failing {
+                        tracing::info!("role stats reported again");
+                        failing = false;
+                    }
                     reported = now;
                     idle_ticks = 0;
                 }
                 // Kept for the next report: counts are added, never lost to a failed call.
-                Err(error) => tracing::debug!(%error, "role stats not reported; retrying with the next report"),
+                Ok(Err(error)) if !failing => {
+                    failing = true;
+                    tracing::warn!(%error, "role stats not reported; the counts are kept for the next report");
+                }
+                Ok(Err(error)) => tracing::debug!(%error, "role stats still not reported"),
+                Err(_) => tracing::warn!(?budget, stopping, "role stats report timed out; the counts are kept"),
             }
         }
         if stopping {
@@ -66,7 +81,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn counts_are_added_to_the_role_item_and_the_last_ones_flushed_at_stop() {
-        let health = Arc::new(Health::new("process", "memory://queue".into(), Duration::from_secs(60)));
+        let health = Arc::new(Health::new("process", "memory://queue".into(), crate::health::Limits::default()));
         let store = Arc::new(MemoryOrders::new());
         let stop = CancellationToken::new();
         let task = tokio::spawn(report(Arc::clone(&store) as Arc<dyn StatsWrites>, Arc::clone(&health), stop.clone()));

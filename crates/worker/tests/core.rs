@@ -10,7 +10,7 @@ use chrono::Utc;
 use domain::{OrderEvent, OrderState};
 use pedidos_worker::consumer::{Consumer, Decision, Outcome, Settings, Settle};
 use pedidos_worker::handler::{BoxFuture, Effect, Handler, HandlerError, MessageContext, Role};
-use pedidos_worker::health::Health;
+use pedidos_worker::health::{Health, Liveness};
 use pedidos_worker::queue::memory::MemoryQueue;
 use pedidos_worker::queue::{BatchFailure, MessageQueue, QueueDepth, QueueError, QueueSettings, Received};
 use rust_decimal::Decimal;
@@ -35,7 +35,8 @@ fn event(pedido: u128, version: u64) -> OrderEvent {
     let order = OrderState {
         pedido_id: Uuid::from_u128(pedido),
         cliente_id: Uuid::from_u128(9),
-        fecha: Utc::now().fixed_offset(),
+        // Fixed: two copies of one version carry the same content (a redelivery), so the same digest.
+        fecha: chrono::DateTime::parse_from_rfc3339("2026-11-01T10:00:00+01:00").unwrap_or_default(),
         total: Decimal::new(5998, 2),
         items: None,
     };
@@ -63,7 +64,7 @@ fn received(body: &str) -> Received {
 }
 
 fn health() -> Arc<Health> {
-    Arc::new(Health::new("process", "memory://queue".into(), Duration::from_secs(60)))
+    Arc::new(Health::new("process", "memory://queue".into(), pedidos_worker::health::Limits::default()))
 }
 
 /// A handler whose behaviour the test scripts.
@@ -198,11 +199,149 @@ async fn a_store_outage_holds_the_message_and_retries_in_place() {
     });
     tokio::time::sleep(Duration::from_secs(120)).await;
     assert!(!deciding.is_finished(), "still held while the store is down");
-    assert!(c.health.store_failing(), "/health reports the store");
+    assert!(c.health.store.failing(), "/ready reports the store");
     store.set_unavailable(false);
     let decision = deciding.await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(decision.outcome, Outcome::Processed);
-    assert!(!c.health.store_failing());
+    assert!(!c.health.store.failing());
+}
+
+/// An hour-long store outage under a running consumer: the messages received before it are held (leases extended),
+/// nothing more is received, nothing reaches the DLQ, receive counts stay at 1, the worker stays live (an orchestrator
+/// would not replace it) while its dependency state says the store is failing; then it all applies by itself.
+#[tokio::test(start_paused = true)]
+async fn an_hour_long_store_outage_holds_without_churn_and_stays_live() {
+    let queue = Arc::new(MemoryQueue::new(VISIBILITY, 5));
+    let store = Arc::new(MemoryOrders::new());
+    for id in 1..=15 {
+        queue.send(body(id, 1), &[]);
+    }
+    store.set_unavailable(true);
+    let c = consumer(Arc::clone(&queue) as Arc<dyn MessageQueue>, process(&store));
+    let health = Arc::clone(&c.health);
+    health.running("memory://queue");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(c.run(shutdown.clone()));
+    until(Duration::from_secs(10), || health.store.failing()).await;
+    let receives_at_start = queue.calls.receive.load(Ordering::SeqCst);
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(health.liveness(), Liveness::Running, "live all along");
+    }
+    assert!(queue.dead_lettered().is_empty(), "nothing dead-lettered by an outage");
+    let counts: Vec<u32> = queue.receive_counts().into_values().collect();
+    assert_eq!(counts.iter().filter(|n| **n == 1).count(), 10, "the first batch is held: {counts:?}");
+    assert_eq!(counts.iter().filter(|n| **n == 0).count(), 5, "the rest was never received: {counts:?}");
+    assert_eq!(queue.calls.receive.load(Ordering::SeqCst), receives_at_start, "no receive while holding");
+    assert!(!health.ready(), "/ready says so");
+    assert_eq!(health.report()["dependencies"]["store"]["state"], "failing");
+    assert!(health.report()["dependencies"]["store"]["secondsFailing"].as_f64().unwrap_or_default() >= 3600.0);
+    store.set_unavailable(false);
+    until(Duration::from_secs(120), || queue.is_empty()).await;
+    assert!(health.ready());
+    shutdown.cancel();
+    let _ = task.await;
+    assert_eq!((1..=15).filter(|id| store.order(Uuid::from_u128(*id)).is_some()).count(), 15);
+    assert!(queue.dead_lettered().is_empty());
+}
+
+/// Past SQS's 12-hour ceiling a held message's lease cannot be extended: it goes back to the queue and is received
+/// again (one more receive per 12 hours of outage), never dead-lettered while maxReceiveCount allows.
+#[tokio::test(start_paused = true)]
+async fn an_outage_past_the_twelve_hour_ceiling_costs_one_receive_per_twelve_hours() {
+    let queue = Arc::new(MemoryQueue::new(VISIBILITY, 5));
+    let store = Arc::new(MemoryOrders::new());
+    queue.send(body(1, 1), &[]);
+    store.set_unavailable(true);
+    let running = Running::start(Arc::clone(&queue), process(&store));
+    tokio::time::sleep(Duration::from_secs(13 * 3600)).await;
+    assert_eq!(queue.receive_counts().into_values().collect::<Vec<_>>(), [2], "received again once, at 12 h");
+    assert!(queue.dead_lettered().is_empty());
+    store.set_unavailable(false);
+    until(Duration::from_secs(120), || queue.is_empty()).await;
+    running.stop().await;
+    assert!(store.order(Uuid::from_u128(1)).is_some());
+}
+
+/// A store the worker cannot use as deployed (a missing table) holds messages like an outage, never dead-letters
+/// them, logs every attempt and makes the worker unready at once; liveness is unaffected.
+#[tokio::test(start_paused = true)]
+async fn a_misconfigured_store_holds_messages_and_is_reported_not_dead_lettered() {
+    let queue = Arc::new(MemoryQueue::new(VISIBILITY, 5));
+    let store = Arc::new(MemoryOrders::new());
+    store.set_misconfigured(true);
+    queue.send(body(1, 1), &[]);
+    let c = consumer(Arc::clone(&queue) as Arc<dyn MessageQueue>, process(&store));
+    let health = Arc::clone(&c.health);
+    health.running("memory://queue");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(c.run(shutdown.clone()));
+    until(Duration::from_secs(10), || health.store.misconfigured()).await;
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert!(!health.ready());
+    assert_eq!(health.report()["store"], "misconfigured");
+    assert_eq!(health.liveness(), Liveness::Running);
+    assert!(queue.dead_lettered().is_empty());
+    assert_eq!(queue.receive_counts().into_values().collect::<Vec<_>>(), [1]);
+    store.set_misconfigured(false);
+    until(Duration::from_secs(60), || queue.is_empty()).await;
+    shutdown.cancel();
+    let _ = task.await;
+}
+
+/// A write DynamoDB refuses (`ValidationException`: an item past 400 KB) is dead-lettered at once with
+/// `rejectReason=store_rejected` and the AWS code, on its first receive; the other messages apply meanwhile.
+#[tokio::test(start_paused = true)]
+async fn a_refused_write_is_dead_lettered_at_once_and_the_others_apply() {
+    let queue = Arc::new(MemoryQueue::new(VISIBILITY, 5));
+    let store = Arc::new(MemoryOrders::new());
+    store.reject_writes_of(Uuid::from_u128(1));
+    for id in 1..=6 {
+        queue.send(body(id, 1), &[]);
+    }
+    let running = Running::start(Arc::clone(&queue), process(&store));
+    until(Duration::from_secs(10), || queue.is_empty()).await;
+    running.stop().await;
+    let dlq = queue.dead_lettered();
+    assert_eq!(dlq.len(), 1);
+    let attribute = |name: &str| dlq[0].attributes.get(name).map(|a| a.value.clone()).unwrap_or_default();
+    assert_eq!(attribute("rejectReason"), "store_rejected");
+    assert!(attribute("rejectDetail").starts_with("ValidationException: "), "{}", attribute("rejectDetail"));
+    assert_eq!((2..=6).filter(|id| store.order(Uuid::from_u128(*id)).is_some()).count(), 5);
+}
+
+/// The same version with other content is a conflict: dead-lettered with both digests, the stored order untouched.
+#[tokio::test(start_paused = true)]
+async fn the_same_version_with_other_content_is_a_conflict() {
+    let store = Arc::new(MemoryOrders::new());
+    let c = consumer(Arc::new(MemoryQueue::new(VISIBILITY, 5)), process(&store));
+    assert_eq!(c.decision(&received(&body(1, 2))).await.outcome, Outcome::Processed);
+    assert_eq!(c.decision(&received(&body(1, 2))).await.outcome, Outcome::Duplicate, "same content");
+    let mut other = event(1, 2);
+    other.order.total = Decimal::new(1, 2);
+    let d = c.decision(&received(&other.to_json().unwrap_or_default())).await;
+    let Settle::DeadLetter { reason, detail } = &d.settle else { panic!("{d:?}") };
+    assert_eq!((d.outcome, reason.as_str()), (Outcome::Rejected, "version_conflict"));
+    let stored = domain::ContentDigest::of(&event(1, 2).order).to_string();
+    let received_digest = domain::ContentDigest::of(&other.order).to_string();
+    assert!(detail.contains(&stored) && detail.contains(&received_digest), "{detail}");
+    assert_eq!(store.order(Uuid::from_u128(1)).map(|o| o.total), Some(Decimal::new(5998, 2)), "untouched");
+}
+
+/// However many versions an order takes, its stored history stays bounded, and the count of applied versions is
+/// kept.
+#[tokio::test(start_paused = true)]
+async fn an_order_taking_many_versions_keeps_a_bounded_history() {
+    let store = Arc::new(MemoryOrders::new());
+    let c = consumer(Arc::new(MemoryQueue::new(VISIBILITY, 5)), process(&store));
+    for version in 1..=1000 {
+        assert_eq!(c.decision(&received(&body(1, version))).await.outcome, Outcome::Processed);
+    }
+    let order = store.order(Uuid::from_u128(1)).unwrap_or_else(|| panic!("stored"));
+    assert_eq!((order.version, order.versiones_aplicadas), (1000, 1000));
+    assert!((store::model::HISTORY_KEPT..=store::model::HISTORY_MAX).contains(&order.versiones.len()));
+    assert_eq!(order.versiones.last().map(|v| v.version), Some(1000));
+    assert!(order.versiones.windows(2).all(|w| w[0].version < w[1].version));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -329,6 +468,185 @@ async fn a_lease_that_cannot_be_confirmed_in_time_cancels_the_handler() {
     let d = c.decision_under_lease(&received(&body(1, 1))).await;
     assert_eq!((d.outcome, d.settle.clone()), (Outcome::Failed, Settle::Nothing), "{}", d.note);
     assert!(started.elapsed() < VISIBILITY, "cancelled before the lease ran out, at {:?}", started.elapsed());
+}
+
+/// Delegates to a [`MemoryQueue`] but fails the first `failures` visibility extensions, like an SQS blip.
+struct FlakyExtensions {
+    inner: MemoryQueue,
+    failures: AtomicUsize,
+}
+
+impl MessageQueue for FlakyExtensions {
+    fn settings(&self) -> &QueueSettings {
+        self.inner.settings()
+    }
+    fn receive(&self, max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<Received>, QueueError>> {
+        self.inner.receive(max, wait)
+    }
+    fn delete_batch<'a>(&'a self, handles: &'a [String]) -> BoxFuture<'a, Result<Vec<BatchFailure>, QueueError>> {
+        self.inner.delete_batch(handles)
+    }
+    fn change_visibility_batch<'a>(
+        &'a self,
+        entries: &'a [(String, Duration)],
+    ) -> BoxFuture<'a, Result<Vec<BatchFailure>, QueueError>> {
+        self.inner.change_visibility_batch(entries)
+    }
+    fn extend_visibility<'a>(&'a self, handle: &'a str, timeout: Duration) -> BoxFuture<'a, Result<(), QueueError>> {
+        let fail = self.failures.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+        if fail {
+            return Box::pin(async {
+                Err(QueueError::Call { operation: "change_visibility", detail: "blip".into(), source: None })
+            });
+        }
+        self.inner.extend_visibility(handle, timeout)
+    }
+    fn dead_letter<'a>(&'a self, m: &'a Received, r: &'a str, d: &'a str) -> BoxFuture<'a, Result<(), QueueError>> {
+        self.inner.dead_letter(m, r, d)
+    }
+    fn depth(&self) -> BoxFuture<'_, Result<QueueDepth, QueueError>> {
+        self.inner.depth()
+    }
+}
+
+/// A failed extension with half the lease left is retried, not taken for a lost lease: the handler runs on.
+#[tokio::test(start_paused = true)]
+async fn a_failed_lease_extension_is_retried_while_the_lease_lasts() {
+    let queue = Arc::new(FlakyExtensions { inner: MemoryQueue::new(VISIBILITY, 5), failures: AtomicUsize::new(2) });
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&runs);
+    let handler = Arc::new(Scripted(move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async {
+            tokio::time::sleep(VISIBILITY * 2).await;
+            Ok(Effect::Applied)
+        }
+    }));
+    queue.inner.send(body(1, 1), &[]);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(consumer(Arc::clone(&queue) as Arc<dyn MessageQueue>, handler).run(shutdown.clone()));
+    until(Duration::from_secs(120), || queue.inner.is_empty()).await;
+    shutdown.cancel();
+    let _ = task.await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "never cancelled, never redelivered");
+    assert_eq!(queue.failures.load(Ordering::SeqCst), 0, "both failures happened");
+}
+
+/// Delegates to a [`MemoryQueue`] whose receive never returns: a wedged receive loop (an SDK call without its
+/// timeouts, a deadlock).
+struct HangingReceive(MemoryQueue);
+
+impl MessageQueue for HangingReceive {
+    fn settings(&self) -> &QueueSettings {
+        self.0.settings()
+    }
+    fn receive(&self, _: usize, _: Duration) -> BoxFuture<'_, Result<Vec<Received>, QueueError>> {
+        Box::pin(std::future::pending())
+    }
+    fn delete_batch<'a>(&'a self, handles: &'a [String]) -> BoxFuture<'a, Result<Vec<BatchFailure>, QueueError>> {
+        self.0.delete_batch(handles)
+    }
+    fn change_visibility_batch<'a>(
+        &'a self,
+        entries: &'a [(String, Duration)],
+    ) -> BoxFuture<'a, Result<Vec<BatchFailure>, QueueError>> {
+        self.0.change_visibility_batch(entries)
+    }
+    fn extend_visibility<'a>(&'a self, h: &'a str, t: Duration) -> BoxFuture<'a, Result<(), QueueError>> {
+        self.0.extend_visibility(h, t)
+    }
+    fn dead_letter<'a>(&'a self, m: &'a Received, r: &'a str, d: &'a str) -> BoxFuture<'a, Result<(), QueueError>> {
+        self.0.dead_letter(m, r, d)
+    }
+    fn depth(&self) -> BoxFuture<'_, Result<QueueDepth, QueueError>> {
+        self.0.depth()
+    }
+}
+
+/// Liveness fails only for a worker that stopped making progress: a receive that never returns makes it `stalled`
+/// after the bound (an unreachable SQS, which answers with errors, does not: see the outage tests).
+#[tokio::test(start_paused = true)]
+async fn a_wedged_receive_loop_fails_liveness_after_the_bound() {
+    let c =
+        consumer(Arc::new(HangingReceive(MemoryQueue::new(VISIBILITY, 5))), process(&Arc::new(MemoryOrders::new())));
+    let health = Arc::clone(&c.health);
+    health.running("memory://queue");
+    let task = tokio::spawn(c.run(CancellationToken::new()));
+    let stall = pedidos_worker::health::Limits::default().stall_after;
+    tokio::time::sleep(stall - Duration::from_secs(1)).await;
+    assert_eq!(health.liveness(), Liveness::Running, "not before the bound");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(health.liveness(), Liveness::Stalled);
+    task.abort();
+}
+
+/// SQS unreachable for ten minutes: receives back off and fail, yet the worker is live the whole time.
+#[tokio::test(start_paused = true)]
+async fn an_sqs_outage_is_not_a_liveness_failure() {
+    let queue = Arc::new(MemoryQueue::new(VISIBILITY, 5));
+    queue.set_unreachable(true);
+    let c = consumer(Arc::clone(&queue) as Arc<dyn MessageQueue>, process(&Arc::new(MemoryOrders::new())));
+    let health = Arc::clone(&c.health);
+    health.running("memory://queue");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(c.run(shutdown.clone()));
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(health.liveness(), Liveness::Running);
+    }
+    assert!(!health.ready());
+    assert_eq!(health.report()["dependencies"]["sqs"]["state"], "failing");
+    shutdown.cancel();
+    let _ = task.await;
+}
+
+/// Under a backlog, with store writes finishing a few milliseconds apart, every receive asks for (and gets) a full
+/// batch, and deletes go out ten at a time: about 0.2 SQS calls per message.
+#[tokio::test(start_paused = true)]
+async fn under_a_backlog_receives_and_deletes_stay_full() {
+    let queue = Arc::new(MemoryQueue::new(VISIBILITY, 5));
+    for id in 0..200 {
+        queue.send(body(id, 1), &[]);
+    }
+    let handler = Arc::new(Scripted(|version| async move {
+        // Store writes that take 2 to 18 ms, different for each message.
+        let spread = 2 + (version * 7919 + rand_like()) % 17;
+        tokio::time::sleep(Duration::from_millis(spread)).await;
+        Ok(Effect::Applied)
+    }));
+    let running = Running::start(Arc::clone(&queue), handler);
+    until(Duration::from_secs(60), || queue.is_empty()).await;
+    running.stop().await;
+    let receives = queue.calls.receive.load(Ordering::SeqCst);
+    let deletes = queue.calls.delete.load(Ordering::SeqCst);
+    assert!(receives <= 22, "{receives} receives for 200 messages");
+    assert!(deletes <= 22, "{deletes} delete calls for 200 messages");
+}
+
+/// A different number on each call, without a random-number dependency.
+fn rand_like() -> u64 {
+    static NEXT: AtomicUsize = AtomicUsize::new(1);
+    NEXT.fetch_add(13, Ordering::SeqCst) as u64
+}
+
+/// SIGTERM while the store is down: the held messages are released within the grace and the worker stops.
+#[tokio::test(start_paused = true)]
+async fn shutdown_during_a_store_outage_releases_the_held_messages_in_time() {
+    let queue = Arc::new(MemoryQueue::new(VISIBILITY, 5));
+    let store = Arc::new(MemoryOrders::new());
+    store.set_unavailable(true);
+    for id in 1..=3 {
+        queue.send(body(id, 1), &[]);
+    }
+    let running = Running::start(Arc::clone(&queue), process(&store));
+    until(Duration::from_secs(10), || queue.in_flight() == 3).await;
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    let stopping = Instant::now();
+    running.stop().await;
+    assert!(stopping.elapsed() <= settings().shutdown_grace + Duration::from_secs(6), "{:?}", stopping.elapsed());
+    assert_eq!(queue.in_flight(), 0, "released, not stranded");
+    assert!(queue.dead_lettered().is_empty());
+    assert_eq!(queue.receive_counts().into_values().collect::<Vec<_>>(), [1, 1, 1]);
 }
 
 #[tokio::test(start_paused = true)]

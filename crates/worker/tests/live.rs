@@ -31,7 +31,8 @@ impl Worker {
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("local address: {e}"));
         let store = Arc::new(MemoryOrders::new());
         let handler: Arc<dyn Handler> = Role::Process.handler(store);
-        let health = Arc::new(Health::new("process", "memory://queue".into(), Duration::from_secs(60)));
+        let health =
+            Arc::new(Health::new("process", "memory://queue".into(), pedidos_worker::health::Limits::default()));
         let settings = Settings {
             concurrency: 4,
             wait_time: Duration::from_millis(200),

@@ -179,24 +179,31 @@ fn retry_of(stored: &OrderRecord, input: &mut OrderInput) -> Result<(), ApiError
             stored.version.saturating_add(1)
         )));
     }
+    same_content(stored, input).map_err(|differ| {
+        ApiError::Conflict(format!(
+            "order {id} already exists with a different {differ}; a new order needs a new pedidoId (or \
+             Idempotency-Key)"
+        ))
+    })
+}
+
+/// Whether `input` carries the stored order's content (the fields that differ otherwise, comma-separated). A request
+/// without `fecha` takes the stored one (a retry must publish exactly what was stored, so every reader sees one
+/// order under one version).
+fn same_content(stored: &OrderRecord, input: &mut OrderInput) -> Result<(), String> {
     let order = &input.order;
     let differ: Vec<&str> = [
         ("clienteId", stored.cliente_id != order.cliente_id),
         ("total", stored.total != order.total),
         ("items", stored.items != order.items),
-        // Without a client fecha the request's own time was used, which differs on every retry.
         ("fecha", input.fecha_given && stored.fecha != order.fecha),
     ]
     .into_iter()
     .filter_map(|(field, differs)| differs.then_some(field))
     .collect();
     if !differ.is_empty() {
-        return Err(ApiError::Conflict(format!(
-            "order {id} already exists with a different {}; a new order needs a new pedidoId (or Idempotency-Key)",
-            differ.join(", ")
-        )));
+        return Err(differ.join(", "));
     }
-    // Republish exactly what was stored, so the repeat is the same order to every reader.
     input.order.fecha = stored.fecha;
     Ok(())
 }
@@ -214,7 +221,7 @@ fn retry_of(stored: &OrderRecord, input: &mut OrderInput) -> Result<(), ApiError
         (status = 403, description = "The API key is not a configured one", body = Problem, content_type = "application/problem+json"),
         (status = 413, body = Problem, content_type = "application/problem+json"),
         (status = 415, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The store already holds this version or a newer one", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The store holds a newer version, or this version with other content (a retry of the applied version with the same content is answered 202 again)", body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "A stored item could not be read; logged with the request id", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "SNS or the order store unavailable, or the 9 s budget ran out; retry with the same body", body = Problem, content_type = "application/problem+json"),
@@ -230,29 +237,44 @@ pub async fn update(
     let Path(pedido_id) = pedido_id?;
     let pedido_id = super::path_uuid(&pedido_id, "pedidoId")?;
     let now = Utc::now();
-    let input = order_input::parse(body, Mode::Update { pedido_id }, now).map_err(ApiError::Validation)?;
+    let mut input = order_input::parse(body, Mode::Update { pedido_id }, now).map_err(ApiError::Validation)?;
     let version = input.version.unwrap_or(2);
     within_budget(pedido_id, async {
         if let Some(stored) = state.orders.get(pedido_id).await? {
-            let latest = stored.order.version;
-            if latest == version {
-                return Err(ApiError::Conflict(format!(
-                    "version {version} is already applied; the stored version is {latest}. Send version {} to \
-                     change the order",
-                    latest.saturating_add(1)
-                )));
-            }
-            if latest > version {
-                return Err(ApiError::Conflict(format!(
-                    "version {version} is older than the stored version {latest}. Send version {} to change the \
-                     order",
-                    latest.saturating_add(1)
-                )));
-            }
+            update_of(&stored.order, version, &mut input)?;
         }
         publish(&state, &headers, OrderEvent::updated(input.order, version, now)).await
     })
     .await
+}
+
+/// A PUT of an order the store holds. A newer version is published; without `fecha` it keeps the stored one (an
+/// update does not move the date the customer ordered). The stored version with the same content is a client retry,
+/// answered as the first time (the workers drop the repeat as a duplicate); with other content the workers would
+/// dead-letter it as a version conflict, so it is a 409. An older version would be dropped as stale: a 409 too.
+///
+/// # Errors
+/// [`ApiError::Conflict`] naming the stored version, or the fields that differ.
+fn update_of(stored: &OrderRecord, version: u64, input: &mut OrderInput) -> Result<(), ApiError> {
+    let latest = stored.version;
+    let next = latest.saturating_add(1);
+    match version.cmp(&latest) {
+        std::cmp::Ordering::Greater => {
+            if !input.fecha_given {
+                input.order.fecha = stored.fecha;
+            }
+            Ok(())
+        }
+        std::cmp::Ordering::Equal => same_content(stored, input).map_err(|differ| {
+            ApiError::Conflict(format!(
+                "version {version} is already applied with a different {differ}; send version {next} to change the \
+                 order"
+            ))
+        }),
+        std::cmp::Ordering::Less => Err(ApiError::Conflict(format!(
+            "version {version} is older than the stored version {latest}. Send version {next} to change the order"
+        ))),
+    }
 }
 
 async fn publish(

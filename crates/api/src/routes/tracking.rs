@@ -56,8 +56,11 @@ pub struct PedidoResumen {
 pub struct Pedido {
     #[serde(flatten)]
     pub resumen: PedidoResumen,
-    /// Every applied version, in the order applied.
+    /// The most recent applied versions (at most 40; the store keeps between 20 and 40 once an order has had that
+    /// many), in the order applied.
     pub versiones: Vec<VersionAplicada>,
+    /// How many versions were applied in all, including those no longer listed in `versiones`.
+    pub versiones_aplicadas: u64,
     /// Null until the logistics worker has created the shipment.
     #[schema(required = true)]
     pub envio: Option<Envio>,
@@ -136,7 +139,8 @@ impl From<OrderRecord> for PedidoResumen {
 impl From<OrderView> for Pedido {
     fn from(OrderView { mut order, envio }: OrderView) -> Self {
         let versiones = std::mem::take(&mut order.versiones).into_iter().map(VersionAplicada::from).collect();
-        Self { resumen: order.into(), versiones, envio: envio.map(Envio::from) }
+        let versiones_aplicadas = order.versiones_aplicadas;
+        Self { resumen: order.into(), versiones, versiones_aplicadas, envio: envio.map(Envio::from) }
     }
 }
 

@@ -26,7 +26,17 @@ impl<Q: MessageQueue> DeadLetterOnce<Q> {
     async fn dead_letter_once(&self, message: &Received, reason: &str, detail: &str) -> Result<(), QueueError> {
         let key = format!("dead-letter#{}", message.message_id);
         let lease = self.inner.settings().visibility_timeout;
-        match self.claims.claim(&key, lease).await {
+        let mut claim = self.claims.claim(&key, lease).await;
+        if let Ok(Claim::InProgress { lease_left }) = claim {
+            // Left by a worker that died mid-copy (a live one would hold the message, which this worker now holds):
+            // keep the message, let the claim's lease run out, and take the claim over. Leaving the message for
+            // redelivery instead would cost it one receive.
+            self.inner.extend_visibility(&message.receipt_handle, lease_left + lease).await?;
+            tracing::warn!(%key, ?lease_left, "a DLQ copy claim was left in progress; taking it over once its lease ends");
+            tokio::time::sleep(lease_left + TAKEOVER_SLACK).await;
+            claim = self.claims.claim(&key, lease).await;
+        }
+        match claim {
             // Copied by an earlier attempt whose delete did not happen: deleting is all that is left.
             Ok(Claim::Completed) => Ok(()),
             Ok(Claim::InProgress { .. }) => Err(QueueError::Call {
@@ -36,6 +46,8 @@ impl<Q: MessageQueue> DeadLetterOnce<Q> {
             }),
             Ok(Claim::Acquired(token)) => match self.inner.dead_letter(message, reason, detail).await {
                 Ok(()) => {
+                    // A failure here (or dying before it) leaves the claim in progress: the next attempt takes it
+                    // over and copies again. That second copy is the one case where "once" does not hold (G22).
                     if let Err(error) = self.claims.complete(&key, &token).await {
                         tracing::warn!(%key, %error, "DLQ copy not recorded; a redelivery may copy it again");
                     }
@@ -43,7 +55,7 @@ impl<Q: MessageQueue> DeadLetterOnce<Q> {
                 }
                 Err(error) => {
                     if let Err(release) = self.claims.release(&key, &token).await {
-                        tracing::debug!(%key, error = %release, "claim not released; it lapses with its lease");
+                        tracing::warn!(%key, error = %release, "claim not released; it lapses with its lease");
                     }
                     Err(error)
                 }
@@ -56,6 +68,9 @@ impl<Q: MessageQueue> DeadLetterOnce<Q> {
         }
     }
 }
+
+/// Waited past a claim's lease before taking it over, for clock skew between workers.
+const TAKEOVER_SLACK: Duration = Duration::from_millis(500);
 
 impl<Q: MessageQueue> MessageQueue for DeadLetterOnce<Q> {
     fn settings(&self) -> &QueueSettings {
@@ -111,6 +126,27 @@ mod tests {
             attributes: Default::default(),
             group_id: None,
         }
+    }
+
+    /// A claim left in progress by a worker that died mid-copy is taken over once its lease ends: the message is
+    /// copied (once) by the worker holding it now, without going back to the queue.
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_left_by_a_dead_worker_is_taken_over_after_its_lease() {
+        let claims = Arc::new(MemoryIdempotency::new());
+        let queue = DeadLetterOnce::new(MemoryQueue::new(Duration::from_secs(30), 5), Arc::clone(&claims) as _);
+        let id = queue.inner.send("not json", &[]);
+        let received = queue.receive(1, Duration::ZERO).await.unwrap_or_default();
+        let Some(message) = received.first() else { panic!("the message was not received") };
+        // The dead worker's claim, with 20 s of its lease left.
+        let left = claims.claim(&format!("dead-letter#{id}"), Duration::from_secs(20)).await;
+        assert!(matches!(left, Ok(Claim::Acquired(_))), "{left:?}");
+        let started = tokio::time::Instant::now();
+        assert!(queue.dead_letter(message, "not_json", "x").await.is_ok());
+        assert!(started.elapsed() >= Duration::from_secs(20), "waited for the lease: {:?}", started.elapsed());
+        assert_eq!(queue.inner.dead_lettered().len(), 1);
+        assert_eq!(queue.inner.in_flight(), 1, "held meanwhile (its visibility extended), not redelivered");
+        assert!(queue.dead_letter(message, "not_json", "x").await.is_ok());
+        assert_eq!(queue.inner.dead_lettered().len(), 1, "completed: not copied again");
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,6 +1,7 @@
 //! [`MessageQueue`] in memory with SQS's semantics on tokio's clock: visibility timeouts, receipt handles that expire
-//! when a message is received again, `ApproximateReceiveCount`, and the redrive policy moving a message to the DLQ
-//! once it was received `maxReceiveCount` times. Tests pause the clock and every timer becomes instant.
+//! when a message is received again, `ApproximateReceiveCount`, the redrive policy moving a message to the DLQ
+//! once it was received `maxReceiveCount` times, and the 12-hour ceiling on keeping a received message invisible.
+//! Tests pause the clock and every timer becomes instant.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -12,6 +13,7 @@ use tokio::time::Instant;
 use super::{
     dead_letter_attributes, Attribute, BatchFailure, MessageQueue, QueueDepth, QueueError, QueueSettings, Received,
 };
+use crate::backoff::MAX_VISIBILITY;
 use crate::handler::BoxFuture;
 
 #[derive(Debug, Clone)]
@@ -23,6 +25,8 @@ struct Stored {
     /// `SentTimestamp`: wall-clock Unix milliseconds, like SQS (tokio's paused clock does not move it).
     sent_at_ms: u64,
     visible_at: Instant,
+    /// When it was last received: SQS refuses to keep a message invisible past 12 hours after that.
+    received_at: Instant,
     /// The handle of the latest receive; older handles are invalid.
     handle: Option<String>,
 }
@@ -97,6 +101,7 @@ impl MemoryQueue {
             receive_count: 0,
             sent_at_ms,
             visible_at: Instant::now(),
+            received_at: Instant::now(),
             handle: None,
         });
         message_id
@@ -157,6 +162,7 @@ impl MemoryQueue {
             }
             stored.receive_count += 1;
             stored.visible_at = now + self.settings.visibility_timeout;
+            stored.received_at = now;
             let handle = format!("{}#{}", stored.message_id, stored.receive_count);
             stored.handle = Some(handle.clone());
             taken.push(Received {
@@ -250,7 +256,21 @@ impl MessageQueue for MemoryQueue {
         Box::pin(async move {
             self.calls.change_visibility.fetch_add(1, Ordering::SeqCst);
             self.reachable("change_visibility")?;
-            match self.with_handle(handle, |state, index| state.messages[index].visible_at = Instant::now() + timeout) {
+            let mut beyond_ceiling = false;
+            let failure = self.with_handle(handle, |state, index| {
+                let message = &mut state.messages[index];
+                let until = Instant::now() + timeout;
+                beyond_ceiling = until > message.received_at + MAX_VISIBILITY;
+                if !beyond_ceiling {
+                    message.visible_at = until;
+                }
+            });
+            match failure {
+                None if beyond_ceiling => Err(QueueError::Call {
+                    operation: "change_visibility",
+                    detail: "InvalidParameterValue: the total visibility timeout cannot exceed 12 hours".into(),
+                    source: None,
+                }),
                 None => Ok(()),
                 Some(failure) => {
                     Err(QueueError::Call { operation: "change_visibility", detail: failure.reason, source: None })
