@@ -926,7 +926,8 @@ impl Service {
         &self.name
     }
 
-    /// Waits until `GET /health` answers 200, panicking with the log's tail if the process exits or `timeout` passes.
+    /// Waits until `GET /health` answers 200 with `"status": "ok"` (a worker still finding its queue says `starting`),
+    /// panicking with the log's tail if the process exits or `timeout` passes.
     pub async fn wait_healthy(&mut self, timeout: Duration) {
         let client = http();
         let url = format!("{}/health", self.base_url());
@@ -940,8 +941,13 @@ impl Service {
                 );
             }
             let response = client.get(&url).timeout(Duration::from_secs(1)).send().await;
-            if response.is_ok_and(|r| r.status() == reqwest::StatusCode::OK) {
-                return;
+            if let Ok(response) = response {
+                // A worker answers 200 while it is still finding its queue (`"status": "starting"`): not yet.
+                let ok = response.status() == reqwest::StatusCode::OK;
+                let body: serde_json::Value = response.json().await.unwrap_or_default();
+                if ok && body["status"] == "ok" {
+                    return;
+                }
             }
             if Instant::now() >= deadline {
                 panic!("{} not healthy within {timeout:?}; log:\n{}", self.name, tail(&self.log_text(), 30));

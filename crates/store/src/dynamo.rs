@@ -893,7 +893,9 @@ mod tests {
             let status = StatusCode::try_from(status).unwrap_or_else(|e| panic!("{e}"));
             classify("apply", SdkError::service_error(error, Response::new(status, SdkBody::empty())))
         };
-        for (status, code) in [(400, "ThrottlingException"), (400, "ProvisionedThroughputExceededException"), (429, "X")] {
+        for (status, code) in
+            [(400, "ThrottlingException"), (400, "ProvisionedThroughputExceededException"), (429, "X")]
+        {
             assert!(matches!(service(status, code), StoreError::Unavailable { throttled: true, .. }), "{code}");
         }
         for (status, code) in [(500, "InternalServerError"), (503, "Anything"), (400, "TransactionConflictException")] {

@@ -171,12 +171,7 @@ impl Consumer {
         health: Arc<Health>,
         settings: Settings,
     ) -> Self {
-        // Every outcome's counter exists from start-up, so a rate or an alert on it works before the first event.
-        let metrics = MessageMetrics::new();
-        for counter in &metrics.outcomes {
-            counter.increment(0);
-        }
-        Self { queue, handler, health, settings, locks: OrderLocks::default(), metrics }
+        Self { queue, handler, health, settings, locks: OrderLocks::default(), metrics: MessageMetrics::new() }
     }
 
     /// Runs until `shutdown`: then stops receiving, gives in-flight handlers `shutdown_grace`, releases what is left

@@ -20,7 +20,10 @@ pub fn register() {
     for operation in ["delete", "change_visibility"] {
         metrics::counter!("pedidos_worker_sqs_entry_failures_total", "operation" => operation).increment(0);
     }
-    // Every outcome's counter is created by `Consumer::new`. Nothing is in flight before the consumer starts.
+    for outcome in crate::consumer::Outcome::ALL {
+        metrics::counter!("pedidos_worker_messages_total", "outcome" => outcome.as_str()).increment(0);
+    }
+    // Nothing is in flight before the consumer starts.
     metrics::gauge!("pedidos_worker_in_flight").set(0.0);
 }
 
