@@ -509,7 +509,7 @@ def test_redrive_selected_sends_a_message_back_and_the_worker_applies_it(console
     assert len(sent_posts) == 1 and json.loads(sent_posts[0]["body"]) == {"messageIds": [message_id]}, sent_posts
     answered = wait(console, UI_DEADLINE, lambda d: posts(d, redrive)[0]["result"], "the redrive got no answer")
     assert posts(console, redrive)[0]["status"] == 200, posts(console, redrive)
-    assert answered == {"done": 1, "failed": [], "notFound": []}, answered
+    assert answered == {"done": 1, "failed": [], "notFound": [], "complete": True, "visibleLeft": None}, answered
     wait(
         console,
         UI_DEADLINE,
@@ -561,7 +561,8 @@ def test_delete_selected_asks_first_and_removes_the_poison(console: Any, stack: 
     )
     assert len(posts(console, delete)) == 1 and posts(console, delete)[0]["status"] == 200, posts(console, delete)
     assert set(json.loads(posts(console, delete)[0]["body"])["messageIds"]) == poison_ids
-    assert answered == {"done": len(poison_ids), "failed": [], "notFound": []}, answered
+    expected = {"done": len(poison_ids), "failed": [], "notFound": [], "complete": True, "visibleLeft": None}
+    assert answered == expected, answered
     wait(
         console,
         UI_DEADLINE,

@@ -10,12 +10,18 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use aws_sdk_sqs::types::{Message, MessageAttributeValue};
-use e2e::{drain, queue_depth, sdk, topology, unique, Completed, Emulator, QueueInfo, Service};
+use aws_sdk_sqs::types::{Message, MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName};
+use e2e::{api_builder, drain, http, queue_depth, sdk, topology, unique, Completed, Emulator, QueueInfo, Service};
+use serde_json::{json, Value};
 
 const RUN: Duration = Duration::from_secs(60);
 const DRAIN: Duration = Duration::from_secs(5);
+const HEALTHY: Duration = Duration::from_secs(20);
 const PROCESS: usize = 0;
+/// `ADMIN_TOKEN` of the API whose console is tested.
+const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
+/// What the walk prints on stderr when it stopped while SQS still counted messages it had not received.
+const INCOMPLETE: &str = "incomplete: SQS still counts about";
 
 /// The emulator with the topology under a fresh suffix, and an SQS client for it.
 async fn setup() -> (Emulator, e2e::Topology, aws_sdk_sqs::Client) {
@@ -45,6 +51,20 @@ async fn dead_letter(
     body: &str,
     pedido_id: &str,
 ) -> String {
+    dead_letter_to(sqs, &queue.dlq_url, source_queue, reason, body, pedido_id, None).await
+}
+
+/// [`dead_letter`] into the queue at `dlq_url`; a FIFO one needs the message `group` (the deduplication id is
+/// unique per call).
+async fn dead_letter_to(
+    sqs: &aws_sdk_sqs::Client,
+    dlq_url: &str,
+    source_queue: Option<&str>,
+    reason: &str,
+    body: &str,
+    pedido_id: &str,
+    group: Option<&str>,
+) -> String {
     let text = |value: &str| {
         MessageAttributeValue::builder()
             .data_type("String")
@@ -54,13 +74,16 @@ async fn dead_letter(
     };
     let mut request = sqs
         .send_message()
-        .queue_url(&queue.dlq_url)
+        .queue_url(dlq_url)
         .message_body(body)
         .message_attributes("rejectReason", text(reason))
         .message_attributes("rejectDetail", text(&format!("the worker said {reason}")))
         .message_attributes("originalMessageId", text(&uuid::Uuid::new_v4().to_string()));
     if let Some(source_queue) = source_queue {
         request = request.message_attributes("sourceQueue", text(source_queue));
+    }
+    if let Some(group) = group {
+        request = request.message_group_id(group).message_deduplication_id(uuid::Uuid::new_v4().to_string());
     }
     for (name, (data_type, value)) in original_attributes(pedido_id) {
         let value = MessageAttributeValue::builder()
@@ -73,7 +96,7 @@ async fn dead_letter(
     let output = request
         .send()
         .await
-        .unwrap_or_else(|e| panic!("send to {}: {}", queue.dlq_url, aws_sdk_sqs::error::DisplayErrorContext(e)));
+        .unwrap_or_else(|e| panic!("send to {dlq_url}: {}", aws_sdk_sqs::error::DisplayErrorContext(e)));
     output.message_id.unwrap_or_else(|| panic!("no MessageId from the DLQ send"))
 }
 
@@ -101,6 +124,37 @@ async fn seed(sqs: &aws_sdk_sqs::Client, queue: &QueueInfo) -> Vec<(String, Stri
         seeded.push((id, reason.to_owned(), body, pedido_id));
     }
     seeded
+}
+
+/// `n` messages in the process queue's DLQ, all `not_json`, each with its own body. Returns the bodies, sorted.
+async fn seed_many(sqs: &aws_sdk_sqs::Client, queue: &QueueInfo, n: usize) -> Vec<String> {
+    let mut bodies = Vec::new();
+    for i in 0..n {
+        let body = format!("poison {i:02}");
+        dead_letter(sqs, queue, Some(&queue.url), "not_json", &body, &format!("p-{i}-{}", unique("order"))).await;
+        bodies.push(body);
+    }
+    bodies.sort_unstable();
+    bodies
+}
+
+/// The bodies of `messages`, sorted.
+fn bodies(messages: &[Message]) -> Vec<String> {
+    let mut bodies: Vec<String> = messages.iter().filter_map(Message::body).map(str::to_owned).collect();
+    bodies.sort_unstable();
+    bodies
+}
+
+/// A FIFO queue named after `prefix`; returns its URL.
+async fn fifo_queue(sqs: &aws_sdk_sqs::Client, prefix: &str) -> String {
+    sqs.create_queue()
+        .queue_name(format!("{}.fifo", unique(prefix)))
+        .attributes(QueueAttributeName::FifoQueue, "true")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("create FIFO queue: {}", aws_sdk_sqs::error::DisplayErrorContext(e)))
+        .queue_url
+        .unwrap_or_else(|| panic!("no URL for the FIFO queue"))
 }
 
 /// `pedidos-admin` with `args`, its SDK pointed at `emulator`, run to completion.
@@ -423,4 +477,144 @@ async fn usage_and_configuration_errors_exit_2_before_touching_anything() {
     assert!(run.stdout.contains("Exit codes:"), "{}", explain(&run));
 
     assert_eq!(queue_depth(&sqs, &queue.dlq_url).await, (3, 0));
+}
+
+/// More messages than three receives return (10 each): `list` shows every one and a redrive moves every one, with
+/// exit 0 and the DLQ empty. The redrive is filtered so it walks the DLQ message by message on every emulator (an
+/// unfiltered one may be a move task, which SQS runs without the scan).
+#[tokio::test]
+async fn a_dlq_of_30_is_listed_and_redriven_in_full() {
+    let (emulator, topo, sqs) = setup().await;
+    let queue = &topo.queues[PROCESS];
+    let seeded = seed_many(&sqs, queue, 30).await;
+
+    let run = admin(&emulator, &["dlq", "list", "--queue", &queue.url]).await;
+    assert_eq!(code(&run), Some(0), "{}", explain(&run));
+    let ids: std::collections::BTreeSet<&str> = run.stdout.lines().filter_map(|line| line.split(' ').next()).collect();
+    assert_eq!((run.stdout.lines().count(), ids.len()), (30, 30), "each message once; {}", explain(&run));
+    assert!(run.stderr.contains("listed=30 skipped=0"), "{}", explain(&run));
+    assert!(!run.stderr.contains(INCOMPLETE), "{}", explain(&run));
+    assert_eq!(queue_depth(&sqs, &queue.dlq_url).await, (30, 0));
+
+    let run =
+        admin(&emulator, &["dlq", "redrive", "--queue", &queue.url, "--reason", "not_json", "--rate", "500"]).await;
+    assert_eq!(code(&run), Some(0), "{}", explain(&run));
+    assert!(run.stdout.contains("redriven=30 skipped=0 failed=0"), "{}", explain(&run));
+    assert!(!run.stderr.contains(INCOMPLETE), "{}", explain(&run));
+    assert_eq!(queue_depth(&sqs, &queue.dlq_url).await, (0, 0));
+    assert_eq!(bodies(&drain(&sqs, &queue.url, 31, DRAIN).await), seeded);
+}
+
+/// A FIFO DLQ whose message group another reader holds: SQS counts the group's other messages as visible but no
+/// receive returns them until the group is free. The walk does not take "nothing new" for "nothing left": it keeps
+/// trying for `--scan-patience`, then says how many messages SQS still counts and exits 4, never 0, having touched
+/// only what it reached. Once the group is free, the same redrive moves the rest and exits 0.
+#[tokio::test]
+async fn a_walk_that_cannot_reach_every_message_says_so_and_exits_4() {
+    let (emulator, _topo, sqs) = setup().await;
+    let dlq = fifo_queue(&sqs, "admin-dlq").await;
+    let source = fifo_queue(&sqs, "admin-src").await;
+    let mut held = Vec::new();
+    for i in 1..=3 {
+        let body = format!("held {i}");
+        held.push(dead_letter_to(&sqs, &dlq, Some(&source), "not_json", &body, "p-held", Some("held")).await);
+    }
+    let free = dead_letter_to(&sqs, &dlq, Some(&source), "not_json", "free 1", "p-free", Some("free")).await;
+
+    // Another reader holds the first message of group "held": the two after it cannot be received meanwhile.
+    let taken = sqs
+        .receive_message()
+        .queue_url(&dlq)
+        .max_number_of_messages(1)
+        .visibility_timeout(300)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("receive: {}", aws_sdk_sqs::error::DisplayErrorContext(e)))
+        .messages
+        .unwrap_or_default();
+    let [taken] = taken.as_slice() else { panic!("expected one message, got {taken:?}") };
+    assert_eq!(taken.message_id(), Some(held[0].as_str()), "the first message sent is received first");
+    assert_eq!(queue_depth(&sqs, &dlq).await, (3, 1));
+
+    let run = admin(&emulator, &["dlq", "list", "--dlq", &dlq, "--scan-patience", "2s"]).await;
+    assert_eq!(code(&run), Some(4), "{}", explain(&run));
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert!(lines.len() == 1 && lines[0].starts_with(&free), "only the free group's message; {}", explain(&run));
+    assert!(run.stderr.contains(&format!("{INCOMPLETE} 2 visible message(s) in {dlq}")), "{}", explain(&run));
+    assert!(run.stderr.contains("Run the command again"), "{}", explain(&run));
+
+    let run = admin(&emulator, &["dlq", "show", "--dlq", &dlq, &held[1], "--scan-patience", "1s"]).await;
+    assert_eq!(code(&run), Some(4), "not reached is not \"does not exist\"; {}", explain(&run));
+    assert!(run.stderr.contains(INCOMPLETE), "{}", explain(&run));
+
+    let run = admin(&emulator, &["dlq", "redrive", "--dlq", &dlq, "--scan-patience", "2s"]).await;
+    assert_eq!(code(&run), Some(4), "a redrive that stopped early never exits 0; {}", explain(&run));
+    assert!(run.stdout.contains("redriven=1 skipped=0 failed=0"), "{}", explain(&run));
+    assert!(run.stderr.contains(&format!("{INCOMPLETE} 2 visible message(s)")), "{}", explain(&run));
+    // Nothing lost, nothing left hidden by the tool: the two it could not reach are visible, the reader's is its own.
+    assert_eq!(queue_depth(&sqs, &dlq).await, (2, 1));
+    assert_eq!(bodies(&drain(&sqs, &source, 2, DRAIN).await), ["free 1"]);
+
+    // The reader lets go: the same redrive now reaches the whole group and completes.
+    let handle = taken.receipt_handle().unwrap_or_else(|| panic!("no receipt handle"));
+    sqs.change_message_visibility()
+        .queue_url(&dlq)
+        .receipt_handle(handle)
+        .visibility_timeout(0)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("release: {}", aws_sdk_sqs::error::DisplayErrorContext(e)));
+    let run = admin(&emulator, &["dlq", "redrive", "--dlq", &dlq]).await;
+    assert_eq!(code(&run), Some(0), "{}", explain(&run));
+    assert!(run.stdout.contains("redriven=3 skipped=0 failed=0"), "{}", explain(&run));
+    assert!(!run.stderr.contains(INCOMPLETE), "{}", explain(&run));
+    assert_eq!(queue_depth(&sqs, &dlq).await, (0, 0));
+    let moved = drain(&sqs, &source, 4, DRAIN).await;
+    assert_eq!(bodies(&moved), ["held 1", "held 2", "held 3"]);
+    let groups: Vec<&str> = moved
+        .iter()
+        .filter_map(|m| m.attributes()?.get(&MessageSystemAttributeName::MessageGroupId).map(String::as_str))
+        .collect();
+    assert_eq!(groups, ["held", "held", "held"], "the copies keep their group");
+}
+
+/// The console's DLQ panel walks the same way: its list holds all 30 messages and says `complete: true`, and
+/// "Redrive all" moves all 30 and says `complete: true`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_lists_and_redrives_a_dlq_of_30_in_full_and_says_it_is_complete() {
+    let (emulator, topo, sqs) = setup().await;
+    let queue = &topo.queues[PROCESS];
+    let seeded = seed_many(&sqs, queue, 30).await;
+    let mut api = api_builder(&emulator.endpoints(), &topo).env("ADMIN_TOKEN", ADMIN_TOKEN).spawn();
+    api.wait_healthy(HEALTHY).await;
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let url = format!("{}/console/api/dlq/process", api.base_url());
+    let answer = |response: Result<reqwest::Response, reqwest::Error>| async move {
+        let response = response.unwrap_or_else(|e| panic!("console request: {e}"));
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or_else(|e| panic!("console answer is not JSON: {e}"));
+        assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+        body
+    };
+
+    let list = answer(http().get(&url).header("authorization", &bearer).send().await).await;
+    let listed = list["messages"].as_array().map_or(0, Vec::len);
+    assert_eq!(listed, 30, "{list}");
+    assert_eq!(
+        (&list["complete"], &list["visibleLeft"], &list["truncated"]),
+        (&json!(true), &Value::Null, &json!(false))
+    );
+    assert_eq!(queue_depth(&sqs, &queue.dlq_url).await, (30, 0), "listing left every message visible");
+
+    let redrive = http()
+        .post(format!("{url}/redrive"))
+        .header("authorization", &bearer)
+        .header("content-type", "application/json")
+        .body(json!({"all": true}).to_string())
+        .send()
+        .await;
+    let redrive = answer(redrive).await;
+    assert_eq!((&redrive["done"], &redrive["failed"], &redrive["complete"]), (&json!(30), &json!([]), &json!(true)));
+    assert_eq!(queue_depth(&sqs, &queue.dlq_url).await, (0, 0));
+    assert_eq!(bodies(&drain(&sqs, &queue.url, 31, DRAIN).await), seeded);
 }

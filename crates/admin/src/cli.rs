@@ -12,6 +12,8 @@ Exit codes:
   1  runtime failure: an SQS call failed, a queue or message does not exist, a move task failed
   2  usage or configuration error (bad argument, AWS_REGION or AWS_ENDPOINT_URL invalid, unfiltered purge without --yes)
   3  partial: some messages could not be moved or deleted (they are still in the DLQ), or the run was interrupted
+  4  incomplete: the walk over the DLQ stopped while SQS still counted visible messages it had not received
+     (stderr says how many); they were left as they are: run the command again
 
 Environment: AWS_REGION (default us-east-1), AWS_ENDPOINT_URL (e.g. http://127.0.0.1:4566 for moto or LocalStack),
 credentials from the standard AWS chain.";
@@ -92,6 +94,17 @@ pub struct FilterArgs {
     pub max: Option<u64>,
 }
 
+/// How long a walk over the DLQ keeps looking for messages SQS counts but receives do not return.
+#[derive(Debug, Clone, Args)]
+pub struct ScanArgs {
+    /// Keep receiving this long while receives bring nothing new but SQS still counts visible messages (its count
+    /// may lag a minute; a FIFO DLQ hides the rest of a message group the run holds). Past it, the run stops and
+    /// exits 4.
+    // `scan::PATIENCE`, written out for `--help`; a test keeps the two equal.
+    #[arg(long, value_name = "DURATION", default_value = "75s", value_parser = parse_duration)]
+    pub scan_patience: Duration,
+}
+
 impl FilterArgs {
     pub fn filter(&self) -> Filter {
         Filter { reasons: self.reason.clone(), older_than: self.older_than }
@@ -104,6 +117,8 @@ pub struct ListArgs {
     pub selection: Selection,
     #[command(flatten)]
     pub filters: FilterArgs,
+    #[command(flatten)]
+    pub scan: ScanArgs,
     /// One JSON object per line (full body and attributes) instead of text.
     #[arg(long)]
     pub json: bool,
@@ -113,6 +128,8 @@ pub struct ListArgs {
 pub struct ShowArgs {
     #[command(flatten)]
     pub selection: Selection,
+    #[command(flatten)]
+    pub scan: ScanArgs,
     /// The DLQ message's id (as `list` prints it).
     pub message_id: String,
     /// The message as one JSON object.
@@ -126,6 +143,8 @@ pub struct RedriveArgs {
     pub selection: Selection,
     #[command(flatten)]
     pub filters: FilterArgs,
+    #[command(flatten)]
+    pub scan: ScanArgs,
     /// Print what would move; change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -140,6 +159,8 @@ pub struct PurgeArgs {
     pub selection: Selection,
     #[command(flatten)]
     pub filters: FilterArgs,
+    #[command(flatten)]
+    pub scan: ScanArgs,
     /// Print what would be deleted; change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -170,6 +191,20 @@ mod tests {
         assert!(parse(&["--dlq", "http://x/1/q-dlq", "--reason", "not_json", "--older-than", "1h30m"]).is_ok());
         assert!(parse(&["--queue", "process", "--older-than", "10"]).is_err());
         assert!(parse(&["--queue", "process", "--max", "0"]).is_err());
+    }
+
+    #[test]
+    fn the_scan_patience_defaults_to_the_scans_own() {
+        let parse =
+            |args: &[&str]| Cli::try_parse_from([&["pedidos-admin", "dlq", "list", "--queue", "p"], args].concat());
+        let patience = |args: &[&str]| match parse(args).map(|cli| cli.command) {
+            Ok(Command::Dlq(DlqCommand::List(list))) => Some(list.scan.scan_patience),
+            _ => None,
+        };
+        assert_eq!(patience(&[]), Some(crate::scan::PATIENCE));
+        assert_eq!(patience(&["--scan-patience", "2s"]), Some(Duration::from_secs(2)));
+        assert_eq!(patience(&["--scan-patience", "0s"]), Some(Duration::ZERO));
+        assert!(parse(&["--scan-patience", "2"]).is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use aws_sdk_sqs::Client;
 use indicatif::ProgressBar;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{ListArgs, PurgeArgs, RedriveArgs, ShowArgs};
+use crate::cli::{FilterArgs, ListArgs, PurgeArgs, RedriveArgs, ScanArgs, ShowArgs};
 use crate::error::{AdminError, Exit};
 use crate::message::{escape, format_age, now_ms, pretty_body, rfc3339, DlqMessage, Filter};
 use crate::progress::{self, note, Pacer};
@@ -23,6 +23,26 @@ const MOVE_TASK_POLL: Duration = Duration::from_secs(1);
 /// Writes a result line to stdout; `false` when stdout is gone (e.g. piped into `head`), so the caller can stop.
 fn out(line: &str) -> bool {
     writeln!(std::io::stdout(), "{line}").is_ok()
+}
+
+/// A walk over `target`'s DLQ with the command line's patience.
+fn new_scan(client: &Client, target: &Target, args: &ScanArgs) -> Scan {
+    Scan::new(client, &target.dlq_url).with_patience(args.scan_patience)
+}
+
+/// Says on stderr that the walk stopped while SQS still counted visible messages it had not received; `true` then.
+fn report_incomplete(scan: &Scan, target: &Target) -> bool {
+    let Some(visible_left) = scan.stopped_early() else {
+        return false;
+    };
+    eprintln!(
+        "incomplete: SQS still counts about {visible_left} visible message(s) in {} that this run did not receive \
+         (it kept trying for {} s after the last new one); they were left as they are. Run the command again \
+         (SQS's count can lag a minute: a longer --scan-patience helps)",
+        target.dlq_url,
+        scan.patience().as_secs()
+    );
+    true
 }
 
 /// Picks messages by filter and `--max`, counting what it passes over.
@@ -62,7 +82,7 @@ impl Selector {
 /// Resolving the DLQ or a receive failed.
 pub async fn list(client: &Client, args: &ListArgs, interrupt: &CancellationToken) -> Result<Exit, AdminError> {
     let target = sqs::resolve(client, &args.selection).await?;
-    let mut scan = Scan::new(client, &target.dlq_url);
+    let mut scan = new_scan(client, &target, &args.scan);
     let mut selector = Selector::new(args.filters.filter(), args.filters.max);
     let result = list_walk(&mut scan, &mut selector, args.json, interrupt).await;
     release_and_report(&mut scan).await;
@@ -74,12 +94,12 @@ pub async fn list(client: &Client, args: &ListArgs, interrupt: &CancellationToke
         target.dlq_url,
         if interrupted { "; interrupted" } else { "" }
     );
-    Ok(if interrupted { Exit::Partial } else { Exit::Success })
+    Ok(Exit::of(interrupted, report_incomplete(&scan, &target)))
 }
 
 /// Returns whether the walk was interrupted.
 async fn list_walk(
-    scan: &mut Scan<'_>,
+    scan: &mut Scan,
     selector: &mut Selector,
     json: bool,
     interrupt: &CancellationToken,
@@ -114,12 +134,17 @@ async fn list_walk(
 /// Resolving the DLQ or a receive failed; [`AdminError::State`] when no visible message has that id.
 pub async fn show(client: &Client, args: &ShowArgs, interrupt: &CancellationToken) -> Result<Exit, AdminError> {
     let target = sqs::resolve(client, &args.selection).await?;
-    let mut scan = Scan::new(client, &target.dlq_url);
+    let mut scan = new_scan(client, &target, &args.scan);
     let result = find(&mut scan, &args.message_id, interrupt).await;
     release_and_report(&mut scan).await;
     let Some(message) = result? else {
         if interrupt.is_cancelled() {
             return Ok(Exit::Partial);
+        }
+        if scan.stopped_early().is_some() {
+            eprintln!("message {} is not among the messages this run received", args.message_id);
+            report_incomplete(&scan, &target);
+            return Ok(Exit::Incomplete);
         }
         return Err(AdminError::State(format!(
             "no visible message {} in {} (another reader may hold it; try again in {} s)",
@@ -140,7 +165,7 @@ pub async fn show(client: &Client, args: &ShowArgs, interrupt: &CancellationToke
     Ok(Exit::Success)
 }
 
-async fn find(scan: &mut Scan<'_>, id: &str, interrupt: &CancellationToken) -> Result<Option<DlqMessage>, AdminError> {
+async fn find(scan: &mut Scan, id: &str, interrupt: &CancellationToken) -> Result<Option<DlqMessage>, AdminError> {
     let mut found = None;
     while found.is_none() && !interrupt.is_cancelled() {
         let batch = scan.next_batch().await?;
@@ -193,16 +218,6 @@ struct Counts {
     failed: u64,
 }
 
-impl Counts {
-    fn exit(&self, interrupted: bool) -> Exit {
-        if self.failed > 0 || interrupted {
-            Exit::Partial
-        } else {
-            Exit::Success
-        }
-    }
-}
-
 /// Moves messages back to their source queue.
 ///
 /// # Errors
@@ -231,7 +246,8 @@ pub async fn redrive(client: &Client, args: &RedriveArgs, interrupt: &Cancellati
             ),
         }
     }
-    one_by_one(client, &target, Mode::Redrive, &args.filters, args.dry_run, args.rate, interrupt).await
+    let options = Options { filters: &args.filters, scan: &args.scan, dry_run: args.dry_run, rate: args.rate };
+    one_by_one(client, &target, Mode::Redrive, &options, interrupt).await
 }
 
 /// Follows a move task to its end, showing progress; Ctrl-C cancels it.
@@ -316,7 +332,8 @@ pub async fn purge(client: &Client, args: &PurgeArgs, interrupt: &CancellationTo
         out(&format!("purged={depth} skipped=0 failed=0 (PurgeQueue; the count is SQS's approximate one)"));
         return Ok(Exit::Success);
     }
-    one_by_one(client, &target, Mode::Purge, &args.filters, args.dry_run, args.rate, interrupt).await
+    let options = Options { filters: &args.filters, scan: &args.scan, dry_run: args.dry_run, rate: args.rate };
+    one_by_one(client, &target, Mode::Purge, &options, interrupt).await
 }
 
 /// Asks on the terminal; anything but `yes` (or a read error) is a no.
@@ -352,17 +369,24 @@ impl Mode {
     }
 }
 
+/// The options `redrive` and `purge` share on the message-by-message path.
+struct Options<'a> {
+    filters: &'a FilterArgs,
+    scan: &'a ScanArgs,
+    dry_run: bool,
+    rate: u32,
+}
+
 /// Receive, act on each selected message, release the rest: the path for filters, `--max`, `--dry-run`, purges
 /// with filters, and endpoints without move tasks.
 async fn one_by_one(
     client: &Client,
     target: &Target,
     mode: Mode,
-    filters: &crate::cli::FilterArgs,
-    dry_run: bool,
-    rate: u32,
+    options: &Options<'_>,
     interrupt: &CancellationToken,
 ) -> Result<Exit, AdminError> {
+    let Options { filters, scan: scan_args, dry_run, rate } = *options;
     let expected = sqs::visible_messages(client, &target.dlq_url).await?;
     let bar = if dry_run { ProgressBar::hidden() } else { progress::bar(expected, mode.verb()) };
     let mut run = Run {
@@ -375,7 +399,7 @@ async fn one_by_one(
         pacer: Pacer::new(rate),
         counts: Counts::default(),
     };
-    let mut scan = Scan::new(client, &target.dlq_url);
+    let mut scan = new_scan(client, target, scan_args);
     let result = run.walk(&mut scan, interrupt).await;
     release_and_report(&mut scan).await;
     bar.finish_and_clear();
@@ -400,7 +424,8 @@ async fn one_by_one(
     if interrupted {
         eprintln!("interrupted; the messages not handled are still in the DLQ");
     }
-    result.map(|interrupted| counts.exit(interrupted))
+    let incomplete = report_incomplete(&scan, target);
+    result.map(|interrupted| Exit::of(counts.failed > 0 || interrupted, incomplete))
 }
 
 /// One redrive or purge in progress.
@@ -417,7 +442,7 @@ struct Run<'a> {
 
 impl Run<'_> {
     /// Returns whether the walk was interrupted.
-    async fn walk(&mut self, scan: &mut Scan<'_>, interrupt: &CancellationToken) -> Result<bool, AdminError> {
+    async fn walk(&mut self, scan: &mut Scan, interrupt: &CancellationToken) -> Result<bool, AdminError> {
         while !self.selector.full() {
             let batch = scan.next_batch().await?;
             if batch.is_empty() {

@@ -16,6 +16,21 @@ pub enum Exit {
     Usage = 2,
     /// Some messages could not be moved or deleted (they are still in the DLQ), or the run was interrupted.
     Partial = 3,
+    /// The walk over the DLQ stopped while SQS still counted visible messages it had not received: they were not
+    /// listed, moved or deleted. Running the command again picks them up.
+    Incomplete = 4,
+}
+
+impl Exit {
+    /// The exit of a run that reached its end: `partial` (failures, an interruption) outranks `incomplete`, because
+    /// failed messages need a look, and a second run retries them as well as the unreached ones.
+    pub fn of(partial: bool, incomplete: bool) -> Self {
+        match (partial, incomplete) {
+            (true, _) => Self::Partial,
+            (false, true) => Self::Incomplete,
+            (false, false) => Self::Success,
+        }
+    }
 }
 
 impl From<Exit> for ExitCode {
@@ -81,6 +96,15 @@ mod tests {
         assert_eq!(build("send", "missing body").exit() as u8, 1);
         assert_eq!(AdminError::State("no DLQ".into()).exit() as u8, 1);
         assert_eq!(Exit::Partial as u8, 3);
+        assert_eq!(Exit::Incomplete as u8, 4);
         assert_eq!(Exit::Success as u8, 0);
+    }
+
+    #[test]
+    fn a_run_that_stopped_early_never_exits_0() {
+        assert_eq!(Exit::of(false, false), Exit::Success);
+        assert_eq!(Exit::of(false, true), Exit::Incomplete);
+        assert_eq!(Exit::of(true, false), Exit::Partial);
+        assert_eq!(Exit::of(true, true), Exit::Partial);
     }
 }

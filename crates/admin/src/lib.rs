@@ -11,7 +11,8 @@
 //! - [`error`]: [`error::AdminError`] and the exit codes it maps to.
 //! - [`message`]: the owned DLQ message, filters, durations, previews and the attributes a redrive drops.
 //! - [`sqs`]: the SQS calls: finding the DLQ from a source queue, receive, release, copy, delete, move tasks.
-//! - [`scan`]: walking a DLQ without consuming it (dedupe by message id, release at the end).
+//! - [`scan`]: walking a DLQ without consuming it (dedupe by message id, release at the end), until SQS counts no
+//!   visible message left or the patience runs out (then the command exits 4: incomplete).
 //! - [`progress`]: the rate limit and the progress bar.
 //! - [`commands`]: `list`, `show`, `redrive` and `purge`.
 

@@ -160,15 +160,22 @@ pub async fn queue_arn(client: &Client, url: &str) -> Result<String, AdminError>
         .ok_or_else(|| AdminError::State(format!("SQS returned no ARN for {url}")))
 }
 
-/// `ApproximateNumberOfMessages` (visible), for progress bars and the purge summary; 0 when unknown.
+/// `ApproximateNumberOfMessages` (visible: neither in flight nor delayed); `None` when SQS returns no number.
+///
+/// # Errors
+/// As [`queue_attribute`].
+pub async fn visible_count(client: &Client, url: &str) -> Result<Option<u64>, AdminError> {
+    Ok(queue_attribute(client, url, QueueAttributeName::ApproximateNumberOfMessages)
+        .await?
+        .and_then(|n| n.parse().ok()))
+}
+
+/// [`visible_count`] for progress bars and the purge summary, where an unknown count is shown as 0.
 ///
 /// # Errors
 /// As [`queue_attribute`].
 pub async fn visible_messages(client: &Client, url: &str) -> Result<u64, AdminError> {
-    Ok(queue_attribute(client, url, QueueAttributeName::ApproximateNumberOfMessages)
-        .await?
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0))
+    Ok(visible_count(client, url).await?.unwrap_or(0))
 }
 
 /// Up to 10 messages, hidden for [`SCAN_VISIBILITY`], with every attribute.
@@ -190,8 +197,15 @@ pub async fn receive(client: &Client, dlq_url: &str) -> Result<Vec<DlqMessage>, 
     Ok(output.messages.unwrap_or_default().into_iter().map(DlqMessage::from_sdk).collect())
 }
 
-/// Makes messages visible again (visibility 0), 10 per call. Returns a line per message that could not be released.
-pub async fn release(client: &Client, dlq_url: &str, handles: &[(String, String)]) -> Vec<String> {
+/// Sets the visibility timeout of `(message id, receipt handle)` pairs, 10 per call: 0 makes them visible again, more
+/// keeps them hidden that long from now. Returns a line per message whose visibility could not be changed.
+pub async fn change_visibility(
+    client: &Client,
+    dlq_url: &str,
+    handles: &[(String, String)],
+    timeout: Duration,
+) -> Vec<String> {
+    let timeout = seconds(timeout);
     let mut failures = Vec::new();
     for chunk in handles.chunks(10) {
         let entries = chunk
@@ -201,7 +215,7 @@ pub async fn release(client: &Client, dlq_url: &str, handles: &[(String, String)
                 ChangeMessageVisibilityBatchRequestEntry::builder()
                     .id(i.to_string())
                     .receipt_handle(handle)
-                    .visibility_timeout(0)
+                    .visibility_timeout(timeout)
                     .build()
             })
             .collect::<Result<Vec<_>, _>>();

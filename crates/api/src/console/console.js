@@ -199,6 +199,7 @@ function dlqPanel(queue) {
   text($(".dlq-title", node), `DLQ of ${queue.role} (${queue.dlq.name})`);
   $("#dlqs").appendChild(node);
   const status = $(".dlq-status", node);
+  const notice = $(".dlq-notice", node);
   const base = `/console/api/dlq/${encodeURIComponent(queue.role)}`;
   let lastVisible = -1;
   const selected = () =>
@@ -240,6 +241,15 @@ function dlqPanel(queue) {
     });
     $("tbody", node).replaceChildren(...rows);
     text(status, `${body.messages.length} message(s)${body.truncated ? " (first 200)" : ""}`);
+    // The walk stopped while SQS still counted messages it had not reached: the table is not the whole DLQ.
+    notice.hidden = body.complete !== false || body.truncated;
+    text(
+      notice,
+      notice.hidden
+        ? ""
+        : `Incomplete: SQS still counts about ${body.visibleLeft} visible message(s) this list did not reach. ` +
+            "Refresh to look again.",
+    );
   }
 
   async function act(action, payload, confirmText) {
@@ -249,6 +259,9 @@ function dlqPanel(queue) {
     try {
       const result = await post(`${base}/${action}`, payload);
       outcome = `${action}: ${result.done} done, ${result.failed.length} failed, ${result.notFound.length} not found`;
+      if (result.complete === false) {
+        outcome += `; stopped early: SQS still counts about ${result.visibleLeft} message(s) not reached, run it again`;
+      }
     } catch (error) {
       outcome = `${action} failed: ${error.message}`;
     }

@@ -1,11 +1,14 @@
 //! The DLQ panel: list, redrive and delete, with `pedidos-admin`'s scan (listing never consumes; a message is
-//! deleted only after its copy was confirmed; everything else is made visible again).
+//! deleted only after its copy was confirmed; everything else is made visible again). Every answer says whether the
+//! walk reached the point where SQS counted no visible message left (`complete`), and if not, how many it still
+//! counted (`visibleLeft`).
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use pedidos_admin::error::AdminError;
 use pedidos_admin::message::{now_ms, DlqMessage};
-use pedidos_admin::scan::Scan;
+use pedidos_admin::scan::{DlqReader, Scan};
 use pedidos_admin::sqs;
 use serde_json::{json, Value};
 
@@ -17,6 +20,10 @@ use crate::error::ApiError;
 const LIST_MAX: usize = 200;
 /// Characters of the body the panel previews.
 const PREVIEW: usize = 300;
+/// How long a walk keeps receiving while SQS counts visible messages it cannot reach. Shorter than the CLI's
+/// (`scan::PATIENCE`): a person waits on the page and other DLQ requests wait their turn; when it runs out the
+/// answer says `complete: false` and the panel tells the operator to look again.
+const PATIENCE: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -44,13 +51,32 @@ fn entry(message: &DlqMessage, now: u64) -> Value {
     })
 }
 
-/// `{"queue", "dlq", "messages": [...], "truncated"}`.
+/// A walk over `queue`'s DLQ.
+fn scan(client: &aws_sdk_sqs::Client, queue: &QueueRef) -> Result<Scan, ApiError> {
+    Ok(Scan::new(client, dlq_url(queue)?).with_patience(PATIENCE))
+}
+
+/// Releases what `scan` holds, logging what could not be released.
+async fn release<R: DlqReader>(scan: &mut Scan<R>) {
+    let failures = scan.release().await;
+    if !failures.is_empty() {
+        tracing::warn!(
+            count = failures.len(),
+            "console: DLQ messages not made visible again; they reappear by themselves"
+        );
+    }
+}
+
+/// `{"queue", "dlq", "messages": [...], "truncated", "complete", "visibleLeft"}`: `complete` is false when the list
+/// is not the whole DLQ (truncated, or the walk stopped while SQS still counted `visibleLeft` visible messages).
 ///
 /// # Errors
 /// 404 without a DLQ, 503 when SQS fails.
 pub async fn list(client: &aws_sdk_sqs::Client, queue: &QueueRef) -> Result<Value, ApiError> {
-    let url = dlq_url(queue)?;
-    let mut scan = Scan::new(client, url);
+    listing(scan(client, queue)?, queue).await
+}
+
+async fn listing<R: DlqReader>(mut scan: Scan<R>, queue: &QueueRef) -> Result<Value, ApiError> {
     let now = now_ms();
     let mut messages = Vec::new();
     let result = async {
@@ -65,20 +91,23 @@ pub async fn list(client: &aws_sdk_sqs::Client, queue: &QueueRef) -> Result<Valu
     }
     .await;
     // Whatever happened, nothing stays hidden.
-    let failures = scan.release().await;
-    if !failures.is_empty() {
-        tracing::warn!(
-            count = failures.len(),
-            "console: DLQ messages not made visible again; they reappear by themselves"
-        );
-    }
+    release(&mut scan).await;
     result.map_err(unavailable)?;
     let truncated = messages.len() >= LIST_MAX;
-    Ok(json!({"queue": queue.name, "dlq": queue.dlq_name, "messages": messages, "truncated": truncated}))
+    Ok(json!({
+        "queue": queue.name,
+        "dlq": queue.dlq_name,
+        "messages": messages,
+        "truncated": truncated,
+        "complete": scan.complete(),
+        "visibleLeft": scan.stopped_early(),
+    }))
 }
 
 /// Redrives (copy to the source queue, then delete) or deletes the selected messages.
-/// `{"done": n, "failed": [{"messageId", "error"}], "notFound": [ids]}`.
+/// `{"done": n, "failed": [{"messageId", "error"}], "notFound": [ids], "complete", "visibleLeft"}`: `complete` is
+/// false when the walk stopped while SQS still counted `visibleLeft` visible messages it had not reached (with
+/// `all`, those were not acted on; with ids, those in `notFound` may be among them).
 ///
 /// # Errors
 /// 404 without a DLQ, 503 when listing fails.
@@ -88,9 +117,18 @@ pub async fn act(
     selection: &Selection,
     action: Action,
 ) -> Result<Value, ApiError> {
+    acting(client, scan(client, queue)?, queue, selection, action).await
+}
+
+async fn acting<R: DlqReader>(
+    client: &aws_sdk_sqs::Client,
+    mut scan: Scan<R>,
+    queue: &QueueRef,
+    selection: &Selection,
+    action: Action,
+) -> Result<Value, ApiError> {
     let url = dlq_url(queue)?;
     let wanted: HashSet<&str> = selection.message_ids.iter().map(String::as_str).collect();
-    let mut scan = Scan::new(client, url);
     let mut done = 0usize;
     let mut failed = Vec::new();
     let mut found = HashSet::new();
@@ -131,9 +169,110 @@ pub async fn act(
         Ok::<_, AdminError>(())
     }
     .await;
-    let _ = scan.release().await;
+    release(&mut scan).await;
     result.map_err(unavailable)?;
     let not_found: Vec<&str> = wanted.iter().filter(|id| !found.contains(**id)).copied().collect();
-    tracing::info!(queue = %queue.name, ?action, done, failed = failed.len(), "console DLQ action");
-    Ok(json!({"done": done, "failed": failed, "notFound": not_found}))
+    // Every selected message found is complete whatever the walk would have said next.
+    let complete = scan.complete() || (!selection.all && not_found.is_empty());
+    let visible_left = if complete { None } else { scan.stopped_early() };
+    tracing::info!(queue = %queue.name, ?action, done, failed = failed.len(), complete, "console DLQ action");
+    Ok(json!({
+        "done": done,
+        "failed": failed,
+        "notFound": not_found,
+        "complete": complete,
+        "visibleLeft": visible_left,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    /// A DLQ whose first receive returns `batch` and every later one nothing, while SQS counts `counted` visible
+    /// messages: messages it will never hand out (a lagging count, a held FIFO group).
+    struct Stuck {
+        batch: Mutex<Vec<DlqMessage>>,
+        counted: u64,
+    }
+
+    impl DlqReader for Stuck {
+        async fn receive(&self) -> Result<Vec<DlqMessage>, AdminError> {
+            Ok(std::mem::take(&mut *self.batch.lock().unwrap_or_else(std::sync::PoisonError::into_inner)))
+        }
+
+        async fn visible(&self) -> Result<u64, AdminError> {
+            Ok(self.counted)
+        }
+
+        async fn change_visibility(&self, _: &[(String, String)], _: Duration) -> Vec<String> {
+            Vec::new()
+        }
+    }
+
+    fn stuck(ids: &[&str], counted: u64) -> Scan<Stuck> {
+        let batch = ids
+            .iter()
+            .map(|id| DlqMessage {
+                message_id: (*id).to_owned(),
+                receipt_handle: format!("{id}#1"),
+                body: "{}".into(),
+                sent_at_ms: None,
+                receive_count: 1,
+                attributes: BTreeMap::new(),
+                system: BTreeMap::new(),
+            })
+            .collect();
+        Scan::over(Stuck { batch: Mutex::new(batch), counted }).with_patience(PATIENCE)
+    }
+
+    fn queue() -> QueueRef {
+        QueueRef {
+            role: "process",
+            name: "q".into(),
+            url: "http://127.0.0.1:1/000000000000/q".into(),
+            dlq_name: Some("q-dlq".into()),
+            dlq_url: Some("http://127.0.0.1:1/000000000000/q-dlq".into()),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_list_says_whether_it_is_the_whole_dlq() {
+        let answer = listing(stuck(&["a"], 0), &queue()).await.unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(answer["messages"].as_array().map(Vec::len), Some(1));
+        assert_eq!((&answer["complete"], &answer["visibleLeft"]), (&json!(true), &Value::Null), "{answer}");
+
+        let answer = listing(stuck(&["a"], 2), &queue()).await.unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(answer["messages"].as_array().map(Vec::len), Some(1));
+        assert_eq!((&answer["complete"], &answer["visibleLeft"]), (&json!(false), &json!(2)), "{answer}");
+        assert_eq!(answer["truncated"], json!(false));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_action_that_stopped_early_says_so() {
+        // Never sends: nothing is ever received, so no copy or delete is attempted.
+        let config = aws_sdk_sqs::Config::builder()
+            .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+            .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+            .build();
+        let client = aws_sdk_sqs::Client::from_conf(config);
+        let all = Selection { message_ids: Vec::new(), all: true };
+        let answer =
+            acting(&client, stuck(&[], 3), &queue(), &all, Action::Redrive).await.unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(answer["done"], json!(0));
+        assert_eq!((&answer["complete"], &answer["visibleLeft"]), (&json!(false), &json!(3)), "{answer}");
+
+        let some = Selection { message_ids: vec!["x".into()], all: false };
+        let answer =
+            acting(&client, stuck(&[], 3), &queue(), &some, Action::Delete).await.unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(answer["notFound"], json!(["x"]));
+        assert_eq!((&answer["complete"], &answer["visibleLeft"]), (&json!(false), &json!(3)), "{answer}");
+
+        // Not found in a DLQ walked to its end: complete, the id is simply not there.
+        let answer =
+            acting(&client, stuck(&[], 0), &queue(), &some, Action::Delete).await.unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!((&answer["complete"], &answer["notFound"]), (&json!(true), &json!(["x"])), "{answer}");
+    }
 }
