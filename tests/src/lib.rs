@@ -14,6 +14,10 @@
 //! - [`orders_store`], [`scan_orders`] and [`Snapshot`]: what the workers wrote, read back with the store's own code.
 //! - [`worker_builder`], [`api_builder`], [`sns_envelope`]: services wired to a topology (queue, topic, tables), and
 //!   the SNS notification a subscription would deliver, for sending copies straight to a queue.
+//! - [`fault::FaultProxy`]: a TCP proxy in front of one endpoint that refuses or black-holes connections on demand,
+//!   so one process loses one dependency while the emulator keeps serving everyone else.
+//! - [`orchestrator::Orchestrator`]: an ECS stand-in running worker tasks as services: the container health check
+//!   (the binary's `healthcheck` command) every interval, replacement after failed checks, rolling deploys.
 //!
 //! Every process started here is killed when its handle drops, also when a test panics.
 
@@ -32,6 +36,12 @@ use aws_config::{BehaviorVersion, Region};
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName, QueueAttributeName};
 
 pub use platform::topology::{Names, QueueInfo, Topology};
+
+pub mod fault;
+pub mod orchestrator;
+
+pub use fault::{FaultProxy, Mode, ProxyStats};
+pub use orchestrator::{EcsService, Orchestrator, Reason, Timing};
 
 /// Region every test uses.
 pub const REGION: &str = "us-east-1";
@@ -821,11 +831,28 @@ impl ServiceBuilder {
 
     /// Starts the binary in the background, stdout and stderr to `target/e2e-logs/<name>.log`.
     pub fn spawn(self) -> Service {
-        let (log, file) = log_file(&self.name);
+        self.try_spawn().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`ServiceBuilder::spawn`], returning an error instead of panicking (for code that runs in background tasks).
+    ///
+    /// # Errors
+    /// The log file cannot be created or the process cannot start.
+    pub fn try_spawn(self) -> Result<Service, String> {
+        let path = log_dir().join(format!("{}.log", self.name));
+        let file = File::create(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        let stderr = file.try_clone().map_err(|e| format!("cannot duplicate the handle of {}: {e}", path.display()))?;
         let mut command = self.command();
-        command.stdout(clone_file(&file, &log)).stderr(file);
-        let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin));
-        Service { pid: child.id(), child: Some(child), name: self.name, port: self.port, log }
+        command.stdout(file).stderr(stderr);
+        let child = command.spawn().map_err(|e| format!("cannot start {}: {e}", self.bin))?;
+        Ok(Service { pid: child.id(), child: Some(child), name: self.name, port: self.port, log: path })
+    }
+
+    /// The command [`ServiceBuilder::spawn`] would run, with `args` instead of the builder's own: the same binary and
+    /// the same environment (`PORT` included), as a container health check runs inside its task.
+    pub fn command_with(&self, args: &[&str]) -> Command {
+        let builder = Self { args: args.iter().map(|a| (*a).to_owned()).collect(), ..self.clone() };
+        builder.command()
     }
 
     /// Runs the binary to completion (killing it after `timeout`) and captures stdout and stderr separately.
