@@ -693,6 +693,24 @@ pub fn history(order: &store::OrderRecord) -> Vec<u64> {
     order.versiones.iter().map(|v| v.version).collect()
 }
 
+/// An item's size as DynamoDB counts it against its 400 KB limit: attribute names plus values (strings and binaries
+/// by length, numbers by significant digits, lists and maps with their 3-byte overhead and 1 byte per element).
+pub fn item_size(item: &std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>) -> usize {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    fn value(v: &AttributeValue) -> usize {
+        match v {
+            AttributeValue::S(s) => s.len(),
+            AttributeValue::N(n) => n.trim_start_matches(['-', '0']).replace('.', "").len().div_ceil(2) + 1,
+            AttributeValue::B(b) => b.as_ref().len(),
+            AttributeValue::Ss(ss) => ss.iter().map(String::len).sum(),
+            AttributeValue::L(list) => 3 + list.iter().map(|v| value(v) + 1).sum::<usize>(),
+            AttributeValue::M(map) => 3 + map.iter().map(|(k, v)| k.len() + value(v) + 1).sum::<usize>(),
+            _ => 1,
+        }
+    }
+    item.iter().map(|(name, v)| name.len() + value(v)).sum()
+}
+
 /// Everything in an orders table at one moment.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {

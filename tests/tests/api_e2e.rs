@@ -678,7 +678,8 @@ async fn tracking_reads_what_a_worker_applied_to_dynamodb() {
     let put = |version: u64| format!(r#"{{"clienteId":"{cliente_id}","total":"1.00","version":{version}}}"#);
     let (status, problem, _) = put_raw(&api, &path, &put(2), "req-put-2").await;
     assert_eq!(status, StatusCode::CONFLICT, "{problem}");
-    assert!(problem["detail"].as_str().unwrap_or_default().contains("the stored version is 2"), "{problem}");
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("version 2 is already applied with a different total"), "{problem}");
     let (status, answer, _) = put_raw(&api, &path, &put(3), "req-put-3").await;
     assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
 
@@ -689,6 +690,67 @@ async fn tracking_reads_what_a_worker_applied_to_dynamodb() {
     let (status, ready, _) = get(&api, "/ready").await;
     assert_eq!(status, StatusCode::OK, "{ready}");
     assert_eq!(ready["dependencies"], json!({"sns": "ok", "store": "ok"}));
+}
+
+/// An order taken past 5,000 versions (128-character request ids, the longest the API keeps) stays applicable end to
+/// end: a PUT of the next version through the API is applied by a real worker, the item stays under 40 KB on
+/// DynamoDB, and `GET` returns the documented fields with a bounded history and the count of every version applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_past_five_thousand_versions_stays_applicable_and_small() {
+    const SEEDED: u64 = 5_000;
+    let emulator = Emulator::start().await;
+    let topology = topology(&emulator, &unique("long")).await;
+    let api = start_api(&emulator, &topology, "api-long", "SNS_TOPIC_ARN", &topology.topic_arn).await;
+    let mut worker = e2e::worker_builder(&emulator.endpoints(), &topology, 0).spawn();
+    worker.wait_healthy(HEALTHY).await;
+    let orders = orders_store(&emulator, &topology).await;
+    let (pedido_id, cliente_id) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let long_id = |version: u64| format!("{version:0>128}");
+    // The first 5,000 versions straight through the store (the worker's own write), so the test takes seconds.
+    for version in 1..=SEEDED {
+        let state = order_state(pedido_id, cliente_id, "2026-11-21T10:30:00-03:00", &format!("{version}.00"), None);
+        let event = if version == 1 {
+            domain::OrderEvent::created(state, chrono::Utc::now())
+        } else {
+            domain::OrderEvent::updated(state, version, chrono::Utc::now())
+        };
+        apply(&orders, &event, &long_id(version)).await;
+    }
+    let next = SEEDED + 1;
+    let body = format!(r#"{{"clienteId":"{cliente_id}","total":"{next}.00","version":{next}}}"#);
+    let path = format!("/api/pedidos/{pedido_id}");
+    let (status, answer, _) = put_raw(&api, &path, &body, &long_id(next)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let body = eventually(DELIVERY * 4, Duration::from_millis(200), || async {
+        let (status, body, _) = get(&api, &path).await;
+        (status == StatusCode::OK && body["version"] == json!(next)).then_some(body)
+    })
+    .await;
+    for field in ["pedidoId", "version", "estado", "clienteId", "fecha", "total", "creadoEn", "actualizadoEn"] {
+        assert!(!body[field].is_null(), "{field} missing: {body}");
+    }
+    assert_eq!((body["estado"].clone(), body["requestId"].clone()), (json!("ACTUALIZADO"), json!(long_id(next))));
+    assert_eq!(body["versionesAplicadas"], json!(next));
+    let history: Vec<u64> = body["versiones"]
+        .as_array()
+        .map(|v| v.iter().filter_map(|e| e["version"].as_u64()).collect())
+        .unwrap_or_default();
+    assert!((20..=40).contains(&history.len()), "bounded history: {history:?}");
+    assert_eq!(history.last(), Some(&next));
+    let item = e2e::dynamodb(&emulator.endpoints())
+        .await
+        .get_item()
+        .table_name(&topology.orders_table)
+        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(format!("PEDIDO#{pedido_id}")))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{}", aws_sdk_dynamodb::error::DisplayErrorContext(e)))
+        .item
+        .unwrap_or_default();
+    let size = e2e::item_size(&item);
+    assert!(size < 40_000, "the item is {size} bytes");
+    println!("order at version {next}: item {size} bytes, {} history entries", history.len());
 }
 
 /// An item the API cannot decode (written by hand: `version` as the string "three") is a 500 whose body names
