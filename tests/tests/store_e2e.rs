@@ -260,6 +260,39 @@ async fn the_history_stays_bounded_however_many_versions_apply() {
     );
 }
 
+/// The largest order the API accepts (500 lines, 64-character product ids, the largest amounts) with a full history
+/// of 128-character request ids stays far below DynamoDB's 400 KB: an order's item has a bound whatever it carries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_order_item_stays_far_below_the_limit() {
+    let (_emulator, orders, client) = setup().await;
+    let pedido = Uuid::new_v4();
+    let line = |n: usize| Item {
+        producto_id: format!("{n:064}"),
+        cantidad: u32::MAX,
+        precio_unitario: Decimal::new(99_999_999_999, 2),
+    };
+    for version in 1..=u64::try_from(HISTORY_MAX).unwrap_or(40) + 1 {
+        let mut largest = event(pedido, Uuid::new_v4(), version, 1);
+        largest.order.total = Decimal::new(99_999_999_999, 2);
+        largest.order.items = Some((0..500).map(line).collect());
+        let applied = orders.apply(&largest, &meta(&format!("{version:0>128}"))).await;
+        assert_eq!(applied.ok(), Some(Applied::Applied), "version {version}");
+    }
+    let item = client
+        .get_item()
+        .table_name(orders.table())
+        .key("pk", s(&order_key(pedido)))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{}", aws_sdk_dynamodb::error::DisplayErrorContext(e)))
+        .item
+        .unwrap_or_default();
+    let size = e2e::item_size(&item);
+    assert!(size < 80_000, "the largest order's item is {size} bytes");
+    println!("largest order item: {size} bytes");
+}
+
 /// The same version with other content is a conflict carrying both digests; the stored order is untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_version_with_other_content_is_a_conflict() {

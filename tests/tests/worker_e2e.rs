@@ -13,7 +13,7 @@ use chrono::Utc;
 use domain::{OrderEvent, OrderState};
 use e2e::{
     api_builder, drain, eventually, history, http, orders_store, queue_depth, sdk, sns_envelope, topology, unique,
-    worker_builder, Emulator, Service, Topology,
+    worker_builder, Emulator, Endpoints, FaultProxy, Mode, Service, Topology,
 };
 use pedidos_worker::consumer::{Consumer, Settings};
 use pedidos_worker::handler::{tracking_code, BoxFuture, Effect, Handler, HandlerError, MessageContext};
@@ -499,6 +499,39 @@ async fn recovers_from_an_emulator_outage() {
     let log = worker.log_text();
     assert_eq!(log.matches("SQS receive failing").count(), 1, "one line per state change");
     assert!(log.contains("SQS reachable again"));
+}
+
+/// Started while SQS refuses every connection (a deploy during an SQS outage): the health endpoint is up at once,
+/// live (`/health` 200, `"status": "starting"`, so an orchestrator does not kill it) and not ready (`/ready` 503 naming
+/// SQS); once SQS answers the worker finds its queue and runs, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn started_during_an_sqs_outage_it_is_live_and_starting_until_sqs_answers() {
+    let (emulator, topo, sqs, orders) = setup().await;
+    let proxy = FaultProxy::start(&emulator.endpoints().messaging);
+    proxy.set(Mode::Refuse);
+    let endpoints = Endpoints { messaging: proxy.endpoint(), dynamodb: emulator.endpoints().dynamodb };
+    let worker = worker_builder(&endpoints, &topo, PROCESS).spawn();
+    let client = http();
+    let (health, ready) = (format!("{}/health", worker.base_url()), format!("{}/ready", worker.base_url()));
+    let starting = eventually(START, Duration::from_millis(100), || async {
+        let response = client.get(&health).send().await.ok()?;
+        (response.status() == 200).then_some(())?;
+        let body: serde_json::Value = response.json().await.ok()?;
+        (body["dependencies"]["sqs"]["state"] == "failing").then_some(body)
+    })
+    .await;
+    assert_eq!(starting["status"], "starting", "{starting}");
+    let unready = client.get(&ready).send().await.map(|r| r.status().as_u16()).ok();
+    assert_eq!(unready, Some(503));
+    proxy.set(Mode::Up);
+    eventually(Duration::from_secs(60), Duration::from_millis(250), || async {
+        let body: serde_json::Value = client.get(&health).send().await.ok()?.json().await.ok()?;
+        (body["status"] == "ok").then_some(())
+    })
+    .await;
+    let id = Uuid::new_v4();
+    send(&sqs, &topo.queues[PROCESS].url, &event_json(id, 1)).await;
+    assert_eq!(history(&wait_stored(&orders, id, 1, false).await.order), [1]);
 }
 
 /// A missing queue fails at start-up, naming it; a missing variable names the variable.
