@@ -55,6 +55,8 @@ impl<E: SideEffect> Idempotent<E> {
                 Ok(false) => return Err(HandlerError::transient(
                     "claim lost before completion (fenced): another worker holds it; the retry will see its outcome",
                 )),
+                // Refused for good: retrying cannot record it, so a person decides (the effect did run).
+                Err(error @ store::StoreError::Rejected { .. }) => return Err(error.into()),
                 Err(error) => {
                     tracing::warn!(%key, %error, "completing the claim failed; retrying");
                     tokio::time::sleep(backoff.next_delay()).await;
