@@ -77,8 +77,9 @@ impl StoreError {
         }
     }
 
-    /// The same failure again, for every caller waiting on one call (its source stays with the first).
-    pub fn duplicate(&self) -> Self {
+    /// The same failure for each of the callers one call failed for (the source error cannot be cloned: it stays
+    /// with this one, the copies carry its text).
+    pub fn for_another_caller(&self) -> Self {
         let detail = self.to_string();
         match self {
             Self::Unavailable { operation, throttled, .. } => {

@@ -254,7 +254,7 @@ async fn transact(orders: &DynamoOrders, jobs: Vec<Job>) -> Round {
                 round.alone = sent;
             } else {
                 for job in sent {
-                    job.answer(Err(error.duplicate()));
+                    job.answer(Err(error.for_another_caller()));
                 }
             }
         }

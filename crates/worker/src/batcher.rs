@@ -1,24 +1,25 @@
 //! Coalesces deletes and visibility changes into SQS batch calls (up to 10 entries, never lingering long).
 //!
-//! Handlers finish at slightly different moments; waiting a few milliseconds for neighbours turns ten calls into one,
-//! which is most of the worker's SQS cost under backlog. A failed entry is retried with backoff while its receipt
-//! handle can still be useful, and for at most [`FINAL_FLUSH`] once the worker is stopping.
+//! Handlers finish at different moments, one store round trip or several apart; holding their deletes together turns
+//! ten calls into one, which is most of the worker's SQS cost under backlog. A batch goes out when it is full, when
+//! the receive loop is about to receive again ([`Batcher::flush`]: the messages it waited for have all settled), when
+//! the worker stops, or after [`LINGER_MAX`]. A failed entry is retried with backoff while its receipt handle can still
+//! be useful, and for at most [`FINAL_FLUSH`] once the worker is stopping.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use crate::queue::{BatchFailure, MessageQueue, QueueError};
 
 /// SQS batch limit.
 pub const MAX_BATCH: usize = 10;
-/// How long a batch waits for its next entry before going out (a sliding window: entries arriving closer than this
-/// keep it open, up to [`LINGER_MAX`]).
-pub const LINGER: Duration = Duration::from_millis(20);
-/// The longest a batch stays open for company.
-pub const LINGER_MAX: Duration = Duration::from_millis(250);
+/// The longest a batch stays open for company when nothing else sends it: a delete waits at most this long (the
+/// message stays invisible meanwhile; only a SIGKILL could make it come back, as a duplicate).
+pub const LINGER_MAX: Duration = Duration::from_secs(1);
 /// Actions queued but not yet sent, and entries waiting to be retried. Settling a message waits while this many are
 /// pending, so a slow or failing SQS slows receiving down instead of piling up deletes: a SIGKILL strands at most
 /// this many settled-but-undeleted messages (plus the ones in flight), and the store recognises each as a duplicate
@@ -50,17 +51,35 @@ impl Action {
 #[derive(Clone)]
 pub struct Batcher {
     tx: mpsc::Sender<Action>,
+    flush: Arc<FlushRequests>,
+}
+
+/// "Send everything submitted so far": a count of submitted actions, and the count a flush was asked up to. Counts,
+/// not a flag, so a request that arrives when everything was already sent is not applied to the next batch.
+#[derive(Default)]
+struct FlushRequests {
+    submitted: AtomicU64,
+    up_to: AtomicU64,
+    asked: Notify,
 }
 
 impl Batcher {
     /// Spawns the task; await the returned handle after dropping every `Batcher` to be sure all was flushed.
     pub fn spawn(queue: Arc<dyn MessageQueue>) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(MAX_PENDING);
-        (Self { tx }, tokio::spawn(run(queue, rx)))
+        let flush = Arc::new(FlushRequests::default());
+        (Self { tx, flush: Arc::clone(&flush) }, tokio::spawn(run(queue, rx, flush)))
+    }
+
+    /// Sends what was submitted so far without waiting for a full batch: everything the caller waited for has settled.
+    pub fn flush(&self) {
+        self.flush.up_to.fetch_max(self.flush.submitted.load(Ordering::SeqCst), Ordering::SeqCst);
+        self.flush.asked.notify_waiters();
     }
 
     /// Queues `action`, waiting while [`MAX_PENDING`] actions are already queued.
     pub async fn submit(&self, action: Action) {
+        self.flush.submitted.fetch_add(1, Ordering::SeqCst);
         if let Err(mpsc::error::SendError(action)) = self.tx.send(action).await {
             // Only after shutdown finished; the message reappears after its visibility timeout.
             tracing::error!(?action, "batcher already stopped; action dropped, message will be redelivered");
@@ -133,10 +152,12 @@ impl Pending {
     }
 }
 
-async fn run(queue: Arc<dyn MessageQueue>, mut rx: mpsc::Receiver<Action>) {
+async fn run(queue: Arc<dyn MessageQueue>, mut rx: mpsc::Receiver<Action>, flush: Arc<FlushRequests>) {
     let window = (queue.settings().visibility_timeout / 2).max(Duration::from_secs(1));
     let mut pending = Pending { entries: Vec::new(), window };
     let mut open = true;
+    // Actions taken from the channel, and how many of them had been when the last batches went out.
+    let (mut received, mut sent_through) = (0u64, 0u64);
     while open || !pending.entries.is_empty() {
         // Wait for an action, or for the next retry to be due.
         if pending.ready(true) + pending.ready(false) == 0 {
@@ -144,7 +165,10 @@ async fn run(queue: Arc<dyn MessageQueue>, mut rx: mpsc::Receiver<Action>) {
             let room = open && pending.entries.len() < MAX_PENDING;
             tokio::select! {
                 action = rx.recv(), if room => match action {
-                    Some(action) => pending.push(action),
+                    Some(action) => {
+                        received += 1;
+                        pending.push(action);
+                    }
                     None => {
                         open = false;
                         pending.closing();
@@ -153,29 +177,45 @@ async fn run(queue: Arc<dyn MessageQueue>, mut rx: mpsc::Receiver<Action>) {
                 () = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {}
             }
         }
-        // Linger for company while entries keep arriving, but flush as soon as a batch is full.
+        // Keep the batch open for company until it is full, everything a flush was asked for is here, or LINGER_MAX.
         let cap = Instant::now() + LINGER_MAX;
         while open && pending.entries.len() < MAX_PENDING && !pending.full() {
-            match tokio::time::timeout_at((Instant::now() + LINGER).min(cap), rx.recv()).await {
-                Ok(Some(action)) => pending.push(action),
-                Ok(None) => {
-                    open = false;
-                    pending.closing();
-                }
-                Err(_) => break,
+            let asked = flush.asked.notified();
+            tokio::pin!(asked);
+            // Registered before the request is read, so one made from here on wakes this loop.
+            asked.as_mut().enable();
+            let up_to = flush.up_to.load(Ordering::SeqCst);
+            if up_to > sent_through && received >= up_to {
+                break;
+            }
+            let wanted_more = up_to > sent_through;
+            tokio::select! {
+                next = tokio::time::timeout_at(cap, rx.recv()) => match next {
+                    Ok(Some(action)) => {
+                        received += 1;
+                        pending.push(action);
+                    }
+                    Ok(None) => {
+                        open = false;
+                        pending.closing();
+                    }
+                    Err(_) => break,
+                },
+                () = &mut asked, if !wanted_more => {}
             }
         }
+        sent_through = received;
         for delete in [true, false] {
             let batch = pending.take(delete);
             if !batch.is_empty() {
-                flush(queue.as_ref(), batch, &mut pending).await;
+                flush_batch(queue.as_ref(), batch, &mut pending).await;
             }
         }
     }
 }
 
 /// Sends one batch; entries that failed transiently go back to `pending` with a delay while worth retrying.
-async fn flush(queue: &dyn MessageQueue, batch: Vec<Entry>, pending: &mut Pending) {
+async fn flush_batch(queue: &dyn MessageQueue, batch: Vec<Entry>, pending: &mut Pending) {
     let delete = matches!(batch.first().map(|e| &e.action), Some(Action::Delete { .. }));
     let handles: Vec<String> = batch.iter().map(|e| e.action.handle().to_owned()).collect();
     let (operation, result) = if delete {
@@ -328,7 +368,26 @@ mod tests {
         while sink.deletes.lock().map(|d| d.is_empty()).unwrap_or(true) {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        assert!(started.elapsed() <= LINGER + Duration::from_millis(2), "{:?}", started.elapsed());
+        assert!(started.elapsed() <= LINGER_MAX + Duration::from_millis(2), "{:?}", started.elapsed());
+    }
+
+    /// A flush sends what is pending at once, including what was still in the channel.
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_sends_what_is_pending_at_once() {
+        let sink = Arc::new(Recorder::default());
+        let (batcher, _task) = Batcher::spawn(sink.clone());
+        for n in 0..4 {
+            batcher.submit(delete(n)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(sink.deletes.lock().map(|d| d.is_empty()).unwrap_or(false), "still open for company");
+        let started = Instant::now();
+        batcher.flush();
+        while sink.deletes.lock().map(|d| d.is_empty()).unwrap_or(true) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(started.elapsed() <= Duration::from_millis(2), "{:?}", started.elapsed());
+        assert_eq!(sink.deletes.lock().map(|d| d.iter().map(Vec::len).collect::<Vec<_>>()).unwrap_or_default(), [4]);
     }
 
     /// A failed call is retried with backoff (not in a tight loop), so nothing is silently dropped.
@@ -353,18 +412,19 @@ mod tests {
         let stopping = Instant::now();
         drop(batcher);
         let _ = task.await;
-        assert!(stopping.elapsed() <= FINAL_FLUSH + LINGER_MAX, "{:?}", stopping.elapsed());
+        assert!(stopping.elapsed() <= FINAL_FLUSH + Duration::from_millis(100), "{:?}", stopping.elapsed());
         assert!(sink.deletes.lock().map(|d| d.is_empty()).unwrap_or(false));
     }
 
-    /// Entries arriving a few milliseconds apart (handlers finishing one store write after another) share a batch.
+    /// Entries arriving far apart (handlers finishing one store write after another, 50 ms each on a busy emulator)
+    /// still share a batch.
     #[tokio::test(start_paused = true)]
     async fn entries_trickling_in_share_one_batch() {
         let sink = Arc::new(Recorder::default());
         let (batcher, task) = Batcher::spawn(sink.clone());
         for n in 0..10 {
             batcher.submit(delete(n)).await;
-            tokio::time::sleep(Duration::from_millis(15)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         drop(batcher);
         let _ = task.await;

@@ -184,15 +184,18 @@ impl Consumer {
         // Cancelled when the grace period ends: handlers still running are abandoned and their messages released.
         let abandon = CancellationToken::new();
         let mut backoff = RetryBackoff::default();
-        let mut last_batch_full = false;
+        // Messages of the last receive when it got all it asked for (a backlog); 0 otherwise.
+        let mut last_full_batch = 0;
 
         while !shutdown.is_cancelled() {
             let Some(max) = this.receive_size(&shutdown).await else { break };
             let permits = tokio::select! {
-                permits = take_slots(&slots, max, last_batch_full) => permits,
+                permits = take_slots(&slots, max, last_full_batch) => permits,
                 () = shutdown.cancelled() => break,
             };
             this.health.beat();
+            // The messages the loop waited for have settled: their deletes need not wait for company any longer.
+            batcher.flush();
             let received = this.receive_unless_stuck(permits.len(), &shutdown).await;
             this.health.beat();
             match received {
@@ -201,7 +204,8 @@ impl Consumer {
                         tracing::info!(?down_for, "SQS reachable again; receiving");
                     }
                     backoff = RetryBackoff::default();
-                    last_batch_full = messages.len() == permits.len() && permits.len() > 1;
+                    // Got all it asked for: more is probably waiting, so the next receive waits for this batch's slots.
+                    last_full_batch = if messages.len() == permits.len() { messages.len() } else { 0 };
                     this.health.received_ok();
                     this.health.note_ages(&messages);
                     let mut permits = permits;
@@ -221,7 +225,7 @@ impl Consumer {
                 }
                 Err(error) => {
                     drop(permits);
-                    last_batch_full = false;
+                    last_full_batch = 0;
                     let delay = backoff.next_delay();
                     if this.health.failed(&this.health.sqs, &error, false) {
                         tracing::warn!(%error, "SQS receive failing; backing off until it answers");
@@ -581,34 +585,36 @@ fn effect_decision(effect: Effect) -> Decision {
     }
 }
 
-/// How long the receive loop waits for the next handler slot to free up before polling with fewer than a full batch.
-const SLOT_LINGER: Duration = crate::batcher::LINGER;
-/// After a full receive, the longest the loop waits for the whole batch's slots: under a backlog the messages of one
-/// receive finish within a store round trip or a few of each other, and waiting for all of them keeps every receive
-/// (and so every delete batch) full, which is what gets SQS calls per message down to 0.2.
-const BATCH_LINGER: Duration = Duration::from_millis(250);
+/// How long the receive loop waits for the next handler slot to free up before polling with fewer than a full batch,
+/// when the last receive was not full (no backlog).
+const SLOT_LINGER: Duration = Duration::from_millis(20);
+/// After a receive that got all it asked for (a backlog), the longest the loop waits for that batch's slots to come
+/// back. The messages of one receive finish one store round trip or a few apart (50 ms each on a busy emulator, far
+/// less on DynamoDB); waiting for all of them keeps every receive (and so every delete batch) full, which is what
+/// gets SQS calls per message down to 0.2. A message of the batch that takes longer costs the next receive this much,
+/// once: the receive after that waits only for its own batch.
+const BATCH_LINGER: Duration = Duration::from_secs(1);
 /// How often a receive loop holding during a store outage looks again (it is also woken when the store answers).
 const HOLD_RECHECK: Duration = Duration::from_secs(1);
 /// How long past its wait a receive in flight at shutdown is waited for.
 const SHUTDOWN_RECEIVE_SLACK: Duration = Duration::from_secs(5);
 
-/// Waits for one free slot, then for more (up to `max`) as long as they keep coming back: each next slot within
-/// [`SLOT_LINGER`] of the previous one, for at most [`BATCH_LINGER`] in all after a full batch (`after_full`), or
-/// [`SLOT_LINGER`] in all otherwise. No prefetched message ever waits for a slot while its visibility timer runs.
-async fn take_slots(slots: &Arc<Semaphore>, max: usize, after_full: bool) -> Vec<OwnedSemaphorePermit> {
+/// Waits for one free slot, then takes more, up to `max`: every slot already free; until `batch` are held, the slots
+/// of the last full receive as they come back (for at most [`BATCH_LINGER`]); beyond that, slots that come back
+/// within [`SLOT_LINGER`] of each other. No prefetched message ever waits for a slot while its visibility timer runs.
+async fn take_slots(slots: &Arc<Semaphore>, max: usize, batch: usize) -> Vec<OwnedSemaphorePermit> {
     let mut permits = Vec::with_capacity(max);
     match Arc::clone(slots).acquire_owned().await {
         Ok(permit) => permits.push(permit),
         // The semaphore is never closed.
         Err(_) => return permits,
     }
-    let first = Instant::now();
-    let cap = first + if after_full { BATCH_LINGER } else { SLOT_LINGER };
+    let cap = Instant::now() + BATCH_LINGER;
     while permits.len() < max {
         let next = match Arc::clone(slots).try_acquire_owned() {
             Ok(permit) => Some(permit),
             Err(_) => {
-                let deadline = (Instant::now() + SLOT_LINGER).min(cap);
+                let deadline = if permits.len() < batch { cap } else { Instant::now() + SLOT_LINGER };
                 tokio::time::timeout_at(deadline, Arc::clone(slots).acquire_owned()).await.ok().and_then(Result::ok)
             }
         };
@@ -628,13 +634,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn take_slots_waits_briefly_for_a_full_batch() {
         let slots = Arc::new(Semaphore::new(10));
-        let busy = take_slots(&slots, 10, false).await;
+        let busy = take_slots(&slots, 10, 0).await;
         assert_eq!(busy.len(), 10);
         let returning = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(5)).await;
             drop(busy);
         });
-        let permits = take_slots(&slots, 10, false).await;
+        let permits = take_slots(&slots, 10, 0).await;
         assert_eq!(permits.len(), 10);
         let _ = returning.await;
     }
@@ -645,29 +651,46 @@ mod tests {
         let slots = Arc::new(Semaphore::new(10));
         let _held = Arc::clone(&slots).try_acquire_many_owned(7);
         let started = Instant::now();
-        let permits = take_slots(&slots, 10, false).await;
+        let permits = take_slots(&slots, 10, 0).await;
         assert_eq!(permits.len(), 3);
         assert!(started.elapsed() <= SLOT_LINGER + Duration::from_millis(1));
     }
 
-    /// After a full batch, slots trickling back one by one (a store write each, 15 ms apart) are all waited for, so
-    /// the next receive is full too; a slot that never comes back costs at most the batch linger.
+    /// A slot still held by an older message does not hold up every later receive: once its own batch is back, the
+    /// loop takes what is free without waiting for it.
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_held_long_costs_one_wait_not_one_per_receive() {
+        let slots = Arc::new(Semaphore::new(10));
+        let _long = Arc::clone(&slots).try_acquire_owned();
+        let batch = take_slots(&slots, 10, 0).await;
+        assert_eq!(batch.len(), 9);
+        drop(batch);
+        let started = Instant::now();
+        let permits = take_slots(&slots, 10, 9).await;
+        assert_eq!(permits.len(), 9);
+        assert!(started.elapsed() <= SLOT_LINGER + Duration::from_millis(1), "{:?}", started.elapsed());
+    }
+
+    /// After a full batch, slots trickling back one by one (a store write each, 50 ms apart on a busy emulator) are
+    /// all waited for, so the next receive is full too; a slot that never comes back costs at most the batch linger.
     #[tokio::test(start_paused = true)]
     async fn after_a_full_batch_slots_trickling_back_fill_the_next_one() {
         let slots = Arc::new(Semaphore::new(10));
-        let busy = take_slots(&slots, 10, true).await;
+        let busy = take_slots(&slots, 10, 10).await;
         let mut busy = busy.into_iter();
         let stuck = busy.next();
         let returning = tokio::spawn(async move {
             for permit in busy {
-                tokio::time::sleep(Duration::from_millis(15)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 drop(permit);
             }
         });
         let started = Instant::now();
-        let permits = take_slots(&slots, 10, true).await;
+        let permits = take_slots(&slots, 10, 10).await;
         assert_eq!(permits.len(), 9, "every slot that came back, not just the first few");
-        assert!(started.elapsed() <= Duration::from_millis(15 * 9) + SLOT_LINGER, "{:?}", started.elapsed());
+        // The first slot came back after 50 ms; from there, the stuck one is waited for a batch linger.
+        let waited = started.elapsed();
+        assert!(waited <= Duration::from_millis(50) + BATCH_LINGER + Duration::from_millis(1), "{waited:?}");
         drop(permits);
         drop(stuck);
         let _ = returning.await;
