@@ -35,10 +35,59 @@ fn long() -> bool {
     std::env::var("SCENARIO_SCALE").is_ok_and(|s| s == "long")
 }
 
-/// Offered load in the long form, orders per second over all clients. moto (single process, an SQS that rescans the
-/// whole queue on every call, a fresh signing certificate per SNS message) saturates near this rate on 2 cores; past
-/// it the test would measure the emulator's collapse, not the pipeline. The short form does not pace.
-const LONG_FORM_RATE: f64 = 25.0;
+/// The most the long form offers, orders per second over all clients.
+const LONG_FORM_RATE_MAX: f64 = 25.0;
+/// Orders of the capacity measurement, and the share of the measured capacity the long form offers.
+const CALIBRATION_ORDERS: usize = 150;
+const CAPACITY_SHARE: f64 = 0.7;
+
+/// The long form's offered load: 70 % of the orders per second this machine's emulator carries through the whole
+/// pipeline, at most [`LONG_FORM_RATE_MAX`]; measured once per run, first, on a pipeline of its own (a burst of
+/// [`CALIBRATION_ORDERS`] posted unpaced by 16 clients, timed from the first POST until both roles applied them all).
+///
+/// Why: moto serves SNS, SQS and DynamoDB (serialised, for per-item atomicity) from one Python process, one core.
+/// Offered more than it carries, a backlog forms, its SQS slows down as the backlog grows (it rescans the queue on
+/// every call), the workers apply less and less, and the API's store reads wait behind everything else until they
+/// time out (503). A long-form run at 25 orders/s measured exactly that collapse: the workers' applied rate fell from
+/// 17 to 4 orders/s while the API kept publishing, and 2,081 of its answers were 503s, every one a store read that
+/// timed out after 2 s (`docs/RELIABILITY.md`, "Latest numbers"). Pacing below capacity measures the pipeline instead.
+/// The short form does not pace.
+async fn long_form_rate() -> f64 {
+    static RATE: tokio::sync::OnceCell<f64> = tokio::sync::OnceCell::const_new();
+    *RATE.get_or_init(measure_capacity).await
+}
+
+/// The offered load of a scenario that is unpaced in the short form.
+async fn paced() -> Option<f64> {
+    if long() {
+        Some(long_form_rate().await)
+    } else {
+        None
+    }
+}
+
+async fn measure_capacity() -> f64 {
+    let mut pipeline = Pipeline::start(None, 1).await;
+    let ids = new_ids(CALIBRATION_ORDERS);
+    let stats = Arc::new(LoadStats::default());
+    let started = Instant::now();
+    let clients = post_orders(pipeline.base(), &ids, 16, None, &stats);
+    eventually(Duration::from_secs(900), Duration::from_millis(250), || async {
+        let applied = pipeline.processed(PROCESS).await.min(pipeline.processed(LOGISTICS).await);
+        (applied >= CALIBRATION_ORDERS).then_some(())
+    })
+    .await;
+    let capacity = CALIBRATION_ORDERS as f64 / started.elapsed().as_secs_f64();
+    clients.await.unwrap_or_else(|e| panic!("calibration clients: {e}"));
+    pipeline.watched().await;
+    let rate = (capacity * CAPACITY_SHARE).min(LONG_FORM_RATE_MAX);
+    record(
+        "0-capacity",
+        json!({"orders": CALIBRATION_ORDERS, "clients": 16, "capacity_orders_per_second": capacity,
+               "share": CAPACITY_SHARE, "offered_rate": rate, "statuses": stats.statuses()}),
+    );
+    rate
+}
 
 /// (orders, concurrent clients) for this scale.
 fn scale(short: (usize, usize), long_form: (usize, usize)) -> (usize, usize) {
@@ -592,7 +641,7 @@ async fn run_clients(
 async fn load(base: &str, ids: &[Uuid], clients: usize, give_up: Duration) -> Arc<LoadStats> {
     let stats = Arc::new(LoadStats::default());
     let plans = ids.iter().map(|id| Plan { pedido_id: *id, extra: Extra::Nothing }).collect();
-    let rate = long().then_some(LONG_FORM_RATE);
+    let rate = paced().await;
     run_clients(base.to_owned(), plans, clients, rate, None, Arc::clone(&stats), give_up).await;
     stats
 }
@@ -662,7 +711,7 @@ async fn load_every_accepted_order_is_processed_by_both_roles() {
     api_latency.sort_by(f64::total_cmp);
     record(
         "1-load",
-        json!({"orders": orders, "clients": clients, "offered_rate": if long() { LONG_FORM_RATE } else { 0.0 }, "accepted": keys.len(), "post_seconds": post_time.as_secs_f64(),
+        json!({"orders": orders, "clients": clients, "offered_rate": paced().await.unwrap_or(0.0), "accepted": keys.len(), "post_seconds": post_time.as_secs_f64(),
                "pipeline_seconds": total.as_secs_f64(), "orders_per_second": orders as f64 / total.as_secs_f64(),
                "api_p50_ms": percentile(&api_latency, 0.5), "api_p99_ms": percentile(&api_latency, 0.99),
                "e2e_p50_ms": p50, "e2e_p99_ms": p99, "statuses": stats.statuses(), "histories": shapes, "watch_scans": scans}),
@@ -678,7 +727,7 @@ async fn crash_sigkill_and_sigterm_mid_load_lose_nothing() {
     let mut pipeline = Pipeline::start(Some(5), 1).await;
     let ids = new_ids(orders);
     let stats = Arc::new(LoadStats::default());
-    let clients_task = post_orders(pipeline.base(), &ids, clients, long().then_some(LONG_FORM_RATE), &stats);
+    let clients_task = post_orders(pipeline.base(), &ids, clients, paced().await, &stats);
     // Wait until both workers are busy (a quarter of the orders applied by each), then crash one, stop the other.
     eventually(Duration::from_secs(60), Duration::from_millis(100), || async {
         let (process, logistics) = (pipeline.processed(PROCESS).await, pipeline.processed(LOGISTICS).await);
@@ -722,7 +771,7 @@ async fn outage_emulator_down_for_ten_seconds() {
     let ids = new_ids(orders);
     let stats = Arc::new(LoadStats::default());
     // Paced in both forms, so the outage falls mid-load.
-    let rate = Some(if long() { LONG_FORM_RATE } else { 6.0 });
+    let rate = Some(if long() { long_form_rate().await } else { 6.0 });
     let clients_task = post_orders(base.clone(), &ids, clients, rate, &stats);
     eventually(Duration::from_secs(60), Duration::from_millis(100), || async {
         (pipeline.processed(PROCESS).await >= orders / 6).then_some(())
@@ -839,7 +888,7 @@ async fn poison_under_load_goes_to_the_dlqs() {
     let mut pipeline = Pipeline::start(None, 1).await;
     let ids = new_ids(orders);
     let stats = Arc::new(LoadStats::default());
-    let clients_task = post_orders(pipeline.base(), &ids, clients, long().then_some(LONG_FORM_RATE), &stats);
+    let clients_task = post_orders(pipeline.base(), &ids, clients, paced().await, &stats);
     for queue in &pipeline.topo.queues {
         for i in 0..poison_per_queue {
             pipeline
@@ -909,7 +958,7 @@ async fn three_instances_per_queue_with_duplicates_reordering_a_crash_and_an_out
     let stats = Arc::new(LoadStats::default());
     // Paced, so the crash and the outage fall mid-run. Long form: about four DynamoDB calls per order, and the test
     // emulator serialises DynamoDB; 10 orders/s keeps it below saturation (15/s doubles the API's store-read 503s).
-    let rate = Some(if long() { 10.0 } else { 4.0 });
+    let rate = Some(if long() { long_form_rate().await.min(10.0) } else { 4.0 });
     let clients_task = tokio::spawn(run_clients(
         pipeline.base(),
         plans,
@@ -1228,7 +1277,7 @@ fn footprint(pid: u32) -> (u64, usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_at_a_steady_rate_keeps_every_footprint_flat() {
     let duration = Duration::from_secs(if long() { 30 * 60 } else { 60 });
-    let rate = if long() { 8.0 } else { 4.0 };
+    let rate = if long() { long_form_rate().await.min(8.0) } else { 4.0 };
     let orders = (duration.as_secs_f64() * rate) as usize;
     let mut pipeline = Pipeline::start(None, 3).await;
     let ids = new_ids(orders);
