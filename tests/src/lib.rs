@@ -711,6 +711,21 @@ pub fn item_size(item: &std::collections::HashMap<String, aws_sdk_dynamodb::type
     item.iter().map(|(name, v)| name.len() + value(v)).sum()
 }
 
+/// The size of order `pedido_id`'s item (`PEDIDO#<id>`) in `table`, read consistently (0 when absent).
+pub async fn order_item_size(dynamodb: &aws_sdk_dynamodb::Client, table: &str, pedido_id: uuid::Uuid) -> usize {
+    let item = dynamodb
+        .get_item()
+        .table_name(table)
+        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(store::dynamo::order_key(pedido_id)))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("reading {pedido_id}: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e)))
+        .item
+        .unwrap_or_default();
+    item_size(&item)
+}
+
 /// Everything in an orders table at one moment.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {

@@ -742,18 +742,8 @@ async fn an_order_past_five_thousand_versions_stays_applicable_and_small() {
         .unwrap_or_default();
     assert!((20..=40).contains(&history.len()), "bounded history: {history:?}");
     assert_eq!(history.last(), Some(&next));
-    let item = e2e::dynamodb(&emulator.endpoints())
-        .await
-        .get_item()
-        .table_name(&topology.orders_table)
-        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(format!("PEDIDO#{pedido_id}")))
-        .consistent_read(true)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{}", aws_sdk_dynamodb::error::DisplayErrorContext(e)))
-        .item
-        .unwrap_or_default();
-    let size = e2e::item_size(&item);
+    let size =
+        e2e::order_item_size(&e2e::dynamodb(&emulator.endpoints()).await, &topology.orders_table, pedido_id).await;
     assert!(size < 40_000, "the item is {size} bytes");
     println!("order at version {next}: item {size} bytes, {} history entries", history.len());
 }

@@ -278,17 +278,7 @@ async fn the_largest_order_item_stays_far_below_the_limit() {
         let applied = orders.apply(&largest, &meta(&format!("{version:0>128}"))).await;
         assert_eq!(applied.ok(), Some(Applied::Applied), "version {version}");
     }
-    let item = client
-        .get_item()
-        .table_name(orders.table())
-        .key("pk", s(&order_key(pedido)))
-        .consistent_read(true)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{}", aws_sdk_dynamodb::error::DisplayErrorContext(e)))
-        .item
-        .unwrap_or_default();
-    let size = e2e::item_size(&item);
+    let size = e2e::order_item_size(&client, orders.table(), pedido).await;
     assert!(size < 80_000, "the largest order's item is {size} bytes");
     println!("largest order item: {size} bytes");
 }

@@ -99,14 +99,18 @@ fn process(store: &Arc<MemoryOrders>) -> Arc<dyn Handler> {
 struct Running {
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    /// What `/health` and `/ready` report, running (the queue found) from the start.
+    health: Arc<Health>,
 }
 
 impl Running {
-    fn start(queue: Arc<MemoryQueue>, handler: Arc<dyn Handler>) -> Self {
+    fn start<Q: MessageQueue>(queue: Arc<Q>, handler: Arc<dyn Handler>) -> Self {
         let shutdown = CancellationToken::new();
         let consumer = consumer(queue, handler);
+        let health = Arc::clone(&consumer.health);
+        health.running("memory://queue");
         let task = tokio::spawn(consumer.run(shutdown.clone()));
-        Self { shutdown, task }
+        Self { shutdown, task, health }
     }
 
     async fn stop(self) {
@@ -217,11 +221,8 @@ async fn an_hour_long_store_outage_holds_without_churn_and_stays_live() {
         queue.send(body(id, 1), &[]);
     }
     store.set_unavailable(true);
-    let c = consumer(Arc::clone(&queue) as Arc<dyn MessageQueue>, process(&store));
-    let health = Arc::clone(&c.health);
-    health.running("memory://queue");
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(c.run(shutdown.clone()));
+    let running = Running::start(Arc::clone(&queue), process(&store));
+    let health = Arc::clone(&running.health);
     until(Duration::from_secs(10), || health.store.failing()).await;
     let receives_at_start = queue.calls.receive.load(Ordering::SeqCst);
     for _ in 0..60 {
@@ -239,8 +240,7 @@ async fn an_hour_long_store_outage_holds_without_churn_and_stays_live() {
     store.set_unavailable(false);
     until(Duration::from_secs(120), || queue.is_empty()).await;
     assert!(health.ready());
-    shutdown.cancel();
-    let _ = task.await;
+    running.stop().await;
     assert_eq!((1..=15).filter(|id| store.order(Uuid::from_u128(*id)).is_some()).count(), 15);
     assert!(queue.dead_lettered().is_empty());
 }
@@ -271,11 +271,8 @@ async fn a_misconfigured_store_holds_messages_and_is_reported_not_dead_lettered(
     let store = Arc::new(MemoryOrders::new());
     store.set_misconfigured(true);
     queue.send(body(1, 1), &[]);
-    let c = consumer(Arc::clone(&queue) as Arc<dyn MessageQueue>, process(&store));
-    let health = Arc::clone(&c.health);
-    health.running("memory://queue");
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(c.run(shutdown.clone()));
+    let running = Running::start(Arc::clone(&queue), process(&store));
+    let health = Arc::clone(&running.health);
     until(Duration::from_secs(10), || health.store.misconfigured()).await;
     tokio::time::sleep(Duration::from_secs(600)).await;
     assert!(!health.ready());
@@ -285,8 +282,7 @@ async fn a_misconfigured_store_holds_messages_and_is_reported_not_dead_lettered(
     assert_eq!(queue.receive_counts().into_values().collect::<Vec<_>>(), [1]);
     store.set_misconfigured(false);
     until(Duration::from_secs(60), || queue.is_empty()).await;
-    shutdown.cancel();
-    let _ = task.await;
+    running.stop().await;
 }
 
 /// A write DynamoDB refuses (`ValidationException`: an item past 400 KB) is dead-lettered at once with
@@ -430,57 +426,34 @@ async fn a_long_handler_keeps_its_lease_and_is_not_redelivered() {
     assert!(queue.calls.change_visibility.load(Ordering::SeqCst) >= 7);
 }
 
-/// Delegates to a [`MemoryQueue`] but never answers visibility extensions: a call that hangs.
-struct HangingExtensions(MemoryQueue);
-
-impl MessageQueue for HangingExtensions {
-    fn settings(&self) -> &QueueSettings {
-        self.0.settings()
-    }
-    fn receive(&self, max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<Received>, QueueError>> {
-        self.0.receive(max, wait)
-    }
-    fn delete_batch<'a>(&'a self, handles: &'a [String]) -> BoxFuture<'a, Result<Vec<BatchFailure>, QueueError>> {
-        self.0.delete_batch(handles)
-    }
-    fn change_visibility_batch<'a>(
-        &'a self,
-        entries: &'a [(String, Duration)],
-    ) -> BoxFuture<'a, Result<Vec<BatchFailure>, QueueError>> {
-        self.0.change_visibility_batch(entries)
-    }
-    fn extend_visibility<'a>(&'a self, _: &'a str, _: Duration) -> BoxFuture<'a, Result<(), QueueError>> {
-        Box::pin(std::future::pending())
-    }
-    fn dead_letter<'a>(&'a self, m: &'a Received, r: &'a str, d: &'a str) -> BoxFuture<'a, Result<(), QueueError>> {
-        self.0.dead_letter(m, r, d)
-    }
-    fn depth(&self) -> BoxFuture<'_, Result<QueueDepth, QueueError>> {
-        self.0.depth()
-    }
+/// A [`MemoryQueue`] with faults injected: calls that never answer (an SDK call without its timeouts), or visibility
+/// extensions that fail a number of times first (an SQS blip).
+#[derive(Default)]
+struct Faults {
+    hang_receives: bool,
+    hang_extensions: bool,
+    failing_extensions: AtomicUsize,
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_lease_that_cannot_be_confirmed_in_time_cancels_the_handler() {
-    let queue = Arc::new(HangingExtensions(MemoryQueue::new(VISIBILITY, 5)));
-    let c = consumer(queue, Arc::new(Scripted(|_| std::future::pending())));
-    let started = Instant::now();
-    let d = c.decision_under_lease(&received(&body(1, 1))).await;
-    assert_eq!((d.outcome, d.settle.clone()), (Outcome::Failed, Settle::Nothing), "{}", d.note);
-    assert!(started.elapsed() < VISIBILITY, "cancelled before the lease ran out, at {:?}", started.elapsed());
-}
-
-/// Delegates to a [`MemoryQueue`] but fails the first `failures` visibility extensions, like an SQS blip.
-struct FlakyExtensions {
+struct Faulty {
     inner: MemoryQueue,
-    failures: AtomicUsize,
+    faults: Faults,
 }
 
-impl MessageQueue for FlakyExtensions {
+impl Faulty {
+    fn new(faults: Faults) -> Self {
+        Self { inner: MemoryQueue::new(VISIBILITY, 5), faults }
+    }
+}
+
+impl MessageQueue for Faulty {
     fn settings(&self) -> &QueueSettings {
         self.inner.settings()
     }
     fn receive(&self, max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<Received>, QueueError>> {
+        if self.faults.hang_receives {
+            return Box::pin(std::future::pending());
+        }
         self.inner.receive(max, wait)
     }
     fn delete_batch<'a>(&'a self, handles: &'a [String]) -> BoxFuture<'a, Result<Vec<BatchFailure>, QueueError>> {
@@ -493,8 +466,11 @@ impl MessageQueue for FlakyExtensions {
         self.inner.change_visibility_batch(entries)
     }
     fn extend_visibility<'a>(&'a self, handle: &'a str, timeout: Duration) -> BoxFuture<'a, Result<(), QueueError>> {
-        let fail = self.failures.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
-        if fail {
+        if self.faults.hang_extensions {
+            return Box::pin(std::future::pending());
+        }
+        let failures = &self.faults.failing_extensions;
+        if failures.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
             return Box::pin(async {
                 Err(QueueError::Call { operation: "change_visibility", detail: "blip".into(), source: None })
             });
@@ -509,10 +485,20 @@ impl MessageQueue for FlakyExtensions {
     }
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_lease_that_cannot_be_confirmed_in_time_cancels_the_handler() {
+    let queue = Arc::new(Faulty::new(Faults { hang_extensions: true, ..Faults::default() }));
+    let c = consumer(queue, Arc::new(Scripted(|_| std::future::pending())));
+    let started = Instant::now();
+    let d = c.decision_under_lease(&received(&body(1, 1))).await;
+    assert_eq!((d.outcome, d.settle.clone()), (Outcome::Failed, Settle::Nothing), "{}", d.note);
+    assert!(started.elapsed() < VISIBILITY, "cancelled before the lease ran out, at {:?}", started.elapsed());
+}
+
 /// A failed extension with half the lease left is retried, not taken for a lost lease: the handler runs on.
 #[tokio::test(start_paused = true)]
 async fn a_failed_lease_extension_is_retried_while_the_lease_lasts() {
-    let queue = Arc::new(FlakyExtensions { inner: MemoryQueue::new(VISIBILITY, 5), failures: AtomicUsize::new(2) });
+    let queue = Arc::new(Faulty::new(Faults { failing_extensions: AtomicUsize::new(2), ..Faults::default() }));
     let runs = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&runs);
     let handler = Arc::new(Scripted(move |_| {
@@ -523,52 +509,21 @@ async fn a_failed_lease_extension_is_retried_while_the_lease_lasts() {
         }
     }));
     queue.inner.send(body(1, 1), &[]);
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(consumer(Arc::clone(&queue) as Arc<dyn MessageQueue>, handler).run(shutdown.clone()));
+    let running = Running::start(Arc::clone(&queue), handler);
     until(Duration::from_secs(120), || queue.inner.is_empty()).await;
-    shutdown.cancel();
-    let _ = task.await;
+    running.stop().await;
     assert_eq!(runs.load(Ordering::SeqCst), 1, "never cancelled, never redelivered");
-    assert_eq!(queue.failures.load(Ordering::SeqCst), 0, "both failures happened");
-}
-
-/// Delegates to a [`MemoryQueue`] whose receive never returns: a wedged receive loop (an SDK call without its
-/// timeouts, a deadlock).
-struct HangingReceive(MemoryQueue);
-
-impl MessageQueue for HangingReceive {
-    fn settings(&self) -> &QueueSettings {
-        self.0.settings()
-    }
-    fn receive(&self, _: usize, _: Duration) -> BoxFuture<'_, Result<Vec<Received>, QueueError>> {
-        Box::pin(std::future::pending())
-    }
-    fn delete_batch<'a>(&'a self, handles: &'a [String]) -> BoxFuture<'a, Result<Vec<BatchFailure>, QueueError>> {
-        self.0.delete_batch(handles)
-    }
-    fn change_visibility_batch<'a>(
-        &'a self,
-        entries: &'a [(String, Duration)],
-    ) -> BoxFuture<'a, Result<Vec<BatchFailure>, QueueError>> {
-        self.0.change_visibility_batch(entries)
-    }
-    fn extend_visibility<'a>(&'a self, h: &'a str, t: Duration) -> BoxFuture<'a, Result<(), QueueError>> {
-        self.0.extend_visibility(h, t)
-    }
-    fn dead_letter<'a>(&'a self, m: &'a Received, r: &'a str, d: &'a str) -> BoxFuture<'a, Result<(), QueueError>> {
-        self.0.dead_letter(m, r, d)
-    }
-    fn depth(&self) -> BoxFuture<'_, Result<QueueDepth, QueueError>> {
-        self.0.depth()
-    }
+    assert_eq!(queue.faults.failing_extensions.load(Ordering::SeqCst), 0, "both failures happened");
 }
 
 /// Liveness fails only for a worker that stopped making progress: a receive that never returns makes it `stalled`
 /// after the bound (an unreachable SQS, which answers with errors, does not: see the outage tests).
 #[tokio::test(start_paused = true)]
 async fn a_wedged_receive_loop_fails_liveness_after_the_bound() {
-    let c =
-        consumer(Arc::new(HangingReceive(MemoryQueue::new(VISIBILITY, 5))), process(&Arc::new(MemoryOrders::new())));
+    let c = consumer(
+        Arc::new(Faulty::new(Faults { hang_receives: true, ..Faults::default() })),
+        process(&Arc::new(MemoryOrders::new())),
+    );
     let health = Arc::clone(&c.health);
     health.running("memory://queue");
     let task = tokio::spawn(c.run(CancellationToken::new()));
@@ -585,19 +540,15 @@ async fn a_wedged_receive_loop_fails_liveness_after_the_bound() {
 async fn an_sqs_outage_is_not_a_liveness_failure() {
     let queue = Arc::new(MemoryQueue::new(VISIBILITY, 5));
     queue.set_unreachable(true);
-    let c = consumer(Arc::clone(&queue) as Arc<dyn MessageQueue>, process(&Arc::new(MemoryOrders::new())));
-    let health = Arc::clone(&c.health);
-    health.running("memory://queue");
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(c.run(shutdown.clone()));
+    let running = Running::start(Arc::clone(&queue), process(&Arc::new(MemoryOrders::new())));
+    let health = Arc::clone(&running.health);
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_secs(30)).await;
         assert_eq!(health.liveness(), Liveness::Running);
     }
     assert!(!health.ready());
     assert_eq!(health.report()["dependencies"]["sqs"]["state"], "failing");
-    shutdown.cancel();
-    let _ = task.await;
+    running.stop().await;
 }
 
 /// Under a backlog, with store writes served one at a time (as the test emulator serialises DynamoDB: the messages of
