@@ -10,9 +10,8 @@
 //! - [`idempotent`]: exactly-once for effects outside DynamoDB, on the idempotency store.
 //! - [`stats`]: this instance's counts added to its role's stats item (the console's throughput).
 //! - [`backoff`]: retry and error delays. [`health`]: liveness (`/health`) apart from dependency state (`/ready`),
-//!   and `/metrics`. [`live`]: the live page and its
-//!   stream of outcome lines. [`depth`]: the queue's depth and oldest message age, polled for operators.
-//!   [`metrics_catalog`]: every metric described, counters at zero from start-up.
+//!   and `/metrics`. [`live`]: the live page and its stream of outcome lines. [`depth`]: the queue's depth and oldest
+//!   message age, polled for operators. [`metrics_catalog`]: every metric described, counters at zero from start-up.
 //! - this file: [`run`] (composed by tests with any queue and handler), [`start`] (the real wiring: the health
 //!   endpoint first, then the queue, then the consumer) and [`Endpoint`].
 

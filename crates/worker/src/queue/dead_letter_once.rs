@@ -31,7 +31,8 @@ impl<Q: MessageQueue> DeadLetterOnce<Q> {
             // Left by a worker that died mid-copy (a live one would hold the message, which this worker now holds):
             // keep the message, let the claim's lease run out, and take the claim over. Leaving the message for
             // redelivery instead would cost it one receive.
-            self.inner.extend_visibility(&message.receipt_handle, lease_left + lease).await?;
+            let hold = (lease_left + lease).min(crate::backoff::MAX_VISIBILITY);
+            self.inner.extend_visibility(&message.receipt_handle, hold).await?;
             tracing::warn!(%key, ?lease_left, "a DLQ copy claim was left in progress; taking it over once its lease ends");
             tokio::time::sleep(lease_left + TAKEOVER_SLACK).await;
             claim = self.claims.claim(&key, lease).await;
