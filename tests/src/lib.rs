@@ -744,6 +744,9 @@ impl Snapshot {
     }
 }
 
+/// Items per page of [`scan_orders`].
+const SCAN_PAGE: i32 = 250;
+
 /// Scans the whole orders table (every page) and decodes each item.
 ///
 /// # Errors
@@ -752,7 +755,9 @@ impl Snapshot {
 pub async fn scan_orders(dynamodb: &aws_sdk_dynamodb::Client, table: &str) -> Result<Snapshot, String> {
     use aws_sdk_dynamodb::types::AttributeValue;
     let mut snapshot = Snapshot::default();
-    let mut pages = dynamodb.scan().table_name(table).consistent_read(true).into_paginator().send();
+    // Small pages: the test emulator serialises DynamoDB requests, and one 1 MB page of a large table held that lock
+    // for seconds, long enough for the API's store reads behind it to time out (503) in the long soak.
+    let mut pages = dynamodb.scan().table_name(table).consistent_read(true).limit(SCAN_PAGE).into_paginator().send();
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| format!("scan {table}: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e)))?;
         for item in page.items.unwrap_or_default() {
