@@ -5,6 +5,7 @@ Run with `.venv/bin/pytest deploy/tests` (the venv comes from `scripts/lib/commo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -26,29 +27,10 @@ REGION = "us-east-1"
 
 
 # ---------------------------------------------------------------- YAML with CloudFormation tags
-class _CfnLoader(yaml.SafeLoader):
-    """SafeLoader that keeps short-form intrinsics: `!Ref X` becomes {"Ref": "X"}, `!Sub s` {"Fn::Sub": s}."""
+sys.path.insert(0, str(ROOT / "deploy" / "iam"))
+from role_policy import load_cfn  # noqa: E402 - the templates' loader lives with the policy resolver
 
-
-def _intrinsic(loader: yaml.SafeLoader, tag_suffix: str, node: yaml.Node) -> Any:
-    name = "Ref" if tag_suffix == "Ref" else f"Fn::{tag_suffix}"
-    if isinstance(node, yaml.ScalarNode):
-        value: Any = loader.construct_scalar(node)
-        if tag_suffix == "GetAtt":
-            value = value.split(".", 1)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)
-    return {name: value}
-
-
-_CfnLoader.add_multi_constructor("!", _intrinsic)
-
-
-def load_cfn(path: Path) -> dict[str, Any]:
-    with path.open(encoding="utf-8") as fh:
-        return yaml.load(fh, Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
+__all__ = ["ROOT", "TEMPLATES", "REGION", "load_cfn", "load_yaml", "start_moto"]
 
 
 def load_yaml(path: Path) -> Any:
@@ -75,24 +57,26 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Starts `moto_server -H 127.0.0.1 -p <free port>`, waits until it answers, kills it at the end."""
+@contextlib.contextmanager
+def start_moto(log_dir: Path, *, serialised: bool = False) -> Iterator[str]:
+    """A moto server on 127.0.0.1 and a free port until the block ends; yields its endpoint.
+
+    `serialised`: the project's scripts/lib/moto_server.py, whose DynamoDB serves one request at a time (per-item
+    atomicity, what the binaries rely on), instead of plain `moto_server`.
+    """
     port = _free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    log_path = tmp_path_factory.mktemp("moto") / "moto_server.log"
+    log_path = log_dir / f"moto-{port}.log"
+    server = _moto_server_bin()
+    argv = ([str(Path(server).with_name("python")), str(ROOT / "scripts/lib/moto_server.py")] if serialised
+            else [server]) + ["-H", "127.0.0.1", "-p", str(port)]  # fmt: skip
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(  # noqa: S603 - fixed argv
-            [_moto_server_bin(), "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # noqa: S603
     try:
         deadline = time.monotonic() + 60
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"moto_server exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}")
+                pytest.fail(f"moto exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}")
             try:
                 with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1) as resp:
                     if resp.status == 200:
@@ -100,7 +84,7 @@ def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"moto_server did not answer on {endpoint} within 60 s")
+                pytest.fail(f"moto did not answer on {endpoint} within 60 s")
             time.sleep(0.1)
         yield endpoint
     finally:
@@ -110,6 +94,13 @@ def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A plain moto server for the whole session."""
+    with start_moto(tmp_path_factory.mktemp("moto")) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="session")
@@ -126,3 +117,13 @@ def aws(moto_endpoint: str) -> Callable[[str], Any]:
         )
 
     return client
+
+
+# ---------------------------------------------------------------- totals lines
+SUMMARY: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Lines tests add to SUMMARY (the deployed-stack lane's totals), printed even under `-q`."""
+    for line in SUMMARY:
+        terminalreporter.write_line(line)

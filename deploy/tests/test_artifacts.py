@@ -254,10 +254,23 @@ def _dynamodb(statements: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def test_ecs_least_privilege(ecs: dict[str, Any]) -> None:
     """SNS/SQS/KMS statements (the DynamoDB ones are checked below)."""
     api = [s for s in _statements(ecs["ApiTaskRole"]) if s not in _dynamodb(_statements(ecs["ApiTaskRole"]))]
-    assert sorted(a for s in api for a in _actions(s)) == sorted(
+    assert sorted(a for s in api if not _actions(s)[0].startswith("sqs:") for a in _actions(s)) == sorted(
         ["sns:Publish", "sns:GetTopicAttributes", "sns:Subscribe", "sns:ListSubscriptionsByTopic", "sns:ListTopics",
          "kms:GenerateDataKey", "kms:Decrypt"]
     )  # fmt: skip
+    # Only email subscriptions: the one thing POST /api/suscripcion offers.
+    (subscribe,) = [s for s in api if "sns:Subscribe" in _actions(s)]
+    assert _actions(subscribe) == ["sns:Subscribe"]
+    assert subscribe["Condition"] == {"StringEquals": {"sns:Protocol": "email"}}
+    # The console: inspect all four queues, handle messages on the DLQs only, send (redrive) to the sources only.
+    queues = [imported(f"{q}QueueArn") for q in ("Process", "Logistics")]
+    dlqs = [imported(f"{q}DeadLetterQueueArn") for q in ("Process", "Logistics")]
+    sqs = {s["Sid"]: (sorted(_actions(s)), s["Resource"]) for s in api if _actions(s)[0].startswith("sqs:")}
+    assert sqs == {
+        "InspectOrderQueues": (["sqs:GetQueueAttributes", "sqs:GetQueueUrl"], [queues[0], dlqs[0], queues[1], dlqs[1]]),
+        "HandleDeadLetters": (["sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:ReceiveMessage"], dlqs),
+        "RedriveToSourceQueues": (["sqs:SendMessage"], queues),
+    }
     wildcard = [s for s in _statements(ecs["ApiTaskRole"]) if s["Resource"] == "*"]
     assert [s["Action"] for s in wildcard] == ["sns:ListTopics"]
     for role, queue in (("WorkerProcessTaskRole", "Process"), ("WorkerLogisticsTaskRole", "Logistics")):
@@ -313,7 +326,6 @@ def test_ecs_api_reads_orders_only(ecs: dict[str, Any]) -> None:
     granted = {(a, json.dumps(r)) for s in statements for a in _actions(s) for r in _resources(s)}
     assert not {a for a, _ in granted} & DYNAMODB_WRITE_ACTIONS, "pedidos-api must not write to any table"
     assert granted == {
-        ("dynamodb:GetItem", json.dumps(ORDERS_ARN)),
         ("dynamodb:BatchGetItem", json.dumps(ORDERS_ARN)),
         ("dynamodb:Query", json.dumps(ORDERS_ARN)),
         ("dynamodb:DescribeTable", json.dumps(ORDERS_ARN)),
@@ -350,13 +362,13 @@ def test_ecs_worker_writes_only_its_own_items(
     assert _actions(stats_statement) == ["dynamodb:UpdateItem"] and _resources(stats_statement) == [ORDERS_ARN]
     assert stats_statement["Condition"].get("ForAllValues:StringEquals") == {"dynamodb:LeadingKeys": [stats]}
     assert stats_statement["Condition"].get("Null") == {"dynamodb:LeadingKeys": "false"}
-    # Besides those writes, only DescribeTable (readiness) on the orders table: no reads, no other write.
+    # Besides those writes nothing on the orders table: no reads (a worker's readiness is its own loop's state).
     others = {a for s in on_orders if s not in writes for a in _actions(s)}
-    assert others == {"dynamodb:DescribeTable"}
+    assert others == set()
     idempotency = {a for s in statements if json.dumps(IDEMPOTENCY_ARN) in map(json.dumps, _resources(s))
                    for a in _actions(s)}  # fmt: skip
     assert idempotency == {
-        "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:DescribeTable",
+        "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
     }  # fmt: skip
     # No index access, no other table.
     allowed = {json.dumps(ORDERS_ARN), json.dumps(IDEMPOTENCY_ARN)}
@@ -423,7 +435,7 @@ def test_eb_bundle(bundles: dict[str, Path], kind: str) -> None:
         assert not names & {"Dockerfile", "docker-compose.yml", "compose.yaml"}
         run = json.loads(zf.read("Dockerrun.aws.json"))
         config = load_yaml_bytes(zf.read(f".ebextensions/01-{binary}.config"))
-        assert ".platform/nginx/conf.d/elasticbeanstalk/10-deny-metrics.conf" in names
+        nginx = {n: zf.read(n).decode() for n in names if n.startswith(".platform/nginx/")}
     assert run["AWSEBDockerrunVersion"] == "1"
     assert run["Image"]["Name"].endswith(f"/ecomexpress/{binary}:1.2.3")
     assert run["Ports"][0]["ContainerPort"] == port
@@ -439,9 +451,16 @@ def test_eb_bundle(bundles: dict[str, Path], kind: str) -> None:
     if kind == "api":
         assert env["SNS_TOPIC_ARN"] == "ecomexpress-sns-orders-events"
         assert "IDEMPOTENCY_TABLE" not in env  # the API never touches it
+        assert list(nginx) == [".platform/nginx/conf.d/elasticbeanstalk/10-deny-metrics.conf"]
     else:
         assert "SQS_QUEUE_URL" not in env  # set per environment: one bundle, two queues
         assert env["IDEMPOTENCY_TABLE"] == IDEMPOTENCY_TABLE
+        # Health checks only: an internal load balancer, and nginx passes /health and nothing else.
+        assert options["aws:ec2:vpc"]["ELBScheme"] == "internal"
+        assert list(nginx) == [".platform/nginx/conf.d/elasticbeanstalk/10-health-only.conf"]
+        (pattern,) = re.findall(r"location ~ (\S+) \{\s*return 404;", next(iter(nginx.values())))
+        for path in ("/health", "/ready", "/metrics", "/", "/live", "/healthz", "/health/x"):
+            assert (re.search(pattern, path) is None) == (path == "/health"), path
 
 
 def test_eb_table_names_are_configurable(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from conftest import ROOT, TEMPLATES, load_cfn
+from stacks import create_messaging_stack
 
 STACK_NAME = "ecomexpress-messaging"
 TEMPLATE = TEMPLATES / "messaging.yaml"
@@ -42,6 +43,7 @@ DLQ_RETENTION = 1209600  # 14 days
 ORDERS_TABLE = "ecomexpress-orders"
 IDEMPOTENCY_TABLE = "ecomexpress-idempotency"
 CUSTOMER_INDEX = "porCliente"
+RECENT_INDEX = "recientes"
 TTL_ATTRIBUTE = "expiresAt"
 
 # SNS filter policies on the `eventType` message attribute, per queue.
@@ -64,10 +66,8 @@ MOTO_GAPS = {
     "KeyPolicy": "the topic key's KeyPolicy is kept as an object, not JSON text: DescribeKey on that key answers 500",
     "Subscription RedrivePolicy": "stored, never used: a failed delivery fails the Publish call, nothing reaches the DLQ",
 }
-BUILT_BY_MOTO = {"AWS::SQS::Queue", "AWS::SNS::Topic", "AWS::DynamoDB::Table", "AWS::KMS::Key", "AWS::KMS::Alias"}
-# Properties of AWS::SNS::Subscription that subscribe_like_cloudformation knows how to apply.
-SUBSCRIPTION_PROPERTIES = {
-    "TopicArn", "Protocol", "Endpoint", "RawMessageDelivery", "FilterPolicyScope", "FilterPolicy", "RedrivePolicy",
+BUILT_BY_MOTO = {
+    "AWS::SQS::Queue", "AWS::SNS::Topic", "AWS::DynamoDB::Table", "AWS::KMS::Key", "AWS::KMS::Alias", "AWS::IAM::ManagedPolicy",
 }  # fmt: skip
 # Every action SNS accepts in a topic policy (SNS developer guide, "Valid Amazon SNS policy actions"): the
 # TLS-only Deny must cover all of them.
@@ -94,73 +94,11 @@ class Deployed:
     subscriptions_from_cloudformation: list[dict[str, Any]]
 
 
-def _queue_url_of(aws: Callable[[str], Any], physical_id: str) -> str:
-    # moto's physical id of a queue is a URL on sqs.<region>.amazonaws.com: look the queue up by name.
-    return aws("sqs").get_queue_url(QueueName=physical_id.rstrip("/").rsplit("/", 1)[-1])["QueueUrl"]
-
-
-def subscribe_like_cloudformation(aws: Callable[[str], Any]) -> None:
-    """Does what CloudFormation does in AWS for each AWS::SNS::Subscription of the template.
-
-    Refs and GetAtts are resolved against the resources moto built; a property this function does not
-    know fails the test rather than being skipped silently.
-    """
-    cfn, sns = aws("cloudformation"), aws("sns")
-    resources = load_cfn(TEMPLATE)["Resources"]
-    # (moto lists the resources it skipped without a LogicalResourceId.)
-    physical = {r["LogicalResourceId"]: r["PhysicalResourceId"]
-                for r in cfn.describe_stack_resources(StackName=STACK_NAME)["StackResources"]
-                if "LogicalResourceId" in r}  # fmt: skip
-
-    def resolve(value: Any) -> str:
-        if isinstance(value, dict) and list(value) == ["Ref"]:
-            return physical[value["Ref"]]
-        if isinstance(value, dict) and list(value) == ["Fn::GetAtt"]:  # a queue's ARN
-            logical, attribute = value["Fn::GetAtt"]
-            assert resources[logical]["Type"] == "AWS::SQS::Queue" and attribute == "Arn", value
-            url = _queue_url_of(aws, physical[logical])
-            return aws("sqs").get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        raise AssertionError(f"subscribe_like_cloudformation cannot resolve {value!r}")
-
-    for name, res in resources.items():
-        if res["Type"] != "AWS::SNS::Subscription":
-            continue
-        props = res["Properties"]
-        unknown = props.keys() - SUBSCRIPTION_PROPERTIES
-        assert not unknown, f"{name}: teach subscribe_like_cloudformation the properties {unknown}"
-        attributes = {"RawMessageDelivery": str(props.get("RawMessageDelivery", False)).lower()}
-        if "FilterPolicy" in props:
-            attributes["FilterPolicy"] = json.dumps(props["FilterPolicy"])
-            attributes["FilterPolicyScope"] = props.get("FilterPolicyScope", "MessageAttributes")
-        if "RedrivePolicy" in props:
-            attributes["RedrivePolicy"] = json.dumps({k: resolve(v) for k, v in props["RedrivePolicy"].items()})
-        sns.subscribe(
-            TopicArn=resolve(props["TopicArn"]),
-            Protocol=props["Protocol"],
-            Endpoint=resolve(props["Endpoint"]),
-            Attributes=attributes,
-        )
-
-
 @pytest.fixture(scope="module")
 def deployed(aws: Callable[[str], Any]) -> Deployed:
     """Creates the stack from messaging.yaml with its default parameters, then stands in for the
     AWS::SNS::Subscription resources moto skips."""
-    cfn = aws("cloudformation")
-    cfn.create_stack(StackName=STACK_NAME, TemplateBody=TEMPLATE.read_text(encoding="utf-8"))
-    deadline = time.monotonic() + 60
-    while True:
-        status = cfn.describe_stacks(StackName=STACK_NAME)["Stacks"][0]["StackStatus"]
-        if not status.endswith("_IN_PROGRESS"):
-            break
-        assert time.monotonic() < deadline, f"stack still {status} after 60 s"
-        time.sleep(0.2)
-    assert status == "CREATE_COMPLETE"
-    outputs = cfn.describe_stacks(StackName=STACK_NAME)["Stacks"][0].get("Outputs", [])
-    outputs = {o["OutputKey"]: o["OutputValue"] for o in outputs}
-    built = aws("sns").list_subscriptions_by_topic(TopicArn=outputs["TopicArn"])["Subscriptions"]
-    if not built:  # the MOTO_GAPS entry; if moto ever builds them, test_moto_gaps_are_documented says so
-        subscribe_like_cloudformation(aws)
+    outputs, built = create_messaging_stack(aws, STACK_NAME)
     return Deployed(outputs, built)
 
 
@@ -365,17 +303,21 @@ def test_orders_table(stack: dict[str, str], aws: Callable[[str], Any]) -> None:
     assert table["TableStatus"] == "ACTIVE"
     assert table["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"}]  # no sort key
     assert sorted((a["AttributeName"], a["AttributeType"]) for a in table["AttributeDefinitions"]) == [
-        ("clienteId", "S"), ("fechaOrden", "S"), ("pk", "S"),
+        ("actualizadoOrden", "S"), ("clienteId", "S"), ("dia", "S"), ("fechaOrden", "S"), ("pk", "S"),
     ]  # fmt: skip
     assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
     assert table["DeletionProtectionEnabled"] is True
-    (index,) = table["GlobalSecondaryIndexes"]
-    assert index["IndexName"] == CUSTOMER_INDEX
-    assert index["KeySchema"] == [
+    indexes = {i["IndexName"]: i for i in table["GlobalSecondaryIndexes"]}
+    assert sorted(indexes) == [CUSTOMER_INDEX, RECENT_INDEX]
+    assert indexes[CUSTOMER_INDEX]["KeySchema"] == [
         {"AttributeName": "clienteId", "KeyType": "HASH"},
         {"AttributeName": "fechaOrden", "KeyType": "RANGE"},
     ]
-    assert index["Projection"]["ProjectionType"] == "ALL"
+    assert indexes[RECENT_INDEX]["KeySchema"] == [
+        {"AttributeName": "dia", "KeyType": "HASH"},
+        {"AttributeName": "actualizadoOrden", "KeyType": "RANGE"},
+    ]
+    assert all(i["Projection"]["ProjectionType"] == "ALL" for i in indexes.values())
     assert not table.get("LocalSecondaryIndexes")
 
 
@@ -575,14 +517,14 @@ def test_template_matches_topology_constants() -> None:
     tables = {name_of(r["Properties"], "TableName"): r["Properties"]
               for r in resources.values() if r["Type"] == "AWS::DynamoDB::Table"}  # fmt: skip
     assert set(tables) == {ORDERS_TABLE, IDEMPOTENCY_TABLE}
-    assert [i["IndexName"] for i in tables[ORDERS_TABLE]["GlobalSecondaryIndexes"]] == [CUSTOMER_INDEX]
+    assert [i["IndexName"] for i in tables[ORDERS_TABLE]["GlobalSecondaryIndexes"]] == [CUSTOMER_INDEX, RECENT_INDEX]
     assert tables[IDEMPOTENCY_TABLE]["TimeToLiveSpecification"]["AttributeName"] == TTL_ATTRIBUTE
 
     # The same values are what docs/deploy.md promises `pedidos-api topology` creates.
     doc = DEPLOY_DOC.read_text(encoding="utf-8")
     section = doc.split("## Topology constants", 1)[1].split("\n## ", 1)[0]
     for value in (TOPIC, *QUEUES, "-dlq", VISIBILITY_TIMEOUT, RETENTION, WAIT_TIME, MAX_RECEIVE_COUNT, DLQ_RETENTION,
-                  ORDERS_TABLE, IDEMPOTENCY_TABLE, CUSTOMER_INDEX, TTL_ATTRIBUTE,
+                  ORDERS_TABLE, IDEMPOTENCY_TABLE, CUSTOMER_INDEX, RECENT_INDEX, TTL_ATTRIBUTE,
                   *(json.dumps(policy, separators=(",", ":")) for policy in FILTER_POLICIES.values())):  # fmt: skip
         assert f"`{value}`" in section, f"docs/deploy.md 'Topology constants' lacks `{value}`"
 

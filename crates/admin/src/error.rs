@@ -2,7 +2,8 @@
 
 use std::process::ExitCode;
 
-use aws_sdk_sqs::error::{DisplayErrorContext, SdkError};
+use aws_sdk_sqs::config::http::HttpResponse;
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use platform::config::ConfigError;
 
 /// The exit codes, documented in `--help` and `docs/operations.md`; scripts depend on them.
@@ -56,6 +57,9 @@ pub enum AdminError {
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
+    /// AWS refused the operator's identity this call: the policy lacks the action (docs/deploy.md, "Identities").
+    #[error("{0}")]
+    Denied(platform::aws::AccessDenied),
     /// The queues answered, but not as the command needs: no such queue, no DLQ, no such message, a failed move task.
     #[error("{0}")]
     State(String),
@@ -65,18 +69,27 @@ impl AdminError {
     pub fn exit(&self) -> Exit {
         match self {
             Self::Config(_) | Self::Usage(_) => Exit::Usage,
-            Self::Aws { .. } | Self::State(_) => Exit::Failure,
+            Self::Aws { .. } | Self::Denied(_) | Self::State(_) => Exit::Failure,
         }
     }
 }
 
-/// Maps an SDK failure of `operation` to [`AdminError::Aws`], keeping the source.
-pub fn aws<E, R>(operation: &'static str) -> impl FnOnce(SdkError<E, R>) -> AdminError
+/// Maps an SDK failure of `operation` on `queue` to [`AdminError::Denied`] when AWS refused the permission, else to
+/// [`AdminError::Aws`], keeping the source.
+pub fn aws<E>(operation: &'static str, queue: &str) -> impl FnOnce(SdkError<E, HttpResponse>) -> AdminError
 where
-    E: std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
+    E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
 {
-    move |e| AdminError::Aws { operation, detail: DisplayErrorContext(&e).to_string(), source: Some(Box::new(e)) }
+    let queue = queue.to_owned();
+    move |e| {
+        let action = platform::aws::iam_action("sqs", operation);
+        match platform::aws::AccessDenied::from_sdk(&e, &action, &format!("queue {queue}")) {
+            Some(denied) => AdminError::Denied(denied),
+            None => {
+                AdminError::Aws { operation, detail: DisplayErrorContext(&e).to_string(), source: Some(Box::new(e)) }
+            }
+        }
+    }
 }
 
 /// A request the SDK could not even build (a missing required field): a bug here, reported like a failed call.

@@ -80,7 +80,7 @@ pub async fn resolve(client: &Client, selection: &Selection) -> Result<Target, A
                 .queue_url(&dlq_url)
                 .send()
                 .await
-                .map_err(aws("list_dead_letter_source_queues"))?
+                .map_err(aws("list_dead_letter_source_queues", &dlq_url))?
                 .queue_urls;
             let source_url = match sources.as_slice() {
                 [only] => Some(only.clone()),
@@ -124,7 +124,7 @@ pub async fn queue_url(client: &Client, queue: &str, account: Option<&str>) -> R
             Some(service) if service.is_queue_does_not_exist() => {
                 AdminError::State(format!("queue {queue} does not exist"))
             }
-            _ => aws("get_queue_url")(e),
+            _ => aws("get_queue_url", queue)(e),
         })?;
     output.queue_url.ok_or_else(|| AdminError::State(format!("SQS returned no URL for queue {queue}")))
 }
@@ -145,7 +145,7 @@ pub async fn queue_attribute(
             Some(service) if service.is_queue_does_not_exist() => {
                 AdminError::State(format!("queue {url} does not exist"))
             }
-            _ => aws("get_queue_attributes")(e),
+            _ => aws("get_queue_attributes", url)(e),
         })?;
     Ok(output.attributes.and_then(|mut attributes| attributes.remove(&name)))
 }
@@ -193,7 +193,7 @@ pub async fn receive(client: &Client, dlq_url: &str) -> Result<Vec<DlqMessage>, 
         .message_attribute_names("All")
         .send()
         .await
-        .map_err(aws("receive_message"))?;
+        .map_err(aws("receive_message", dlq_url))?;
     Ok(output.messages.unwrap_or_default().into_iter().map(DlqMessage::from_sdk).collect())
 }
 
@@ -251,7 +251,7 @@ pub async fn delete(client: &Client, dlq_url: &str, receipt_handle: &str) -> Res
         .receipt_handle(receipt_handle)
         .send()
         .await
-        .map_err(aws("delete_message"))?;
+        .map_err(aws("delete_message", dlq_url))?;
     Ok(())
 }
 
@@ -278,7 +278,7 @@ pub async fn send_copy(client: &Client, queue_url: &str, message: &DlqMessage) -
     if let Some((group, dedup)) = fifo_ids(queue_url, message) {
         request = request.message_group_id(group).message_deduplication_id(dedup);
     }
-    let output = request.send().await.map_err(aws("send_message"))?;
+    let output = request.send().await.map_err(aws("send_message", queue_url))?;
     output.message_id.ok_or_else(|| build("send_message", "SQS accepted the copy but returned no MessageId"))
 }
 
@@ -341,7 +341,7 @@ pub async fn start_move_task(
                 };
                 Err(MoveTaskStart::Unsupported(how))
             } else {
-                Err(MoveTaskStart::Failed(aws("start_message_move_task")(e)))
+                Err(MoveTaskStart::Failed(aws("start_message_move_task", dlq_arn)(e)))
             }
         }
     }
@@ -393,7 +393,7 @@ pub async fn move_task_state(client: &Client, dlq_arn: &str, handle: &str) -> Re
         .max_results(10)
         .send()
         .await
-        .map_err(aws("list_message_move_tasks"))?
+        .map_err(aws("list_message_move_tasks", dlq_arn))?
         .results
         .unwrap_or_default();
     let entry = results
@@ -414,7 +414,12 @@ pub async fn move_task_state(client: &Client, dlq_arn: &str, handle: &str) -> Re
 /// # Errors
 /// [`AdminError::Aws`] when the call fails.
 pub async fn cancel_move_task(client: &Client, handle: &str) -> Result<(), AdminError> {
-    client.cancel_message_move_task().task_handle(handle).send().await.map_err(aws("cancel_message_move_task"))?;
+    client
+        .cancel_message_move_task()
+        .task_handle(handle)
+        .send()
+        .await
+        .map_err(aws("cancel_message_move_task", handle))?;
     Ok(())
 }
 
@@ -423,7 +428,7 @@ pub async fn cancel_move_task(client: &Client, handle: &str) -> Result<(), Admin
 /// # Errors
 /// [`AdminError::Aws`] when the call fails (including a purge already in progress: one per 60 s).
 pub async fn purge_queue(client: &Client, dlq_url: &str) -> Result<(), AdminError> {
-    client.purge_queue().queue_url(dlq_url).send().await.map_err(aws("purge_queue"))?;
+    client.purge_queue().queue_url(dlq_url).send().await.map_err(aws("purge_queue", dlq_url))?;
     Ok(())
 }
 

@@ -18,9 +18,12 @@ pub enum BusError {
     /// Worth retrying later: unreachable, throttled, timed out, 5xx.
     #[error("bus unavailable: {0}")]
     Unavailable(String),
-    /// The bus refused the request itself (bad ARN, missing permission).
+    /// The bus refused the request itself (bad ARN, invalid attribute).
     #[error("bus rejected the request: {0}")]
     Rejected(String),
+    /// AWS refused the API's role this call: an operator must fix the policy.
+    #[error("{0}")]
+    Denied(store::AccessDenied),
 }
 
 /// An email subscription's state, as the seed reported it.
@@ -118,7 +121,22 @@ transient!(
 const THROTTLING_CODES: [&str; 5] =
     ["Throttling", "ThrottlingException", "ThrottledException", "RequestThrottled", "TooManyRequestsException"];
 
-fn classify<E>(err: SdkError<E, HttpResponse>) -> BusError
+/// Maps a failed SNS `operation` on `topic` to [`BusError`].
+fn classify<E>(operation: &'static str, topic: &str) -> impl FnOnce(SdkError<E, HttpResponse>) -> BusError
+where
+    E: std::error::Error + Transient + aws_sdk_sns::error::ProvideErrorMetadata + Send + Sync + 'static,
+{
+    let topic = topic.to_owned();
+    move |err| {
+        let action = platform::aws::iam_action("sns", operation);
+        match platform::aws::AccessDenied::from_sdk(&err, &action, &format!("topic {topic}")) {
+            Some(denied) => BusError::Denied(denied),
+            None => classify_failure(err),
+        }
+    }
+}
+
+fn classify_failure<E>(err: SdkError<E, HttpResponse>) -> BusError
 where
     E: std::error::Error + Transient + aws_sdk_sns::error::ProvideErrorMetadata + Send + Sync + 'static,
 {
@@ -178,7 +196,7 @@ impl EventBus for SnsBus {
                     .message_group_id(event.order.pedido_id.to_string())
                     .message_deduplication_id(event.dedup_key().to_string());
             }
-            let output = request.send().await.map_err(classify)?;
+            let output = request.send().await.map_err(classify("publish", topic_arn))?;
             output.message_id.ok_or_else(|| BusError::Unavailable("SNS answered without a MessageId".into()))
         })
     }
@@ -186,7 +204,12 @@ impl EventBus for SnsBus {
     fn check(&self) -> BoxFuture<'_, Result<(), BusError>> {
         Box::pin(async move {
             let topic_arn = self.topic_arn().await?;
-            self.client.get_topic_attributes().topic_arn(topic_arn).send().await.map_err(classify)?;
+            self.client
+                .get_topic_attributes()
+                .topic_arn(topic_arn)
+                .send()
+                .await
+                .map_err(classify("get_topic_attributes", topic_arn))?;
             Ok(())
         })
     }
@@ -196,7 +219,9 @@ impl EventBus for SnsBus {
             let topic_arn = self.topic_arn().await?;
             let mut pages = self.client.list_subscriptions_by_topic().topic_arn(topic_arn).into_paginator().send();
             while let Some(page) = pages.next().await {
-                for sub in page.map_err(classify)?.subscriptions.unwrap_or_default() {
+                for sub in
+                    page.map_err(classify("list_subscriptions_by_topic", topic_arn))?.subscriptions.unwrap_or_default()
+                {
                     let same = sub.protocol.as_deref() == Some("email")
                         && sub.endpoint.as_deref().is_some_and(|e| e.eq_ignore_ascii_case(email));
                     if same {
@@ -224,7 +249,7 @@ impl EventBus for SnsBus {
             if let Some(types) = event_types {
                 request = request.attributes("FilterPolicy", filter_policy(types));
             }
-            request.send().await.map_err(classify)?;
+            request.send().await.map_err(classify("subscribe", topic_arn))?;
             Ok(())
         })
     }

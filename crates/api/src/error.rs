@@ -159,6 +159,16 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// Bus failures other than a publish (subscriptions): 503 either way, a denial logged as the error it is.
+impl From<crate::bus::BusError> for ApiError {
+    fn from(error: crate::bus::BusError) -> Self {
+        if let crate::bus::BusError::Denied(denied) = &error {
+            tracing::error!(error = %denied, "the API role's policy lacks this action");
+        }
+        Self::Unavailable(error.to_string())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();

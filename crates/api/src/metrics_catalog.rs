@@ -5,7 +5,7 @@ use domain::EventType;
 use metrics::Unit;
 
 /// Why a publish failed (`routes::orders::publish`): SNS unreachable or throttling, or SNS refusing the call.
-pub const PUBLISH_FAILURE_REASONS: [&str; 2] = ["unavailable", "rejected"];
+pub const PUBLISH_FAILURE_REASONS: [&str; 3] = ["unavailable", "rejected", "denied"];
 
 /// The order-store reads the API makes (tracking routes and `/ready`).
 pub const STORE_READS: [&str; 5] = ["get", "list", "check", "recent", "stats"];
@@ -52,7 +52,8 @@ fn describe() {
         "pedidos_api_publish_failures_total",
         Unit::Count,
         "Publishes that failed (each answered 503), by reason: unavailable (SNS unreachable, throttling or timing \
-         out) or rejected (SNS refused the call: wrong topic, missing permission)"
+         out), rejected (SNS refused the call: wrong topic, invalid attribute) or denied (the API role's policy lacks \
+         sns:Publish)"
     );
     platform::metrics::describe_store();
 }

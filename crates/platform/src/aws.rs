@@ -2,6 +2,10 @@
 
 use std::time::Duration;
 
+/// AWS refusing the caller's permissions, said the same way by every binary (defined in the store, the lowest crate
+/// that talks to AWS).
+pub use store::denied::{iam_action, AccessDenied};
+
 use aws_config::retry::RetryConfig;
 use aws_config::stalled_stream_protection::StalledStreamProtectionConfig;
 use aws_config::timeout::TimeoutConfig;

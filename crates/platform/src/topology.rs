@@ -166,6 +166,18 @@ pub fn is_logistics_queue(name_or_url: &str) -> bool {
     name_or_url.to_ascii_lowercase().contains("logistic")
 }
 
+/// The role whose queue this is (`process` or `logistics`), or `None` for any other queue: another team's
+/// subscription to the topic is not a pipeline queue.
+pub fn queue_role(name_or_url: &str) -> Option<&'static str> {
+    if is_logistics_queue(name_or_url) {
+        Some("logistics")
+    } else if name_or_url.to_ascii_lowercase().contains("process") {
+        Some("process")
+    } else {
+        None
+    }
+}
+
 /// Event types each queue receives: logistics acts on new orders only. An event type unknown to the contract then
 /// never reaches a worker that would have to guess; one that still arrives (no filter) is dead-lettered.
 pub fn filter_policy(queue: &str) -> String {
@@ -297,5 +309,18 @@ impl Topology {
             out.push_str(&format!("{key}_QUEUE_URL={}\n{key}_DLQ_URL={}\n", q.url, q.dlq_url));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_pipeline_queues_have_a_role() {
+        assert_eq!(queue_role("ecomexpress-sqs-orders-process"), Some("process"));
+        assert_eq!(queue_role("https://sqs.eu-west-1.amazonaws.com/1/prod-sqs-logistics"), Some("logistics"));
+        assert_eq!(queue_role("ecomexpress-sqs-orders-process-e2e-1a2b"), Some("process"));
+        assert_eq!(queue_role("analytics-orders-tap"), None, "another team's subscription is not a pipeline queue");
     }
 }

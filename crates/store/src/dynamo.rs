@@ -251,7 +251,7 @@ impl DynamoOrders {
                 };
                 apply_verdict(old, event, &write.key)
             }
-            Err(e) => Err(classify("apply", e)),
+            Err(e) => Err(classify("apply", &self.table, e)),
         }
     }
 
@@ -282,7 +282,7 @@ impl DynamoOrders {
             Err(SdkError::ServiceError(failure)) if failure.err().is_conditional_check_failed_exception() => {
                 Ok("changed")
             }
-            Err(e) => Err(classify("compact_history", e)),
+            Err(e) => Err(classify("compact_history", &self.table, e)),
         };
         count("compact_history", outcome.as_ref().map_or_else(StoreError::kind, |label| *label), started);
         outcome.map(|_| ())
@@ -309,7 +309,7 @@ impl DynamoOrders {
             Err(SdkError::ServiceError(failure)) if failure.err().is_conditional_check_failed_exception() => {
                 Ok(Applied::Duplicate)
             }
-            Err(e) => Err(classify("create_shipment", e)),
+            Err(e) => Err(classify("create_shipment", &self.table, e)),
         };
         record("create_shipment", started, &verdict);
         verdict
@@ -342,7 +342,7 @@ impl DynamoOrders {
             })?;
         let started = Instant::now();
         let result = self.client.batch_get_item().request_items(&self.table, request).send().await;
-        let output = result.map_err(|e| classify(operation, e));
+        let output = result.map_err(|e| classify(operation, &self.table, e));
         record_read(operation, started, &output);
         let mut output = output?;
         // A few small keys are never left unprocessed in practice; if they are, the caller retries the whole read.
@@ -393,7 +393,7 @@ impl DynamoOrders {
                 .limit(i32::try_from(left).unwrap_or(20))
                 .send()
                 .await
-                .map_err(|e| classify("recent", e));
+                .map_err(|e| classify("recent", &self.table, e));
             record_read("recent", started, &output);
             for item in output?.items.unwrap_or_default() {
                 let key = text(&item, attr::PK, "?").unwrap_or_else(|_| "?".into());
@@ -456,7 +456,7 @@ impl DynamoOrders {
             ])));
         }
         let started = Instant::now();
-        let output = query.send().await.map_err(|e| classify("list", e));
+        let output = query.send().await.map_err(|e| classify("list", &self.table, e));
         record_read("list", started, &output);
         let output = output?;
         let mut orders = Vec::new();
@@ -517,7 +517,7 @@ impl OrderReads for DynamoOrders {
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(|e| classify("check", e));
+                .map_err(|e| classify("check", &self.table, e));
             record_read("check", started, &result);
             result
         })
@@ -559,7 +559,7 @@ impl StatsWrites for DynamoOrders {
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(|e| classify("stats", e));
+                .map_err(|e| classify("stats", &self.table, e));
             record_read("stats", started, &result);
             result
         })
@@ -635,10 +635,16 @@ const MISCONFIGURED_CODES: [&str; 9] = [
 /// HTTP status (never from message text): transport failures, timeouts, throttling, 5xx and transaction conflicts are
 /// [`StoreError::Unavailable`]; missing resources, permissions and credentials [`StoreError::Misconfigured`]; any
 /// other refusal (`ValidationException`, an item over 400 KB, ...) is [`StoreError::Rejected`].
-pub(crate) fn classify<E>(operation: &'static str, error: SdkError<E, HttpResponse>) -> StoreError
+pub(crate) fn classify<E>(operation: &'static str, table: &str, error: SdkError<E, HttpResponse>) -> StoreError
 where
     E: std::error::Error + Throttling + ProvideErrorMetadata + Send + Sync + 'static,
 {
+    if let Some(denied) =
+        crate::denied::AccessDenied::from_sdk(&error, iam_action(operation), &format!("table {table}"))
+    {
+        let detail = denied.to_string();
+        return StoreError::Misconfigured { operation, code: denied.code, detail, source: Some(Box::new(error)) };
+    }
     let detail = aws_sdk_dynamodb::error::DisplayErrorContext(&error).to_string();
     let (code, status, throttled) = match &error {
         SdkError::ServiceError(failure) => {
@@ -657,11 +663,26 @@ where
         StoreError::Unavailable { operation, throttled, detail, source }
     } else if throttled || status == Some(429) || code_is(&THROTTLING_CODES) {
         StoreError::Unavailable { operation, throttled: true, detail, source }
-    } else if code_is(&MISCONFIGURED_CODES) {
+    } else if code_is(&MISCONFIGURED_CODES) || matches!(status, Some(401 | 403)) {
+        // 401/403 without a code the client could read: credentials or permissions, never the message's fault.
         StoreError::Misconfigured { operation, code: code.unwrap_or_default(), detail, source: Some(source) }
     } else {
         let code = code.unwrap_or_else(|| format!("HTTP {}", status.unwrap_or_default()));
         StoreError::Rejected { operation, code, detail, source: Some(source) }
+    }
+}
+
+/// The IAM action behind each store operation, for the line that says what AWS denied.
+fn iam_action(operation: &str) -> &'static str {
+    match operation {
+        "apply" | "compact_history" | "stats" | "extend_claim" | "complete_claim" => "dynamodb:UpdateItem",
+        "create_shipment" | "claim" => "dynamodb:PutItem",
+        "release_claim" => "dynamodb:DeleteItem",
+        "recent" | "list" => "dynamodb:Query",
+        "check" => "dynamodb:DescribeTable",
+        // Authorised per item as dynamodb:UpdateItem / dynamodb:PutItem.
+        "transact_write" => "dynamodb:TransactWriteItems",
+        _ => "dynamodb:BatchGetItem",
     }
 }
 
@@ -891,7 +912,7 @@ mod tests {
         let service = |status: u16, code: &str| {
             let error = UpdateItemError::generic(ErrorMetadata::builder().code(code).message("m").build());
             let status = StatusCode::try_from(status).unwrap_or_else(|e| panic!("{e}"));
-            classify("apply", SdkError::service_error(error, Response::new(status, SdkBody::empty())))
+            classify("apply", "orders", SdkError::service_error(error, Response::new(status, SdkBody::empty())))
         };
         for (status, code) in
             [(400, "ThrottlingException"), (400, "ProvisionedThroughputExceededException"), (429, "X")]
@@ -909,9 +930,9 @@ mod tests {
             assert!(matches!(service(400, code), StoreError::Rejected { .. }), "{code}");
         }
         let timeout: SdkError<UpdateItemError, Response> = SdkError::timeout_error("slow");
-        assert!(matches!(classify("apply", timeout), StoreError::Unavailable { .. }));
+        assert!(matches!(classify("apply", "orders", timeout), StoreError::Unavailable { .. }));
         let unbuildable: SdkError<UpdateItemError, Response> = SdkError::construction_failure("bad input");
-        assert!(matches!(classify("apply", unbuildable), StoreError::Rejected { .. }));
+        assert!(matches!(classify("apply", "orders", unbuildable), StoreError::Rejected { .. }));
     }
 
     #[test]

@@ -124,7 +124,7 @@ impl DynamoIdempotency {
                     None => Ok(Claim::InProgress { lease_left: lease }),
                 }
             }
-            Err(e) => Err(classify("claim", e)),
+            Err(e) => Err(classify("claim", &self.table, e)),
         };
         count("claim", claim.as_ref().map_or_else(StoreError::kind, claim_label), started);
         claim
@@ -157,7 +157,7 @@ impl DynamoIdempotency {
         let result = match request.send().await {
             Ok(_) => Ok(true),
             Err(SdkError::ServiceError(failure)) if failure.err().is_conditional_check_failed_exception() => Ok(false),
-            Err(e) => Err(classify(operation, e)),
+            Err(e) => Err(classify(operation, &self.table, e)),
         };
         count(
             operation,
@@ -225,7 +225,7 @@ impl IdempotencyStore for DynamoIdempotency {
             let result = match result {
                 // Not held any more: nothing to give up.
                 Err(SdkError::ServiceError(failure)) if failure.err().is_conditional_check_failed_exception() => Ok(()),
-                Err(e) => Err(classify("release_claim", e)),
+                Err(e) => Err(classify("release_claim", &self.table, e)),
                 Ok(_) => Ok(()),
             };
             count("release_claim", result.as_ref().map_or_else(StoreError::kind, |()| "ok"), started);

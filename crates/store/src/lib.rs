@@ -10,10 +10,12 @@
 //! - [`idempotency`]: claims for generic handlers whose effect lives outside DynamoDB (lease, fencing, TTL).
 //! - [`transact`]: the writes of one received batch as one `TransactWriteItems` (fewer store calls per message).
 //! - [`cursor`]: the opaque pagination cursor.
+//! - [`denied`]: [`AccessDenied`], AWS refusing the caller's permissions, said the same way by every crate.
 //!
 //! The item layout and every access pattern are described in `docs/data-model.md`.
 
 pub mod cursor;
+pub mod denied;
 pub mod dynamo;
 pub mod error;
 pub mod idempotency;
@@ -26,6 +28,7 @@ pub mod transact;
 use std::future::Future;
 use std::pin::Pin;
 
+pub use denied::AccessDenied;
 pub use error::StoreError;
 pub use model::{Applied, AppliedVersion, ChangeMeta, OrderRecord, OrderView, Page, RoleStats, Shipment};
 pub use orders::{OrderReads, OrderWrites, StatsWrites};

@@ -247,7 +247,7 @@ async fn transact(orders: &DynamoOrders, jobs: Vec<Job>) -> Round {
             }
         }
         Err(error) => {
-            let error = classify("transact_write", error);
+            let error = classify("transact_write", orders.table(), error);
             count("transact_write", error.kind(), started);
             if matches!(error, StoreError::Rejected { .. }) {
                 // Refused as a whole, so one write is at fault and nobody can say which: each goes alone.

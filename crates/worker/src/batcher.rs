@@ -266,7 +266,11 @@ fn outcome(
         }
         Err(e) => {
             // Counted in `pedidos_worker_sqs_errors_total` by the queue adapter, with every other failed call.
-            tracing::warn!(error = %e, operation, entries = handles.len(), "batch call failed");
+            if matches!(e, QueueError::Denied(_)) {
+                tracing::error!(error = %e, operation, entries = handles.len(), "batch call denied; an operator must fix the worker role's policy");
+            } else {
+                tracing::warn!(error = %e, operation, entries = handles.len(), "batch call failed");
+            }
             handles
                 .iter()
                 .map(|h| BatchFailure { receipt_handle: h.clone(), reason: e.to_string(), permanent: false })

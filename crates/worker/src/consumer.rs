@@ -227,7 +227,11 @@ impl Consumer {
                     drop(permits);
                     last_full_batch = 0;
                     let delay = backoff.next_delay();
-                    if this.health.failed(&this.health.sqs, &error, false) {
+                    if matches!(error, QueueError::Denied(_)) {
+                        // Not an outage: no waiting heals it, so it is said on every attempt.
+                        this.health.failed(&this.health.sqs, &error, true);
+                        tracing::error!(%error, retry_in = ?delay, "SQS receive denied; an operator must fix the worker role's policy");
+                    } else if this.health.failed(&this.health.sqs, &error, false) {
                         tracing::warn!(%error, "SQS receive failing; backing off until it answers");
                     } else {
                         tracing::debug!(%error, ?delay, "SQS receive still failing");

@@ -272,7 +272,10 @@ async fn discover_with_retry(
             Err(error @ QueueError::NotFound { .. }) => return Err(error.into()),
             Err(error) => {
                 let delay = backoff.next_delay();
-                if health.failed(&health.sqs, &error, false) {
+                if matches!(error, QueueError::Denied(_)) {
+                    health.failed(&health.sqs, &error, true);
+                    tracing::error!(%error, retry_in = ?delay, "SQS denied the queue's settings; an operator must fix the worker role's policy");
+                } else if health.failed(&health.sqs, &error, false) {
                     tracing::warn!(%error, "cannot read the queue's settings yet; retrying with backoff");
                 } else {
                     tracing::debug!(%error, retry_in = ?delay, "queue's settings still unreadable");

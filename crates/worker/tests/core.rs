@@ -431,6 +431,7 @@ async fn a_long_handler_keeps_its_lease_and_is_not_redelivered() {
 #[derive(Default)]
 struct Faults {
     hang_receives: bool,
+    denied_receives: bool,
     hang_extensions: bool,
     failing_extensions: AtomicUsize,
 }
@@ -453,6 +454,17 @@ impl MessageQueue for Faulty {
     fn receive(&self, max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<Received>, QueueError>> {
         if self.faults.hang_receives {
             return Box::pin(std::future::pending());
+        }
+        if self.faults.denied_receives {
+            return Box::pin(async {
+                Err(QueueError::Denied(store::AccessDenied {
+                    action: "sqs:ReceiveMessage".into(),
+                    resource: "queue memory://queue".into(),
+                    identity: "arn:aws:sts::123456789012:assumed-role/Worker/task".into(),
+                    code: "AccessDenied".into(),
+                    message: "not authorized".into(),
+                }))
+            });
         }
         self.inner.receive(max, wait)
     }
@@ -549,6 +561,27 @@ async fn an_sqs_outage_is_not_a_liveness_failure() {
     assert!(!health.ready());
     assert_eq!(health.report()["dependencies"]["sqs"]["state"], "failing");
     running.stop().await;
+}
+
+/// A receive AWS denies (the role lacks sqs:ReceiveMessage) is a misconfiguration: `/ready` says so at once, not
+/// after `HEALTH_FAILURE_SECONDS`, liveness stays green (replacing the task cannot fix a policy), and nothing is lost.
+#[tokio::test(start_paused = true)]
+async fn a_denied_receive_is_misconfigured_not_stalled() {
+    let queue = Arc::new(Faulty::new(Faults { denied_receives: true, ..Faults::default() }));
+    queue.inner.send(body(1, 1), &[]);
+    let running = Running::start(Arc::clone(&queue), process(&Arc::new(MemoryOrders::new())));
+    let health = Arc::clone(&running.health);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!health.ready(), "misconfigured at once");
+    assert_eq!(health.report()["dependencies"]["sqs"]["state"], "misconfigured");
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(health.liveness(), Liveness::Running);
+    }
+    let last = health.report()["dependencies"]["sqs"]["lastError"].as_str().map(str::to_owned).unwrap_or_default();
+    assert!(last.starts_with("AWS denied sqs:ReceiveMessage on queue memory://queue to arn:aws:sts::"), "{last}");
+    running.stop().await;
+    assert_eq!(queue.inner.len(), 1, "the message is still in the queue");
 }
 
 /// Under a backlog, with store writes served one at a time (as the test emulator serialises DynamoDB: the messages of

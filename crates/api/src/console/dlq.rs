@@ -32,6 +32,9 @@ pub enum Action {
 }
 
 fn unavailable(error: AdminError) -> ApiError {
+    if let AdminError::Denied(denied) = &error {
+        tracing::error!(error = %denied, "console DLQ: denied; the API role's policy lacks this action");
+    }
     ApiError::Unavailable(format!("console DLQ: {error}"))
 }
 

@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use aws_sdk_sqs::config::http::HttpResponse;
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use serde_json::{json, Value};
 use store::OrderReads;
@@ -163,12 +165,16 @@ impl Console {
         let mut queues = Vec::new();
         let mut pages = self.sns.list_subscriptions_by_topic().topic_arn(&topic_arn).into_paginator().send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| unavailable(aws_sdk_sns::error::DisplayErrorContext(e).to_string()))?;
+            let page = page.map_err(|e| {
+                unavailable(aws_failure(&e, "sns", "list_subscriptions_by_topic", &format!("topic {topic_arn}")))
+            })?;
             for sub in page.subscriptions.unwrap_or_default() {
                 if sub.protocol.as_deref() != Some("sqs") {
                     continue;
                 }
                 let Some((account, name)) = sub.endpoint.as_deref().and_then(arn_account_and_name) else { continue };
+                // Only the pipeline's queues: the API's role may not even read another subscriber's queue.
+                let Some(role) = platform::topology::queue_role(&name) else { continue };
                 let url = self.queue_url(&name, &account).await.map_err(unavailable)?;
                 let (dlq_name, dlq_url) = match self.dlq_of(&url).await.map_err(unavailable)? {
                     Some((account, name)) => {
@@ -177,7 +183,6 @@ impl Console {
                     }
                     None => (None, None),
                 };
-                let role = if platform::topology::is_logistics_queue(&name) { "logistics" } else { "process" };
                 queues.push(QueueRef { role, name, url, dlq_name, dlq_url });
             }
         }
@@ -192,7 +197,7 @@ impl Console {
             .queue_owner_aws_account_id(account)
             .send()
             .await
-            .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(e).to_string())?
+            .map_err(|e| aws_failure(&e, "sqs", "get_queue_url", &format!("queue {name}")))?
             .queue_url
             .ok_or_else(|| format!("no URL for queue {name}"))
     }
@@ -205,7 +210,7 @@ impl Console {
             .attribute_names(QueueAttributeName::RedrivePolicy)
             .send()
             .await
-            .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(e).to_string())?
+            .map_err(|e| aws_failure(&e, "sqs", "get_queue_attributes", &format!("queue {url}")))?
             .attributes
             .unwrap_or_default();
         let target = attributes
@@ -237,7 +242,8 @@ impl Console {
                 })
             }
             Err(error) => {
-                tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(error), url, "console: queue depth unavailable");
+                let error = aws_failure(&error, "sqs", "get_queue_attributes", &format!("queue {url}"));
+                tracing::warn!(%error, url, "console: queue depth unavailable");
                 json!({"error": "unavailable"})
             }
         }
@@ -352,6 +358,22 @@ impl Console {
             },
             "latest": latest,
         })
+    }
+}
+
+/// The text of a failed console call of `service` on `resource`; a denial is logged as the error it is (only a
+/// policy change heals it).
+fn aws_failure<E>(error: &SdkError<E, HttpResponse>, service: &str, operation: &str, resource: &str) -> String
+where
+    E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
+{
+    let action = platform::aws::iam_action(service, operation);
+    match platform::aws::AccessDenied::from_sdk(error, &action, resource) {
+        Some(denied) => {
+            tracing::error!(error = %denied, "console: denied; the API role's policy lacks this action");
+            denied.to_string()
+        }
+        None => aws_sdk_sqs::error::DisplayErrorContext(error).to_string(),
     }
 }
 

@@ -306,9 +306,14 @@ async fn publish(
             let reason = match err {
                 BusError::Unavailable(_) => "unavailable",
                 BusError::Rejected(_) => "rejected",
+                BusError::Denied(_) => "denied",
             };
             metrics::counter!("pedidos_api_publish_failures_total", "reason" => reason).increment(1);
-            tracing::warn!(pedido_id = %event.order.pedido_id, version = event.version, error = %err, "publish failed");
+            if matches!(err, BusError::Denied(_)) {
+                tracing::error!(pedido_id = %event.order.pedido_id, error = %err, "publish denied; the API role's policy lacks this action");
+            } else {
+                tracing::warn!(pedido_id = %event.order.pedido_id, version = event.version, error = %err, "publish failed");
+            }
             // A rejected publish (wrong ARN, missing permission) is still not the client's fault, and retrying may
             // work once operators fix it: 503, never a leak of the cause.
             Err(ApiError::OrderUnavailable { pedido_id: event.order.pedido_id, cause: err.to_string() })

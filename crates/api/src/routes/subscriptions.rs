@@ -107,11 +107,11 @@ pub async fn subscribe(
         None => request_from_body(&headers, &body)?,
     };
     let email = valid_email(&request.email)?;
-    if let Some(status) = state.bus.email_status(&email).await.map_err(|e| ApiError::Unavailable(e.to_string()))? {
+    if let Some(status) = state.bus.email_status(&email).await.map_err(ApiError::from)? {
         return Ok((StatusCode::OK, Json(EstadoSuscripcion { email, status: label(status), event_types: None })));
     }
     let event_types = request.event_types.as_deref();
-    state.bus.subscribe_email(&email, event_types).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    state.bus.subscribe_email(&email, event_types).await.map_err(ApiError::from)?;
     let names = event_types.map(|types| types.iter().map(|t| t.as_str()).collect::<Vec<_>>());
     tracing::info!(event_types = ?names, "email subscription requested");
     let answer = EstadoSuscripcion { email, status: label(SubscriptionStatus::Pendiente), event_types: names };
@@ -231,7 +231,7 @@ pub async fn status(
 ) -> Result<Json<EstadoSuscripcion>, ApiError> {
     let Path(email) = email?;
     let email = valid_email(&email)?;
-    match state.bus.email_status(&email).await.map_err(|e| ApiError::Unavailable(e.to_string()))? {
+    match state.bus.email_status(&email).await.map_err(ApiError::from)? {
         Some(status) => Ok(Json(EstadoSuscripcion { email, status: label(status), event_types: None })),
         None => Err(ApiError::NotFound("No Encontrado: no subscription for this email".into())),
     }

@@ -91,6 +91,9 @@ pub enum QueueError {
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
+    /// AWS refused the worker's role this call: an operator must fix the policy, no retry heals it.
+    #[error("{0}")]
+    Denied(store::AccessDenied),
     /// A poison message cannot be dead-lettered: the queue has no redrive policy.
     #[error("the queue has no DLQ")]
     NoDlq,

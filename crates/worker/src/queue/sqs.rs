@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aws_sdk_sqs::error::{DisplayErrorContext, SdkError};
+use aws_sdk_sqs::config::http::HttpResponse;
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message, MessageAttributeValue,
     MessageSystemAttributeName, QueueAttributeName,
@@ -24,14 +25,30 @@ fn count_error(operation: &'static str) {
     metrics::counter!("pedidos_worker_sqs_errors_total", "operation" => operation).increment(1);
 }
 
-fn call_error<E, R>(operation: &'static str) -> impl FnOnce(SdkError<E, R>) -> QueueError
+/// A failed call on `queue`: [`QueueError::Denied`] when AWS refused the permission, [`QueueError::Call`] otherwise.
+fn call_error<E>(operation: &'static str, queue: &str) -> impl FnOnce(SdkError<E, HttpResponse>) -> QueueError
 where
-    E: std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
+    E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
 {
+    let queue = queue.to_owned();
     move |e| {
         count_error(operation);
+        if let Some(denied) = store::AccessDenied::from_sdk(&e, iam_action(operation), &format!("queue {queue}")) {
+            return QueueError::Denied(denied);
+        }
         QueueError::Call { operation, detail: DisplayErrorContext(&e).to_string(), source: Some(Box::new(e)) }
+    }
+}
+
+/// The IAM action behind each counted operation (batch calls are authorised as their single action).
+fn iam_action(operation: &str) -> &'static str {
+    match operation {
+        "receive" => "sqs:ReceiveMessage",
+        "delete" => "sqs:DeleteMessage",
+        "change_visibility" => "sqs:ChangeMessageVisibility",
+        "send" => "sqs:SendMessage",
+        "get_queue_url" => "sqs:GetQueueUrl",
+        _ => "sqs:GetQueueAttributes",
     }
 }
 
@@ -61,7 +78,7 @@ pub async fn discover(client: &Client, queue: &str) -> Result<QueueSettings, Que
             Some(service) if service.is_queue_does_not_exist() => {
                 QueueError::NotFound { queue: queue.to_owned(), detail: DisplayErrorContext(&e).to_string() }
             }
-            _ => call_error("get_queue_attributes")(e),
+            _ => call_error("get_queue_attributes", &url)(e),
         })?
         .attributes
         .unwrap_or_default();
@@ -105,7 +122,7 @@ async fn queue_url(client: &Client, name: &str, account: Option<&str>) -> Result
             Some(service) if service.is_queue_does_not_exist() => {
                 QueueError::NotFound { queue: name.to_owned(), detail: DisplayErrorContext(&e).to_string() }
             }
-            _ => call_error("get_queue_url")(e),
+            _ => call_error("get_queue_url", name)(e),
         })?;
     output.queue_url.ok_or_else(|| QueueError::NotFound { queue: name.to_owned(), detail: "no URL returned".into() })
 }
@@ -138,7 +155,7 @@ impl SqsQueue {
             .message_attribute_names("All")
             .send()
             .await
-            .map_err(call_error("receive"))?;
+            .map_err(call_error("receive", &self.settings.url))?;
         Ok(out.messages.unwrap_or_default().into_iter().map(owned).collect())
     }
 
@@ -159,7 +176,7 @@ impl SqsQueue {
             .set_entries(Some(entries))
             .send()
             .await
-            .map_err(call_error("delete"))?;
+            .map_err(call_error("delete", &self.settings.url))?;
         Ok(failures(
             |i| handles.get(i),
             out.failed.into_iter().map(|f| (f.id, f.code, f.message.unwrap_or_default(), f.sender_fault)),
@@ -187,7 +204,7 @@ impl SqsQueue {
             .set_entries(Some(request))
             .send()
             .await
-            .map_err(call_error("change_visibility"))?;
+            .map_err(call_error("change_visibility", &self.settings.url))?;
         Ok(failures(
             |i| entries.get(i).map(|(handle, _)| handle),
             out.failed.into_iter().map(|f| (f.id, f.code, f.message.unwrap_or_default(), f.sender_fault)),
@@ -219,7 +236,7 @@ impl SqsQueue {
                 .message_deduplication_id(message.message_id.clone());
         }
         count("send");
-        request.send().await.map_err(call_error("send"))?;
+        request.send().await.map_err(call_error("send", dlq))?;
         Ok(())
     }
 
@@ -234,7 +251,7 @@ impl SqsQueue {
             .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
             .send()
             .await
-            .map_err(call_error("get_queue_attributes"))?;
+            .map_err(call_error("get_queue_attributes", &self.settings.url))?;
         let attributes = out.attributes.unwrap_or_default();
         // SQS always returns the attributes asked for; a missing or unreadable one would be a broken emulator, and a
         // wrong call error would hide the rest of the answer, so it reads as 0.
@@ -277,7 +294,7 @@ impl MessageQueue for SqsQueue {
                 .visibility_timeout(whole_seconds(timeout))
                 .send()
                 .await
-                .map_err(call_error("change_visibility"))?;
+                .map_err(call_error("change_visibility", &self.settings.url))?;
             Ok(())
         })
     }
