@@ -6,7 +6,10 @@
 use std::time::{Duration, Instant};
 
 use domain::{EventType, Payload};
-use e2e::{drain, envelope, eventually, free_port, http, sdk, topology, unique, Emulator, Service, Topology};
+use e2e::{
+    api_builder, drain, envelope, eventually, free_port, http, sdk, topology, unique, worker_builder, Emulator,
+    Service, Topology,
+};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -498,7 +501,7 @@ async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value, reqwest::
 }
 
 /// The real binary with `ADMIN_PORT` and `API_KEYS`: two listeners, admin routes only on the admin one, order writes
-/// only with a key, reads open, and neither credential in the log.
+/// and reads only with a key, and neither credential in the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_port_and_api_keys_on_the_real_binary() {
     let emulator = Emulator::start().await;
@@ -528,8 +531,10 @@ async fn admin_port_and_api_keys_on_the_real_binary() {
     let (status, answer, _) = send_json(right, &order, "req-key").await;
     assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
     let pedido = answer["pedidoId"].as_str().unwrap_or_default().to_owned();
-    // Reads need no key (404: no worker applied it here).
-    assert_eq!(get(&api, &format!("/api/pedidos/{pedido}")).await.0, StatusCode::NOT_FOUND);
+    // Reads need a key too (then 404: no worker applied it here).
+    assert_eq!(get(&api, &format!("/api/pedidos/{pedido}")).await.0, StatusCode::UNAUTHORIZED);
+    let keyed = http().get(format!("{}/api/pedidos/{pedido}", api.base_url())).header("x-api-key", key);
+    assert_eq!(send(keyed).await.0, StatusCode::NOT_FOUND);
 
     // The main port has no admin route, even for the right token; the admin port has nothing else.
     for path in ["/console/login", "/console/api/session", "/api/suscripcion/estado/x@example.com"] {
@@ -553,6 +558,93 @@ async fn admin_port_and_api_keys_on_the_real_binary() {
     let log = api.log_text();
     assert!(log.contains("pedidos-api listening") && log.contains(&admin_port.to_string()), "{log}");
     assert!(!log.contains(key) && !log.contains(ADMIN_TOKEN), "a credential reached the log:\n{log}");
+}
+
+/// Two API clients on the real API and process worker, replaying the attacks of issue 17: client B cannot read,
+/// list, update, re-price, freeze (a huge version) or move (another `clienteId`) client A's order; each of those is
+/// a 404 exactly like an unknown order, and A's order stays as A left it. A's own update without `fecha` keeps the
+/// date, a version jump past the step is a 422, and the operator reads the order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_cannot_reach_each_others_orders() {
+    let emulator = Emulator::start().await;
+    let topo = topology(&emulator, &unique("owners")).await;
+    let (key_a, key_b) = ("key-of-shop-a-0123456789", "key-of-shop-b-0123456789");
+    let mut api = api_builder(&emulator.endpoints(), &topo)
+        .env("API_KEYS", format!("shop-a:{key_a},shop-b:{key_b}"))
+        .env("ADMIN_TOKEN", ADMIN_TOKEN)
+        .spawn();
+    let mut worker = worker_builder(&emulator.endpoints(), &topo, 0).spawn();
+    api.wait_healthy(HEALTHY).await;
+    worker.wait_healthy(HEALTHY).await;
+    let call = |method: reqwest::Method, path: &str, key: &str| {
+        http().request(method, format!("{}{path}", api.base_url())).header("x-api-key", key.to_owned())
+    };
+    let fecha = "2026-11-21T10:30:00-03:00";
+    let order = json!({"clienteId": CLIENTE, "total": "12.50", "fecha": fecha}).to_string();
+    let (status, answer, _) = send_json(call(reqwest::Method::POST, "/api/pedidos", key_a), &order, "req-a1").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let pedido = answer["pedidoId"].as_str().unwrap_or_default().to_owned();
+    let path = format!("/api/pedidos/{pedido}");
+    let applied = eventually(Duration::from_secs(30), Duration::from_millis(200), || async {
+        let (status, body, _) = send(call(reqwest::Method::GET, &path, key_a)).await;
+        (status == StatusCode::OK).then_some(body)
+    })
+    .await;
+    assert_eq!(applied["total"].to_string(), "12.50");
+
+    let unknown = format!("/api/pedidos/{}", uuid::Uuid::new_v4());
+    let (_, absent, _) = send(call(reqwest::Method::GET, &unknown, key_b)).await;
+    let shape = |body: &Value, path: &str| {
+        let id = path.rsplit('/').next().unwrap_or_default();
+        (body["status"].clone(), body["detail"].as_str().unwrap_or_default().replace(id, "<id>"))
+    };
+    let (status, hidden, _) = send(call(reqwest::Method::GET, &path, key_b)).await;
+    assert_eq!((status, shape(&hidden, &path)), (StatusCode::NOT_FOUND, shape(&absent, &unknown)));
+    let other_customer = uuid::Uuid::new_v4().to_string();
+    for (body, what) in [
+        (json!({"clienteId": CLIENTE, "total": "0.01", "version": 2}), "re-price"),
+        (json!({"clienteId": CLIENTE, "total": "12.50", "version": 1_000_000}), "freeze"),
+        (json!({"clienteId": other_customer, "total": "12.50", "version": 2}), "move"),
+    ] {
+        let (status, problem, _) = send_json(call(reqwest::Method::PUT, &path, key_b), &body.to_string(), what).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "B's {what}: {problem}");
+    }
+    let listing = format!("/api/clientes/{CLIENTE}/pedidos");
+    let (_, b_list, _) = send(call(reqwest::Method::GET, &listing, key_b)).await;
+    assert_eq!(b_list["pedidos"], json!([]), "B lists none of A's orders");
+    let (_, a_list, _) = send(call(reqwest::Method::GET, &listing, key_a)).await;
+    assert_eq!(a_list["pedidos"][0]["pedidoId"], json!(pedido));
+
+    let (status, problem, _) = send_json(
+        call(reqwest::Method::PUT, &path, key_a),
+        &json!({"clienteId": CLIENTE, "total": "12.50", "version": 1_000_000}).to_string(),
+        "req-a-jump",
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert!(problem["errors"]["version"].is_array(), "{problem}");
+    let (status, problem, _) = send_json(
+        call(reqwest::Method::PUT, &path, key_a),
+        &json!({"clienteId": other_customer, "total": "12.50", "version": 2}).to_string(),
+        "req-a-move",
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert!(problem["errors"]["clienteId"].is_array(), "{problem}");
+    let update = json!({"clienteId": CLIENTE, "total": "13.00", "version": 2}).to_string();
+    let (status, answer, _) = send_json(call(reqwest::Method::PUT, &path, key_a), &update, "req-a2").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let updated = eventually(Duration::from_secs(30), Duration::from_millis(200), || async {
+        let (_, body, _) = send(call(reqwest::Method::GET, &path, key_a)).await;
+        (body["version"] == json!(2)).then_some(body)
+    })
+    .await;
+    assert_eq!((updated["total"].to_string(), updated["fecha"].clone()), ("13.00".into(), json!(fecha)), "{updated}");
+    let operator =
+        http().get(format!("{}{path}", api.base_url())).header("authorization", format!("Bearer {ADMIN_TOKEN}"));
+    assert_eq!(send(operator).await.0, StatusCode::OK);
+    let log = worker.log_text();
+    assert!(!log.contains("owner_mismatch"), "nothing of B's reached the worker:\n{log}");
 }
 
 // ---------------------------------------------------------------------------------------------------------------

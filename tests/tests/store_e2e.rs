@@ -159,7 +159,7 @@ async fn a_customer_pages_through_orders_newest_first() {
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
     for _ in 0..5 {
-        let page = orders.list_by_cliente(cliente, 2, cursor.as_deref()).await;
+        let page = orders.list_by_cliente(cliente, None, 2, cursor.as_deref()).await;
         let Ok(page) = page else { panic!("list failed: {:?}", page.err()) };
         seen.extend(page.orders.iter().map(|o| o.pedido_id));
         cursor = page.next_cursor;
@@ -169,7 +169,7 @@ async fn a_customer_pages_through_orders_newest_first() {
     }
     let newest_first: Vec<Uuid> = ids.iter().rev().copied().collect();
     assert_eq!(seen, newest_first);
-    assert!(matches!(orders.list_by_cliente(cliente, 2, Some("zz")).await, Err(StoreError::BadCursor)));
+    assert!(matches!(orders.list_by_cliente(cliente, None, 2, Some("zz")).await, Err(StoreError::BadCursor)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,8 +271,9 @@ async fn the_largest_order_item_stays_far_below_the_limit() {
         cantidad: u32::MAX,
         precio_unitario: Decimal::new(99_999_999_999, 2),
     };
+    let cliente = Uuid::new_v4();
     for version in 1..=u64::try_from(HISTORY_MAX).unwrap_or(40) + 1 {
-        let mut largest = event(pedido, Uuid::new_v4(), version, 1);
+        let mut largest = event(pedido, cliente, version, 1);
         largest.order.total = Decimal::new(99_999_999_999, 2);
         largest.order.items = Some((0..500).map(line).collect());
         let applied = orders.apply(&largest, &meta(&format!("{version:0>128}"))).await;
@@ -323,6 +324,7 @@ async fn refusals_are_classified_rejected_or_misconfigured() {
 
 /// Version 2 of `pedido` with 500 lines of long product ids: about 50 KB of items.
 fn big_update(pedido: Uuid) -> OrderEvent {
+    // Customer 7, as `oversized_order` creates it: an update never changes the customer.
     let mut update = event(pedido, Uuid::from_u128(7), 2, 1);
     let line = |n: usize| Item { producto_id: format!("{n:064}"), cantidad: 1, precio_unitario: Decimal::new(1, 2) };
     update.order.items = Some((0..500).map(line).collect());
@@ -332,7 +334,7 @@ fn big_update(pedido: Uuid) -> OrderEvent {
 /// A stored order padded (by hand) to 370 KB: it still fits, the next version's 50 KB of items cannot.
 async fn oversized_order(orders: &DynamoOrders, client: &aws_sdk_dynamodb::Client) -> Uuid {
     let pedido = Uuid::new_v4();
-    assert_eq!(orders.apply(&event(pedido, Uuid::new_v4(), 1, 1), &meta("x")).await.ok(), Some(Applied::Applied));
+    assert_eq!(orders.apply(&event(pedido, Uuid::from_u128(7), 1, 1), &meta("x")).await.ok(), Some(Applied::Applied));
     client
         .update_item()
         .table_name(orders.table())
@@ -373,4 +375,55 @@ async fn batched_writes_isolate_the_write_dynamodb_refuses() {
     for id in &bad {
         assert!(matches!(verdicts[id], Err(StoreError::Rejected { .. })), "{id}: {:?}", verdicts[id]);
     }
+}
+
+/// An order keeps its customer and its owner whatever a newer version says, on both write paths: the conditional
+/// write refuses a version that changes `clienteId` or comes from another API client, the verdict names why, and
+/// the stored order is untouched. The owner is what the customer listing filters on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_keeps_its_customer_and_its_owner() {
+    let (_emulator, orders, _) = setup().await;
+    let batched = BatchedWrites::spawn(orders.clone());
+    let cliente = Uuid::new_v4();
+    let by = |event: OrderEvent, client: &str| event.by_client(Some(client.to_owned()));
+    for (path, id) in [("single", Uuid::new_v4()), ("batched", Uuid::new_v4())] {
+        let apply = |event: OrderEvent| {
+            let (orders, batched) = (orders.clone(), &batched);
+            async move {
+                let verdict = if path == "single" {
+                    orders.apply(&event, &meta("own")).await
+                } else {
+                    batched.apply(&event, &meta("own")).await
+                };
+                verdict.unwrap_or_else(|e| panic!("{path}: {e}"))
+            }
+        };
+        assert_eq!(apply(by(event(id, cliente, 1, 1), "shop-a")).await, Applied::Applied, "{path}");
+        let refused = |verdict: Applied| match verdict {
+            Applied::Refused { reason, detail } => (reason, detail),
+            other => panic!("{path}: expected a refusal, got {other:?}"),
+        };
+        let (reason, detail) = refused(apply(by(event(id, cliente, 2, 1), "shop-b")).await);
+        assert_eq!(reason, "owner_mismatch", "{path}");
+        assert!(detail.contains("shop-b") && detail.contains("shop-a"), "{path}: {detail}");
+        let (reason, _) = refused(apply(by(event(id, Uuid::new_v4(), 2, 1), "shop-a")).await);
+        assert_eq!(reason, "cliente_changed", "{path}");
+        let (reason, _) = refused(apply(event(id, cliente, 2, 1)).await);
+        assert_eq!(reason, "owner_mismatch", "{path}: a version without a client cannot touch an owned order");
+        let Ok(Some(view)) = orders.get(id).await else { panic!("{path}: order {id} must be readable") };
+        assert_eq!((view.order.version, view.order.client.as_deref()), (1, Some("shop-a")), "{path}");
+        assert_eq!(apply(by(event(id, cliente, 2, 1), "shop-a")).await, Applied::Applied, "{path}: the owner may");
+    }
+    let _ = orders.apply(&by(event(Uuid::new_v4(), cliente, 1, 2), "shop-b"), &meta("b")).await;
+    let listed = |owner: Option<&'static str>| {
+        let orders = orders.clone();
+        async move {
+            let page = orders.list_by_cliente(cliente, owner, 10, None).await;
+            let Ok(page) = page else { panic!("list failed: {:?}", page.err()) };
+            page.orders.iter().map(|o| o.client.clone().unwrap_or_default()).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed(Some("shop-a")).await, ["shop-a", "shop-a"]);
+    assert_eq!(listed(Some("shop-b")).await, ["shop-b"]);
+    assert_eq!(listed(None).await.len(), 3);
 }

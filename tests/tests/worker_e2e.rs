@@ -61,7 +61,8 @@ async fn wait_outcome(service: &Service, name: &str, at_least: f64) -> f64 {
 fn order(pedido_id: Uuid) -> OrderState {
     OrderState {
         pedido_id,
-        cliente_id: Uuid::new_v4(),
+        // One customer for every version of an order: a version that changes it is refused (`cliente_changed`).
+        cliente_id: Uuid::from_u128(pedido_id.as_u128() ^ 1),
         fecha: Utc::now().fixed_offset(),
         total: Decimal::new(5998, 2),
         items: None,
@@ -157,10 +158,11 @@ async fn orders_fan_out_to_both_workers_once() {
     let logistics = start_worker(&emulator, &topo, LOGISTICS, &[]).await;
     let client = http();
     let mut posted = Vec::new();
+    let cliente = Uuid::new_v4();
     for _ in 0..6 {
         let response = client
             .post(format!("{}/api/pedidos", api.base_url()))
-            .json(&serde_json::json!({"clienteId": Uuid::new_v4(), "total": "10.00"}))
+            .json(&serde_json::json!({"clienteId": cliente, "total": "10.00"}))
             .send()
             .await
             .unwrap_or_else(|e| panic!("POST: {e}"));
@@ -186,7 +188,7 @@ async fn orders_fan_out_to_both_workers_once() {
     let (updated, _) = posted[0].clone();
     let response = client
         .put(format!("{}/api/pedidos/{updated}", api.base_url()))
-        .json(&serde_json::json!({"clienteId": Uuid::new_v4(), "total": "12.50", "version": 2}))
+        .json(&serde_json::json!({"clienteId": cliente, "total": "12.50", "version": 2}))
         .send()
         .await
         .unwrap_or_else(|e| panic!("PUT: {e}"));

@@ -51,12 +51,14 @@ pub fn from_headers(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
-/// The `pedidoId` that `key` stands for. Keys are scoped to the client (its API key, when keys are configured) and to
-/// the customer (`clienteId`), so two clients that happen to pick the same key get different orders.
-pub fn pedido_id(client: Option<&[u8; 32]>, cliente_id: Uuid, key: &str) -> Uuid {
+/// The `pedidoId` that `key` stands for. Keys are scoped to the API client (its name, when keys are configured; so a
+/// rotated key keeps its orders) and to the customer (`clienteId`), so two clients that happen to pick the same key
+/// get different orders.
+pub fn pedido_id(client: Option<&str>, cliente_id: Uuid, key: &str) -> Uuid {
     let mut hash = Sha256::new();
-    hash.update(b"pedidos-api idempotency-key v1\0");
-    hash.update(client.map_or(&[0_u8; 32][..], |c| &c[..]));
+    hash.update(b"pedidos-api idempotency-key v2\0");
+    hash.update(client.unwrap_or_default().as_bytes());
+    hash.update(b"\0");
     hash.update(cliente_id.as_bytes());
     hash.update(key.as_bytes());
     let digest: [u8; 32] = hash.finalize().into();
@@ -111,7 +113,7 @@ mod tests {
         assert_eq!(a.get_version_num(), 8);
         assert_ne!(a, pedido_id(None, cliente, "k-2"));
         assert_ne!(a, pedido_id(None, Uuid::from_u128(8), "k-1"));
-        assert_ne!(a, pedido_id(Some(&[1; 32]), cliente, "k-1"));
-        assert_ne!(pedido_id(Some(&[1; 32]), cliente, "k-1"), pedido_id(Some(&[2; 32]), cliente, "k-1"));
+        assert_ne!(a, pedido_id(Some("a"), cliente, "k-1"));
+        assert_ne!(pedido_id(Some("a"), cliente, "k-1"), pedido_id(Some("b"), cliente, "k-1"));
     }
 }

@@ -16,7 +16,9 @@ use axum::Router;
 use chrono::{DateTime, TimeZone, Utc};
 use domain::{EventType, Item, OrderEvent, OrderState};
 use pedidos_api::admin::AdminToken;
+use pedidos_api::api_keys::ApiKeys;
 use pedidos_api::bus::{BoxFuture, BusError, EventBus, SubscriptionStatus};
+use pedidos_api::routes::orders::MAX_VERSION_STEP;
 use pedidos_api::{router, AppState};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
@@ -181,6 +183,25 @@ impl App {
 
     fn accepting() -> Self {
         Self::new(FakeBus::new(PublishMode::Accept))
+    }
+
+    /// An app with the API keys of two clients, [`SHOP_A`] and [`SHOP_B`].
+    fn with_two_clients() -> Self {
+        let store = Arc::new(MemoryOrders::new());
+        let bus = Arc::new(FakeBus::new(PublishMode::Accept));
+        let keys = format!("{SHOP_A}:{KEY_A},{SHOP_B}:{KEY_B}");
+        let keys = ApiKeys::parse("API_KEYS", &keys).unwrap_or_else(|e| panic!("{e}"));
+        let state = AppState::new(bus.clone(), store.clone()).with_admin(&admin_token()).with_api_keys(keys);
+        Self { router: router(state), bus, store }
+    }
+
+    /// `method uri` (with a JSON body when given) carrying `key`.
+    async fn as_client(&self, key: &str, method: Method, uri: &str, body: Option<&Value>) -> Reply {
+        let content = body.map(|_| "application/json");
+        let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
+        let mut req = request(method, uri, content, body);
+        req.headers_mut().insert("x-api-key", key.parse().unwrap_or_else(|e| panic!("{e}")));
+        self.send(req).await
     }
 
     async fn send(&self, request: Request<Body>) -> Reply {
@@ -1136,6 +1157,7 @@ impl OrderReads for CorruptReads {
     fn list_by_cliente<'a>(
         &'a self,
         _: Uuid,
+        _: Option<&'a str>,
         _: u32,
         _: Option<&'a str>,
     ) -> store::BoxFuture<'a, Result<Page, StoreError>> {
@@ -1276,15 +1298,38 @@ async fn put_of_an_applied_version_with_other_content_or_an_older_version_is_409
     assert_eq!(published[1].event.order.fecha, day(21), "an update without fecha keeps the order's date");
 }
 
-/// Versions are bounded by `domain::MAX_VERSION`: one above is a 422 on `version`, the bound itself is published.
+/// Versions are bounded by `domain::MAX_VERSION` (one above is a 422 on `version`) and by the step: a PUT goes at
+/// most `MAX_VERSION_STEP` above the stored version (above 1 for an order not stored yet), so no write can freeze an
+/// order by using up its version space.
 #[tokio::test]
-async fn put_version_above_the_bound_is_422() {
+async fn put_version_above_the_bound_or_the_step_is_422() {
     let app = App::accepting();
     let uri = format!("/api/pedidos/{PEDIDO}");
     let messages = app.put_json(&uri, &update(json!(domain::MAX_VERSION + 1))).await.field_errors("version");
     assert!(messages.iter().any(|m| m.contains("1000000")), "{messages:?}");
+    let step = MAX_VERSION_STEP;
+    let messages = app.put_json(&uri, &update(json!(step + 2))).await.field_errors("version");
+    assert!(messages.iter().any(|m| m.contains(&format!("at most {}", step + 1))), "{messages:?}");
     assert!(app.published().is_empty());
-    assert_eq!(app.put_json(&uri, &update(json!(domain::MAX_VERSION))).await.status, StatusCode::ACCEPTED);
+    assert_eq!(app.put_json(&uri, &update(json!(step + 1))).await.status, StatusCode::ACCEPTED);
+
+    app.apply(&OrderEvent::created(state(pedido(), CLIENTE, "10.00", None), Utc::now()), None).await;
+    app.apply(&OrderEvent::updated(state(pedido(), CLIENTE, "11.00", None), 7, Utc::now()), None).await;
+    let messages = app.put_json(&uri, &update(json!(7 + step + 1))).await.field_errors("version");
+    assert!(messages.iter().any(|m| m.contains("stored version 7")), "{messages:?}");
+    assert_eq!(app.put_json(&uri, &update(json!(7 + step))).await.status, StatusCode::ACCEPTED);
+    assert_eq!(app.published().len(), 2);
+}
+
+/// A PUT cannot move an order to another customer: a different `clienteId` is a 422 naming the field.
+#[tokio::test]
+async fn put_cannot_change_the_customer() {
+    let app = App::accepting();
+    app.apply(&OrderEvent::created(state(pedido(), CLIENTE, "10.00", None), Utc::now()), None).await;
+    let other = json!({"clienteId": Uuid::new_v4(), "total": "64.50", "version": 2});
+    let messages = app.put_json(&format!("/api/pedidos/{PEDIDO}"), &other).await.field_errors("clienteId");
+    assert!(messages.iter().any(|m| m.contains("cannot change")), "{messages:?}");
+    assert!(app.published().is_empty());
 }
 
 /// A PUT while the store is unreachable is a 503: the version cannot be checked, so nothing is published.
@@ -1539,7 +1584,7 @@ async fn request_schemas_accept_what_the_api_accepts_and_no_more() {
         assert_eq!(valid("CrearPedido", body), accepted, "POST {body}: API accepted = {accepted}");
     }
     for (version, accepted) in
-        [(json!(2), true), (json!(1_000_000), true), (json!(1), false), (json!(1_000_001), false)]
+        [(json!(2), true), (json!(MAX_VERSION_STEP + 1), true), (json!(1), false), (json!(1_000_001), false)]
     {
         let body = update(version);
         assert_eq!(valid("ActualizarPedido", &body), accepted, "PUT {body}");
@@ -1564,4 +1609,113 @@ async fn request_schemas_accept_what_the_api_accepts_and_no_more() {
         let reply = app.admin_post_json("/api/suscripcion", &body).await;
         assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {}", reply.text());
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Client identity: with API keys, every order has an owner
+
+const SHOP_A: &str = "shop-a";
+const SHOP_B: &str = "shop-b";
+const KEY_A: &str = "key-of-client-a-000000001";
+const KEY_B: &str = "key-of-client-b-000000001";
+
+/// An order of `client` for customer [`CLIENTE`], as the process worker stores it.
+async fn owned(app: &App, client: &str, pedido_id: Uuid) {
+    let event = OrderEvent::created(state(pedido_id, CLIENTE, "10.00", None), Utc::now());
+    app.apply(&event.by_client(Some(client.to_owned())), None).await;
+}
+
+/// A client reads, lists and updates only its own orders. Another client's order answers exactly as an order that
+/// does not exist (404, same detail), so ids leak nothing; an operator reads every order; no key is a 401.
+#[tokio::test]
+async fn a_client_reaches_only_its_own_orders() {
+    let app = App::with_two_clients();
+    let mine = pedido();
+    let theirs = Uuid::new_v4();
+    owned(&app, SHOP_A, mine).await;
+    owned(&app, SHOP_B, theirs).await;
+    let uri = format!("/api/pedidos/{mine}");
+
+    let read = app.as_client(KEY_A, Method::GET, &uri, None).await;
+    assert_eq!(read.status, StatusCode::OK, "{}", read.text());
+    let hidden = app.as_client(KEY_B, Method::GET, &uri, None).await.problem(StatusCode::NOT_FOUND);
+    let absent_id = Uuid::new_v4();
+    let absent = app
+        .as_client(KEY_B, Method::GET, &format!("/api/pedidos/{absent_id}"), None)
+        .await
+        .problem(StatusCode::NOT_FOUND);
+    let detail = |v: &Value, id: Uuid| v["detail"].as_str().unwrap_or_default().replace(&id.to_string(), "<id>");
+    assert_eq!(detail(&hidden, mine), detail(&absent, absent_id), "another's order looks absent");
+
+    let foreign_update = app.as_client(KEY_B, Method::PUT, &uri, Some(&update(json!(2)))).await;
+    let updated_absent =
+        app.as_client(KEY_B, Method::PUT, &format!("/api/pedidos/{absent_id}"), Some(&update(json!(2)))).await;
+    assert_eq!(
+        detail(&foreign_update.problem(StatusCode::NOT_FOUND), mine),
+        detail(&updated_absent.problem(StatusCode::NOT_FOUND), absent_id)
+    );
+    assert!(app.published().is_empty(), "nothing published for another's order");
+    let own_update = app.as_client(KEY_A, Method::PUT, &uri, Some(&update(json!(2)))).await;
+    assert_eq!(own_update.status, StatusCode::ACCEPTED, "{}", own_update.text());
+    assert_eq!(app.published()[0].event.client.as_deref(), Some(SHOP_A), "the event names its client");
+
+    let listing = format!("/api/clientes/{CLIENTE}/pedidos");
+    let ids = |reply: Reply| -> Vec<String> {
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        let body = reply.json();
+        body["pedidos"].as_array().map_or_else(Vec::new, |p| {
+            p.iter().map(|o| o["pedidoId"].as_str().unwrap_or_default().to_owned()).collect()
+        })
+    };
+    assert_eq!(ids(app.as_client(KEY_A, Method::GET, &listing, None).await), [mine.to_string()]);
+    assert_eq!(ids(app.as_client(KEY_B, Method::GET, &listing, None).await), [theirs.to_string()]);
+    let mut everything = ids(app.admin_get(&listing).await);
+    everything.sort();
+    let mut both = vec![mine.to_string(), theirs.to_string()];
+    both.sort();
+    assert_eq!(everything, both, "an operator lists every client's orders");
+    assert_eq!(app.admin_get(&uri).await.status, StatusCode::OK, "an operator reads every order");
+
+    for (method, path) in [(Method::GET, uri.clone()), (Method::GET, listing.clone()), (Method::PUT, uri.clone())] {
+        let body = (method == Method::PUT).then(|| update(json!(3)));
+        let content = body.as_ref().map(|_| "application/json");
+        let req = request(method.clone(), &path, content, body.map_or_else(Body::empty, |b| Body::from(b.to_string())));
+        app.send(req).await.problem(StatusCode::UNAUTHORIZED);
+    }
+}
+
+/// With keys on, a PUT of an order not stored yet is a 404: its owner is not known, and the first updater must not
+/// become it.
+#[tokio::test]
+async fn with_keys_an_unstored_order_cannot_be_updated() {
+    let app = App::with_two_clients();
+    let reply = app.as_client(KEY_A, Method::PUT, &format!("/api/pedidos/{PEDIDO}"), Some(&update(json!(2)))).await;
+    let body = reply.problem(StatusCode::NOT_FOUND);
+    assert!(body["detail"].as_str().is_some_and(|d| d.contains("once the process worker has applied it")), "{body}");
+    assert!(app.published().is_empty());
+}
+
+/// A client cannot create an order under another client's `pedidoId` (409, saying nothing about the order); its own
+/// retry is answered as before. The same `Idempotency-Key` from two clients names two orders.
+#[tokio::test]
+async fn pedido_ids_and_idempotency_keys_belong_to_a_client() {
+    let app = App::with_two_clients();
+    owned(&app, SHOP_A, pedido()).await;
+    let body = json!({"clienteId": CLIENTE, "total": "10.00", "pedidoId": PEDIDO, "fecha": day(21)});
+    let taken = app.as_client(KEY_B, Method::POST, "/api/pedidos", Some(&body)).await.problem(StatusCode::CONFLICT);
+    assert!(taken["detail"].as_str().is_some_and(|d| d.contains("is taken") && !d.contains("10.00")), "{taken}");
+    assert!(app.published().is_empty());
+    let retry = app.as_client(KEY_A, Method::POST, "/api/pedidos", Some(&body)).await;
+    assert_eq!(retry.status, StatusCode::ACCEPTED, "{}", retry.text());
+
+    let mut ids = Vec::new();
+    for key in [KEY_A, KEY_B] {
+        let mut req = request(Method::POST, "/api/pedidos", Some("application/json"), Body::from(order().to_string()));
+        req.headers_mut().insert("x-api-key", key.parse().unwrap_or_else(|e| panic!("{e}")));
+        req.headers_mut().insert("idempotency-key", "checkout-42".parse().unwrap_or_else(|e| panic!("{e}")));
+        let reply = app.send(req).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text());
+        ids.push(reply.json()["pedidoId"].clone());
+    }
+    assert_ne!(ids[0], ids[1], "one key, two clients, two orders");
 }

@@ -68,7 +68,7 @@ pub struct OrderState {
     pub items: Option<Vec<Item>>,
 }
 
-/// The wire event: `{"type","version","occurredAt","pedidoId","clienteId","fecha","total","items"?}`.
+/// The wire event: `{"type","version","occurredAt","pedidoId","clienteId","fecha","total","items"?,"clienteApi"?}`.
 ///
 /// Unknown fields are ignored when decoding so that producers can add fields without breaking older consumers.
 /// (De)serialised through a flat mirror struct: `#[serde(flatten)]` would buffer numbers and lose their exact text.
@@ -80,6 +80,9 @@ pub struct OrderEvent {
     pub version: u64,
     pub occurred_at: DateTime<Utc>,
     pub order: OrderState,
+    /// The API client (the name its API key is configured under) that sent this change; `None` when the API runs
+    /// without keys or for legacy producers. Stored with the order as its owner: only the owner may change it.
+    pub client: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -96,6 +99,8 @@ struct WireEvent {
     total: Decimal,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     items: Option<Vec<Item>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cliente_api: Option<String>,
 }
 
 impl From<OrderEvent> for WireEvent {
@@ -110,6 +115,7 @@ impl From<OrderEvent> for WireEvent {
             fecha,
             total,
             items,
+            cliente_api: e.client,
         }
     }
 }
@@ -127,6 +133,7 @@ impl From<WireEvent> for OrderEvent {
                 total: w.total,
                 items: w.items,
             },
+            client: w.cliente_api,
         }
     }
 }
@@ -134,12 +141,19 @@ impl From<WireEvent> for OrderEvent {
 impl OrderEvent {
     /// A `PedidoCreado` (version 1) for a new order.
     pub fn created(order: OrderState, occurred_at: DateTime<Utc>) -> Self {
-        Self { event_type: EventType::PedidoCreado, version: 1, occurred_at, order }
+        Self { event_type: EventType::PedidoCreado, version: 1, occurred_at, order, client: None }
     }
 
     /// A `PedidoActualizado` carrying the full new state at `version`.
     pub fn updated(order: OrderState, version: u64, occurred_at: DateTime<Utc>) -> Self {
-        Self { event_type: EventType::PedidoActualizado, version, occurred_at, order }
+        Self { event_type: EventType::PedidoActualizado, version, occurred_at, order, client: None }
+    }
+
+    /// The same event, sent by the API client `client` (its owner; see [`OrderEvent::client`]).
+    #[must_use]
+    pub fn by_client(mut self, client: Option<String>) -> Self {
+        self.client = client;
+        self
     }
 
     pub fn dedup_key(&self) -> DedupKey {

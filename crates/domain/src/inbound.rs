@@ -228,7 +228,7 @@ impl LegacyOrder {
             total: self.total,
             items: None,
         };
-        OrderEvent { event_type: EventType::PedidoCreado, version: 1, occurred_at, order }
+        OrderEvent { event_type: EventType::PedidoCreado, version: 1, occurred_at, order, client: None }
     }
 }
 

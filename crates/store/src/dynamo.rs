@@ -47,17 +47,24 @@ pub fn shipment_key(pedido_id: Uuid) -> String {
 
 /// Applies version *v* only when the order is absent, or holds a lower version and room in its history (at most
 /// [`HISTORY_MAX`] entries): a full history fails the condition too, and is compacted before the write is tried again.
-pub(crate) const APPLY_CONDITION: &str =
-    "attribute_not_exists(pk) OR (#version < :v AND (attribute_not_exists(versiones) OR size(versiones) < :historyMax))";
+/// Applies version `:v` when the order is absent, or older and still its customer's and its owner's (`owner` is the
+/// condition on `clienteApi`), with room in its history.
+fn apply_condition(owner: &str) -> String {
+    format!(
+        "attribute_not_exists(pk) OR (#version < :v AND clienteId = :cliente AND {owner} AND \
+         (attribute_not_exists(versiones) OR size(versiones) < :historyMax))"
+    )
+}
 /// Rounds of "apply, compact the full history" before giving up on a write whose item keeps changing.
 const APPLY_ROUNDS: usize = 3;
 /// Creates the shipment only when absent.
 pub(crate) const SHIPMENT_CONDITION: &str = "attribute_not_exists(pk)";
 
-/// The update that applies one version of an order: key, expression and values (names: [`apply_names`]).
+/// The update that applies one version of an order: key, expression, condition and values (names: [`apply_names`]).
 pub(crate) struct ApplyWrite {
     pub key: String,
     pub expression: String,
+    pub condition: String,
     pub values: Attributes,
 }
 
@@ -126,11 +133,20 @@ impl ApplyWrite {
             }
             None => remove.push("requestId"),
         }
+        // The owner is written once, with the first version, and every later version must come from it.
+        let owner = match &event.client {
+            Some(client) => {
+                set.push("clienteApi = :owner");
+                values.insert(":owner".to_owned(), s(client.clone()));
+                "clienteApi = :owner"
+            }
+            None => "attribute_not_exists(clienteApi)",
+        };
         let mut expression = format!("SET {}", set.join(", "));
         if !remove.is_empty() {
             expression.push_str(&format!(" REMOVE {}", remove.join(", ")));
         }
-        Self { key: order_key(order.pedido_id), expression, values }
+        Self { key: order_key(order.pedido_id), expression, condition: apply_condition(owner), values }
     }
 }
 
@@ -234,7 +250,7 @@ impl DynamoOrders {
             .table_name(&self.table)
             .key(attr::PK, s(write.key.clone()))
             .update_expression(write.expression)
-            .condition_expression(APPLY_CONDITION)
+            .condition_expression(write.condition)
             .set_expression_attribute_names(Some(apply_names()))
             .set_expression_attribute_values(Some(write.values))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
@@ -434,7 +450,13 @@ impl DynamoOrders {
         Ok(stats)
     }
 
-    async fn list_now(&self, cliente_id: Uuid, limit: u32, after: Option<&str>) -> Result<Page, StoreError> {
+    async fn list_now(
+        &self,
+        cliente_id: Uuid,
+        owner: Option<&str>,
+        limit: u32,
+        after: Option<&str>,
+    ) -> Result<Page, StoreError> {
         let after = after.map(cursor::decode).transpose()?;
         let cliente = cliente_id.to_string();
         let mut query = self
@@ -446,6 +468,10 @@ impl DynamoOrders {
             .expression_attribute_values(":c", s(cliente.clone()))
             .scan_index_forward(false)
             .limit(i32::try_from(limit.clamp(1, MAX_PAGE)).unwrap_or(20));
+        // The limit applies before the filter: a page may hold fewer orders, and its cursor still goes on.
+        if let Some(owner) = owner {
+            query = query.filter_expression("clienteApi = :owner").expression_attribute_values(":owner", s(owner));
+        }
         if let Some(after) = &after {
             let pedido =
                 after.rsplit('#').next().and_then(|id| Uuid::parse_str(id).ok()).ok_or(StoreError::BadCursor)?;
@@ -490,10 +516,11 @@ impl OrderReads for DynamoOrders {
     fn list_by_cliente<'a>(
         &'a self,
         cliente_id: Uuid,
+        owner: Option<&'a str>,
         limit: u32,
         cursor: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Page, StoreError>> {
-        Box::pin(self.list_now(cliente_id, limit, cursor))
+        Box::pin(self.list_now(cliente_id, owner, limit, cursor))
     }
 
     fn recent(&self, limit: u32) -> BoxFuture<'_, Result<Vec<OrderView>, StoreError>> {
@@ -693,6 +720,7 @@ pub(crate) fn record(operation: &'static str, started: Instant, result: &Result<
         Ok(Applied::Duplicate) => "duplicate",
         Ok(Applied::Stale { .. }) => "stale",
         Ok(Applied::Conflict { .. }) => "conflict",
+        Ok(Applied::Refused { .. }) => "refused",
         Err(e) => e.kind(),
     };
     count(operation, label, started);
@@ -857,6 +885,7 @@ pub fn decode_order(item: &Attributes, key: &str) -> Result<OrderRecord, StoreEr
         creado_en: utc(&text(item, "creadoEn", key)?, key, "creadoEn")?,
         actualizado_en: utc(&text(item, "actualizadoEn", key)?, key, "actualizadoEn")?,
         request_id: optional_text(item, "requestId", key)?,
+        client: optional_text(item, "clienteApi", key)?,
         // Items from before the count existed: each entry they hold was one applied version.
         versiones_aplicadas: item
             .get("versionesAplicadas")

@@ -118,13 +118,23 @@ impl MemoryOrders {
         Ok(Applied::Applied)
     }
 
-    fn list_now(&self, cliente_id: Uuid, limit: u32, after: Option<&str>) -> Result<Page, StoreError> {
+    fn list_now(
+        &self,
+        cliente_id: Uuid,
+        owner: Option<&str>,
+        limit: u32,
+        after: Option<&str>,
+    ) -> Result<Page, StoreError> {
         self.available("list")?;
         let after = after.map(cursor::decode).transpose()?;
         let tables = self.lock();
         // Newest first, like the index queried backwards.
-        let mine: BTreeMap<String, &OrderRecord> =
-            tables.orders.values().filter(|o| o.cliente_id == cliente_id).map(|o| (o.fecha_orden(), o)).collect();
+        let mine: BTreeMap<String, &OrderRecord> = tables
+            .orders
+            .values()
+            .filter(|o| o.cliente_id == cliente_id && owner.is_none_or(|owner| o.client.as_deref() == Some(owner)))
+            .map(|o| (o.fecha_orden(), o))
+            .collect();
         let limit = limit.clamp(1, MAX_PAGE) as usize;
         let mut orders = Vec::new();
         let mut last = None;
@@ -181,10 +191,11 @@ impl OrderReads for MemoryOrders {
     fn list_by_cliente<'a>(
         &'a self,
         cliente_id: Uuid,
+        owner: Option<&'a str>,
         limit: u32,
         cursor: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Page, StoreError>> {
-        let result = self.list_now(cliente_id, limit, cursor);
+        let result = self.list_now(cliente_id, owner, limit, cursor);
         Box::pin(async move { result })
     }
 
@@ -289,7 +300,7 @@ mod tests {
         let mut seen = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
-            let page = store.list_by_cliente(Uuid::from_u128(9), 2, cursor.as_deref()).await;
+            let page = store.list_by_cliente(Uuid::from_u128(9), None, 2, cursor.as_deref()).await;
             let Ok(page) = page else { panic!("list failed") };
             seen.extend(page.orders.iter().map(|o| o.pedido_id.as_u128()));
             match page.next_cursor {
@@ -298,6 +309,26 @@ mod tests {
             }
         }
         assert_eq!(seen, [5, 4, 3, 2, 1]);
+    }
+
+    #[tokio::test]
+    async fn a_newer_version_cannot_move_the_customer_or_the_owner() {
+        let store = MemoryOrders::new();
+        let by = |client: &str, cliente: u128, version: u64| {
+            event(1, cliente, version, 1).by_client(Some(client.to_owned()))
+        };
+        assert_eq!(store.apply(&by("shop-a", 9, 1), &meta("a")).await.ok(), Some(Applied::Applied));
+        let reason = |verdict: Option<Applied>| match verdict {
+            Some(Applied::Refused { reason, .. }) => reason,
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        assert_eq!(reason(store.apply(&by("shop-b", 9, 2), &meta("b")).await.ok()), "owner_mismatch");
+        assert_eq!(reason(store.apply(&by("shop-a", 8, 2), &meta("c")).await.ok()), "cliente_changed");
+        assert_eq!(store.order(Uuid::from_u128(1)).map(|o| o.version), Some(1), "nothing written");
+        let _ = store.apply(&event(2, 9, 1, 2).by_client(Some("shop-b".into())), &meta("d")).await;
+        let page = store.list_by_cliente(Uuid::from_u128(9), Some("shop-a"), 10, None).await;
+        let Ok(page) = page else { panic!("list failed") };
+        assert_eq!(page.orders.iter().map(|o| o.pedido_id.as_u128()).collect::<Vec<_>>(), [1]);
     }
 
     #[tokio::test]

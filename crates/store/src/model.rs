@@ -36,7 +36,7 @@ pub fn bounded_request_id(request_id: &str) -> String {
 }
 
 /// What a conditional write found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
     /// The effect happened now.
     Applied,
@@ -46,6 +46,9 @@ pub enum Applied {
     Stale { latest: u64 },
     /// This version was applied with other content: two different writes claimed one version. Nothing is written.
     Conflict { version: u64, stored: ContentDigest, received: ContentDigest },
+    /// A newer version that may never be applied to this order: it changes `clienteId` (`cliente_changed`) or
+    /// comes from another API client than the order's owner (`owner_mismatch`). Nothing is written.
+    Refused { reason: &'static str, detail: String },
 }
 
 /// Who and when, recorded with each applied change.
@@ -84,6 +87,8 @@ pub struct OrderRecord {
     pub versiones_aplicadas: u64,
     /// The content of the current version; `None` on items written before digests were stored.
     pub digest: Option<ContentDigest>,
+    /// The API client that created the order (its owner); `None` for orders created without API keys.
+    pub client: Option<String>,
 }
 
 impl OrderRecord {
@@ -111,6 +116,7 @@ impl OrderRecord {
             }],
             versiones_aplicadas: 1,
             digest: Some(digest),
+            client: event.client.clone(),
         }
     }
 
@@ -128,8 +134,9 @@ impl OrderRecord {
         next
     }
 
-    /// What storing `event` on top of this record means when its version is not newer: a duplicate, a stale version,
-    /// or a conflict (the same version applied with other content). `None` when `event` is newer.
+    /// What storing `event` on top of this record means: for a version that is not newer, a duplicate, a stale
+    /// version or a conflict (the same version applied with other content); for a newer one, a refusal when it
+    /// changes the customer or comes from another client. `None` when `event` may be applied.
     pub fn verdict_for(&self, event: &OrderEvent) -> Option<Applied> {
         let received = ContentDigest::of(&event.order);
         let stored = if event.version == self.version {
@@ -139,11 +146,34 @@ impl OrderRecord {
         };
         let conflict = stored.filter(|stored| *stored != received);
         match (event.version.cmp(&self.version), conflict) {
-            (std::cmp::Ordering::Greater, _) => None,
+            (std::cmp::Ordering::Greater, _) => self.refusal_of(event),
             (_, Some(stored)) => Some(Applied::Conflict { version: event.version, stored, received }),
             (std::cmp::Ordering::Equal, None) => Some(Applied::Duplicate),
             (std::cmp::Ordering::Less, None) => Some(Applied::Stale { latest: self.version }),
         }
+    }
+
+    /// Why the newer `event` may not be applied to this order at all, if it may not.
+    fn refusal_of(&self, event: &OrderEvent) -> Option<Applied> {
+        if event.order.cliente_id != self.cliente_id {
+            return Some(Applied::Refused {
+                reason: "cliente_changed",
+                detail: format!(
+                    "version {} moves order {} from clienteId {} to {}; an order's customer never changes",
+                    event.version, self.pedido_id, self.cliente_id, event.order.cliente_id
+                ),
+            });
+        }
+        (event.client != self.client).then(|| Applied::Refused {
+            reason: "owner_mismatch",
+            detail: format!(
+                "version {} of order {} comes from API client {}, but the order belongs to {}",
+                event.version,
+                self.pedido_id,
+                event.client.as_deref().unwrap_or("(none)"),
+                self.client.as_deref().unwrap_or("(none)")
+            ),
+        })
     }
 
     /// Sort key of the customer index: the order date in UTC, then the id so equal dates stay distinct.

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use crate::dynamo::{
     apply_names, apply_verdict, classify, count, s, shipment_item, ApplyWrite, Attributes, DynamoOrders, Verdict,
-    APPLY_CONDITION, SHIPMENT_CONDITION,
+    SHIPMENT_CONDITION,
 };
 use crate::model::{Applied, ChangeMeta, Shipment};
 use crate::orders::OrderWrites;
@@ -59,7 +59,7 @@ impl Write {
                     .table_name(table)
                     .key(attr::PK, s(write.key))
                     .update_expression(write.expression)
-                    .condition_expression(APPLY_CONDITION)
+                    .condition_expression(write.condition)
                     .set_expression_attribute_names(Some(apply_names()))
                     .set_expression_attribute_values(Some(write.values))
                     .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)

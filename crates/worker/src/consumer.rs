@@ -586,6 +586,8 @@ fn effect_decision(effect: Effect) -> Decision {
             "version_conflict",
             format!("version {version} was applied with content digest {stored}; this message carries {received}"),
         ),
+        // A change the order may never take (another customer, another client): a person looks at it.
+        Effect::Refused { reason, detail } => Decision::reject(reason, detail),
     }
 }
 

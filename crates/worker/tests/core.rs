@@ -324,6 +324,30 @@ async fn the_same_version_with_other_content_is_a_conflict() {
     assert_eq!(store.order(Uuid::from_u128(1)).map(|o| o.total), Some(Decimal::new(5998, 2)), "untouched");
 }
 
+/// A newer version from another API client than the order's owner, or one that changes the customer, can never
+/// apply: dead-lettered at once with the reason and both names, the stored order untouched.
+#[tokio::test(start_paused = true)]
+async fn a_version_from_another_client_or_for_another_customer_is_dead_lettered() {
+    let store = Arc::new(MemoryOrders::new());
+    let c = consumer(Arc::new(MemoryQueue::new(VISIBILITY, 5)), process(&store));
+    let by = |client: &str, version: u64| event(1, version).by_client(Some(client.to_owned()));
+    let json = |event: OrderEvent| event.to_json().unwrap_or_default();
+    assert_eq!(c.decision(&received(&json(by("shop-a", 1)))).await.outcome, Outcome::Processed);
+    let mut moved = by("shop-a", 2);
+    moved.order.cliente_id = Uuid::from_u128(8);
+    for (event, expected, named) in [
+        (by("shop-b", 2), "owner_mismatch", "shop-b"),
+        (moved, "cliente_changed", "00000000-0000-0000-0000-000000000008"),
+    ] {
+        let d = c.decision(&received(&json(event))).await;
+        let Settle::DeadLetter { reason, detail } = &d.settle else { panic!("{d:?}") };
+        assert_eq!((d.outcome, reason.as_str()), (Outcome::Rejected, expected));
+        assert!(detail.contains(named), "{detail}");
+    }
+    let stored = store.order(Uuid::from_u128(1));
+    assert_eq!(stored.map(|o| (o.version, o.client)), Some((1, Some("shop-a".to_owned()))));
+}
+
 /// However many versions an order takes, its stored history stays bounded, and the count of applied versions is
 /// kept.
 #[tokio::test(start_paused = true)]

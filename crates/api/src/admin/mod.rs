@@ -52,6 +52,12 @@ const LOGIN_PAGE: &str = include_str!("login.html");
 const LOGIN_CSP: &str =
     "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
+/// Whether `headers` carry an operator's credentials (a console session or the admin bearer token): operators read
+/// every order on the tracking routes. Always false with the admin surface off.
+pub fn is_operator(state: &AppState, headers: &axum::http::HeaderMap) -> bool {
+    state.admin.as_ref().is_some_and(|auth| auth::authenticate(auth, headers, auth::unix_now()).is_ok())
+}
+
 /// Escapes text for HTML content and attribute values. Everything the console displays goes through this.
 pub fn escape_html(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

@@ -12,7 +12,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use chrono::Utc;
-use domain::OrderEvent;
+use domain::{FieldErrors, OrderEvent};
 use serde::Serialize;
 use store::OrderRecord;
 use utoipa::ToSchema;
@@ -25,6 +25,11 @@ use crate::extract::JsonObject;
 use crate::idempotency_key;
 use crate::order_input::{self, Mode, OrderInput};
 use crate::AppState;
+
+/// How far above the stored version (or 1, for an order not applied yet) a `PUT` may go: no single write can use up
+/// more than a thousandth of an order's version space (`MAX_VERSION`), so a mistaken or hostile jump cannot freeze
+/// an order (every later version would have to be above it).
+pub const MAX_VERSION_STEP: u64 = 1_000;
 
 /// The most an order write may take, store check and publish together: under the 10 s a client is promised
 /// (docs/RELIABILITY.md G2), with room for the response.
@@ -133,17 +138,24 @@ pub async fn create(
     let mut input = order_input::parse(body, Mode::Create, now).map_err(ApiError::Validation)?;
     // A body pedidoId is the client's own idempotency key and wins; without one, the header's key names the order.
     if let (false, Some(key)) = (input.pedido_id_given, &idempotency_key) {
-        input.order.pedido_id = idempotency_key::pedido_id(access.client.as_ref(), input.order.cliente_id, key);
+        input.order.pedido_id = idempotency_key::pedido_id(access.client_name(), input.order.cliente_id, key);
     }
     let pedido_id = input.order.pedido_id;
     within_budget(pedido_id, async {
         // A generated id cannot collide with anything: only a chosen or derived id costs a store read.
         if input.pedido_id_given || idempotency_key.is_some() {
             if let Some(stored) = state.orders.get(pedido_id).await? {
+                if stored.order.client.as_deref() != access.client_name() {
+                    // Another client's order: say nothing about it.
+                    return Err(ApiError::Conflict(format!(
+                        "pedidoId {pedido_id} is taken; a new order needs a new pedidoId (or Idempotency-Key)"
+                    )));
+                }
                 retry_of(&stored.order, &mut input)?;
             }
         }
-        publish(&state, &headers, OrderEvent::created(input.order, now)).await
+        let event = OrderEvent::created(input.order, now).by_client(access.client_name().map(str::to_owned));
+        publish(&state, &headers, event).await
     })
     .await
 }
@@ -228,7 +240,7 @@ fn same_content(stored: &OrderRecord, input: &mut OrderInput) -> Result<(), Stri
     )
 )]
 pub async fn update(
-    _access: WriteAccess,
+    access: WriteAccess,
     State(state): State<AppState>,
     pedido_id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
@@ -240,12 +252,41 @@ pub async fn update(
     let mut input = order_input::parse(body, Mode::Update { pedido_id }, now).map_err(ApiError::Validation)?;
     let version = input.version.unwrap_or(2);
     within_budget(pedido_id, async {
-        if let Some(stored) = state.orders.get(pedido_id).await? {
-            update_of(&stored.order, version, &mut input)?;
+        match state.orders.get(pedido_id).await? {
+            Some(stored) if stored.order.client.as_deref() == access.client_name() => {
+                update_of(&stored.order, version, &mut input)?;
+            }
+            // With keys on, an order is changed only once its owner is known: one not applied yet could otherwise
+            // be taken by whoever updates it first. Another client's order is absent to this one (404, not 403).
+            Some(_) => return Err(not_found(pedido_id)),
+            None if access.client.is_some() => return Err(not_found(pedido_id)),
+            None => check_step(version, 1)?,
         }
-        publish(&state, &headers, OrderEvent::updated(input.order, version, now)).await
+        let event = OrderEvent::updated(input.order, version, now).by_client(access.client_name().map(str::to_owned));
+        publish(&state, &headers, event).await
     })
     .await
+}
+
+fn not_found(pedido_id: Uuid) -> ApiError {
+    ApiError::NotFound(format!(
+        "order {pedido_id} not found (an order can be updated once the process worker has applied it, usually within \
+         a second of its POST)"
+    ))
+}
+
+/// A version at most [`MAX_VERSION_STEP`] above `latest`.
+///
+/// # Errors
+/// [`ApiError::Validation`] on `version`.
+fn check_step(version: u64, latest: u64) -> Result<(), ApiError> {
+    let highest = latest.saturating_add(MAX_VERSION_STEP);
+    if version <= highest {
+        return Ok(());
+    }
+    let mut errors = FieldErrors::default();
+    errors.add("version", format!("must be at most {highest}: {MAX_VERSION_STEP} above the stored version {latest}"));
+    Err(ApiError::Validation(errors))
 }
 
 /// A PUT of an order the store holds. A newer version is published; without `fecha` it keeps the stored one (an
@@ -258,8 +299,17 @@ pub async fn update(
 fn update_of(stored: &OrderRecord, version: u64, input: &mut OrderInput) -> Result<(), ApiError> {
     let latest = stored.version;
     let next = latest.saturating_add(1);
+    if stored.cliente_id != input.order.cliente_id {
+        let mut errors = FieldErrors::default();
+        errors.add(
+            "clienteId",
+            format!("cannot change: order {} belongs to customer {}", stored.pedido_id, stored.cliente_id),
+        );
+        return Err(ApiError::Validation(errors));
+    }
     match version.cmp(&latest) {
         std::cmp::Ordering::Greater => {
+            check_step(version, latest)?;
             if !input.fecha_given {
                 input.order.fecha = stored.fecha;
             }

@@ -15,6 +15,7 @@ use store::{AppliedVersion, OrderRecord, OrderView, Shipment};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use crate::api_keys::ReadAccess;
 use crate::error::{ApiError, Problem};
 use crate::AppState;
 
@@ -48,6 +49,9 @@ pub struct PedidoResumen {
     /// Request id of the API call behind the latest version; null for events that carried none.
     #[schema(required = true)]
     pub request_id: Option<String>,
+    /// The API client that created the order (its owner); absent for orders created without API keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cliente_api: Option<String>,
 }
 
 /// An order with its applied versions and its shipment.
@@ -132,6 +136,7 @@ impl From<OrderRecord> for PedidoResumen {
             creado_en: order.creado_en,
             actualizado_en: order.actualizado_en,
             request_id: order.request_id,
+            cliente_api: order.client,
         }
     }
 }
@@ -182,6 +187,7 @@ fn none_match(headers: &HeaderMap, etag: &str) -> bool {
         ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier answer (or `*`): 304 when the order has not changed"),
         ("x-request-id" = Option<String>, Header, description = "Correlation id; generated when absent"),
     ),
+    security((), ("apiKey" = []), ("adminBearer" = [])),
     responses(
         (status = 200, description = "The order", body = Pedido, headers(
             ("ETag" = String, description = "Changes with the version and when the shipment appears"),
@@ -189,20 +195,25 @@ fn none_match(headers: &HeaderMap, etag: &str) -> bool {
         )),
         (status = 304, description = "Unchanged since the ETag given in If-None-Match", headers(("ETag" = String))),
         (status = 400, description = "Path not valid UTF-8", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such order stored (yet): accepted orders appear once a worker has applied them", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "API keys are configured and the request has none", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The API key is not a configured one", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order stored (yet), or another client's order: accepted orders appear once a worker has applied them", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "pedidoId is not a UUID", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "A stored item could not be read; logged with the request id", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Order store unavailable; retry after Retry-After seconds", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn get_order(
+    access: ReadAccess,
     State(state): State<AppState>,
     pedido_id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path(pedido_id) = pedido_id?;
     let pedido_id = super::path_uuid(&pedido_id, "pedidoId")?;
-    let Some(view) = state.orders.get(pedido_id).await? else {
+    // Another client's order answers exactly like one that does not exist, so ids leak nothing.
+    let Some(view) = state.orders.get(pedido_id).await?.filter(|view| access.may_read(view.order.client.as_deref()))
+    else {
         return Err(ApiError::NotFound(format!(
             "No order {pedido_id} is stored. An accepted order (202) appears here once a worker has applied it, \
              usually within seconds; retry shortly."
@@ -234,9 +245,12 @@ pub struct PaginaQuery {
 #[utoipa::path(
     get, path = "/api/clientes/{clienteId}/pedidos", tag = "pedidos",
     params(("clienteId" = Uuid, Path), PaginaQuery, ("x-request-id" = Option<String>, Header, description = "Correlation id; generated when absent")),
+    security((), ("apiKey" = []), ("adminBearer" = [])),
     responses(
         (status = 200, description = "One page of orders (empty when the customer has none)", body = PaginaPedidos),
         (status = 400, description = "Path or query not readable", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "API keys are configured and the request has none", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The API key is not a configured one", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such route (e.g. an empty clienteId)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "clienteId not a UUID, limit outside 1..=100, or a cursor this API did not hand out", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "A stored item could not be read; logged with the request id", body = Problem, content_type = "application/problem+json"),
@@ -244,6 +258,7 @@ pub struct PaginaQuery {
     )
 )]
 pub async fn list_by_cliente(
+    access: ReadAccess,
     State(state): State<AppState>,
     cliente_id: Result<Path<String>, PathRejection>,
     query: Result<Query<PaginaQuery>, QueryRejection>,
@@ -263,7 +278,8 @@ pub async fn list_by_cliente(
     let (Some(cliente_id), Some(limit)) = (cliente_id, limit) else {
         return Err(ApiError::Validation(errors));
     };
-    let page = state.orders.list_by_cliente(cliente_id, limit, query.cursor.as_deref()).await?;
+    // A client sees the customer's orders it created; an operator (or an API without keys) sees all of them.
+    let page = state.orders.list_by_cliente(cliente_id, access.owner_filter(), limit, query.cursor.as_deref()).await?;
     Ok(Json(PaginaPedidos {
         pedidos: page.orders.into_iter().map(PedidoResumen::from).collect(),
         next_cursor: page.next_cursor,
