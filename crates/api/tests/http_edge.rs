@@ -6,11 +6,12 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use pedidos_api::admin::AdminToken;
 use pedidos_api::bus::{BoxFuture, BusError, EventBus, SubscriptionStatus};
 use pedidos_api::http_server::{serve, HttpLimits};
 use pedidos_api::{router, AppState};
 use store::memory::MemoryOrders;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -52,9 +53,12 @@ async fn server() -> Server {
 }
 
 async fn server_with(limits: HttpLimits) -> Server {
+    server_of(AppState::new(Arc::new(NoBus), Arc::new(MemoryOrders::new())), limits).await
+}
+
+async fn server_of(state: AppState, limits: HttpLimits) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
     let addr = listener.local_addr().unwrap_or_else(|e| panic!("local_addr: {e}"));
-    let state = AppState::new(Arc::new(NoBus), Arc::new(MemoryOrders::new()));
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(serve(listener, router(state), limits, shutdown.clone()));
     (addr, shutdown, task)
@@ -141,7 +145,7 @@ async fn shutdown_closes_idle_connections_and_stops_accepting() {
 }
 
 /// Reads until the end of a response head, or `None` if none came within `deadline`.
-async fn read_head(stream: &mut TcpStream, deadline: Duration) -> Option<String> {
+async fn read_head<R: AsyncRead + Unpin>(stream: &mut R, deadline: Duration) -> Option<String> {
     let mut received = Vec::new();
     tokio::time::timeout(deadline, async {
         let mut chunk = [0_u8; 1024];
@@ -157,42 +161,51 @@ async fn read_head(stream: &mut TcpStream, deadline: Duration) -> Option<String>
     (!received.is_empty()).then(|| String::from_utf8_lossy(&received).into_owned())
 }
 
-/// A body trickled a byte every 100 ms (each chunk well inside any per-chunk timeout) is cut off at the whole-body
-/// deadline with a 408, not served for as long as the client keeps trickling.
-#[tokio::test]
+/// The pace of the trickling client below: one byte every 3 s, each well inside any per-chunk timeout (the attack
+/// in issue 17 sent one every 5 s and kept a request open past 45 s against tower-http's 10 s per-chunk timeout).
+const TRICKLE: Duration = Duration::from_secs(3);
+
+/// A body trickled a byte every [`TRICKLE`] is cut off with a 408 at the default whole-body deadline (10 s), on an
+/// order write and on the unauthenticated login form alike, never served for as long as the client keeps trickling
+/// (100 bytes would take 300 s). Paused clock: the deadline passes in no real time; the clock jumps from timer to
+/// timer while the sockets are idle, so the answer may come up to one trickle step late, never a deadline late.
+#[tokio::test(start_paused = true)]
 async fn a_trickled_body_is_cut_off_at_the_deadline() {
-    let (addr, shutdown, task) = server().await;
-    let mut client = connect(addr).await;
-    let started = std::time::Instant::now();
-    let head = "POST /api/pedidos HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n";
-    client.write_all(head.as_bytes()).await.unwrap_or_else(|e| panic!("{e}"));
-    let (mut reader, mut writer) = client.into_split();
-    let trickle = tokio::spawn(async move {
-        for _ in 0..100 {
-            if writer.write_all(b" ").await.is_err() {
-                break;
+    let limits = HttpLimits::default();
+    let state = AppState::new(Arc::new(NoBus), Arc::new(MemoryOrders::new())).with_admin(
+        &AdminToken::parse("ADMIN_TOKEN", "http-edge-admin-token-0123456789abcdef").unwrap_or_else(|e| panic!("{e}")),
+    );
+    let (addr, shutdown, task) = server_of(state, limits).await;
+    for (path, content_type) in
+        [("/api/pedidos", "application/json"), ("/console/login", "application/x-www-form-urlencoded")]
+    {
+        let mut client = connect(addr).await;
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: {content_type}\r\nContent-Length: 100\r\n\r\n"
+        );
+        client.write_all(head.as_bytes()).await.unwrap_or_else(|e| panic!("{e}"));
+        let started = tokio::time::Instant::now();
+        let (mut reader, mut writer) = client.into_split();
+        let trickle = tokio::spawn(async move {
+            let mut every = tokio::time::interval(TRICKLE);
+            for _ in 0..100 {
+                every.tick().await;
+                if writer.write_all(b" ").await.is_err() {
+                    break;
+                }
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
-    let mut received = Vec::new();
-    let answered = tokio::time::timeout(Duration::from_secs(5), async {
-        let mut chunk = [0_u8; 1024];
-        while !received.windows(4).any(|w| w == b"\r\n\r\n") {
-            match reader.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => received.extend_from_slice(&chunk[..n]),
-            }
-        }
-    })
-    .await;
-    let waited = started.elapsed();
-    trickle.abort();
-    let answer = String::from_utf8_lossy(&received);
-    assert!(answered.is_ok(), "no answer within 5 s (the trickle would last 10 s): {answer}");
-    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    assert!(waited >= LIMITS.body_deadline, "answered after {waited:?}, before the deadline");
-    assert!(waited < LIMITS.body_deadline * 3, "answered after {waited:?}: the deadline restarted per chunk");
+        });
+        let answer = read_head(&mut reader, limits.body_deadline * 3).await;
+        let waited = started.elapsed();
+        trickle.abort();
+        let answer = answer.unwrap_or_else(|| panic!("{path}: no answer within 30 s (the trickle would last 300 s)"));
+        assert!(answer.starts_with("HTTP/1.1 408"), "{path}: {answer}");
+        assert!(waited >= limits.body_deadline, "{path}: answered after {waited:?}, before the deadline");
+        assert!(
+            waited <= limits.body_deadline + TRICKLE * 2,
+            "{path}: answered after {waited:?}: the deadline restarted per chunk"
+        );
+    }
     shutdown.cancel();
     assert!(matches!(task.await, Ok(Ok(()))));
 }

@@ -55,8 +55,9 @@ pub struct HttpLimits {
     pub drain_timeout: Duration,
 }
 
-/// Default of `HTTP_MAX_CONNECTIONS`: far above what one instance serves (a load balancer keeps tens open), far
-/// below the file-descriptor limit (65,536 in the task definitions).
+/// Default of `HTTP_MAX_CONNECTIONS`: far above what one instance serves (a load balancer keeps tens open), and at
+/// or below the usual open-file limit of a container (Fargate's 65,535; Docker's soft limit can be as low as 1,024,
+/// where accepting pauses on `EMFILE` instead, with an ERROR).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 impl Default for HttpLimits {
@@ -286,9 +287,10 @@ impl AllowedHosts {
     pub fn parse(var: &'static str, text: &str) -> Result<Self, ConfigError> {
         let mut names = Vec::new();
         for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            let bracketed = entry.starts_with('[') && entry.ends_with(']');
-            let valid =
-                bracketed || entry.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+            let valid = match entry.strip_prefix('[').and_then(|rest| rest.strip_suffix(']')) {
+                Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+                None => entry.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')),
+            };
             if !valid {
                 return Err(ConfigError::Invalid {
                     var,
@@ -418,7 +420,7 @@ mod tests {
             assert!(configured.allows(ok), "{ok}");
         }
         assert!(!configured.allows("internal"));
-        for bad in ["http://a.example", "a.example:9090", "a b", "a/b"] {
+        for bad in ["http://a.example", "a.example:9090", "a b", "a/b", "[a b]", "[fd00::1]:9090", "fd00::1"] {
             let err = AllowedHosts::parse("ALLOWED_HOSTS", bad).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(err.starts_with("ALLOWED_HOSTS="), "{bad}: {err}");
         }

@@ -22,12 +22,16 @@ const LIMITS: HttpLimits = HttpLimits {
 
 /// The endpoint alone (no consumer) on 127.0.0.1 with [`LIMITS`], the live page also answering to `hosts`.
 async fn endpoint(hosts: &str) -> (SocketAddr, Endpoint) {
+    endpoint_with(hosts, LIMITS).await
+}
+
+async fn endpoint_with(hosts: &str, limits: HttpLimits) -> (SocketAddr, Endpoint) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
     let addr = listener.local_addr().unwrap_or_else(|e| panic!("local address: {e}"));
     let health = Arc::new(Health::new("process", "memory://queue".into(), Limits::default()));
     health.running("memory://queue");
     let hosts = AllowedHosts::parse("ALLOWED_HOSTS", hosts).unwrap_or_else(|e| panic!("{e}"));
-    (addr, Endpoint::serve_with(listener, health, LIMITS, hosts))
+    (addr, Endpoint::serve_with(listener, health, limits, hosts))
 }
 
 async fn connect(addr: SocketAddr) -> TcpStream {
@@ -78,7 +82,10 @@ async fn slow_and_idle_clients_are_disconnected() {
     assert!(started.elapsed() >= LIMITS.header_read_timeout / 2, "closed before the timeout");
     assert!(!closed.unwrap_or_default().contains("HTTP/1.1 2"), "a stalled request must not be served");
     let kept_alive = read_until_closed(&mut idle, Duration::from_secs(5)).await;
-    assert!(kept_alive.as_deref().is_some_and(|a| a.starts_with("HTTP/1.1 200")), "the idle connection stays open");
+    assert!(
+        kept_alive.as_deref().is_some_and(|a| a.starts_with("HTTP/1.1 200")),
+        "the idle keep-alive connection was answered, then closed within 5 s: {kept_alive:?}"
+    );
     endpoint.stop().await;
 }
 
@@ -100,7 +107,8 @@ async fn oversized_heads_are_431() {
 }
 
 /// The live page and its stream answer only under loopback names and `ALLOWED_HOSTS` (421 problem+json under any
-/// other: DNS rebinding); `/health`, `/ready` and `/metrics` answer under any name, as load balancers and ECS probe them.
+/// other: DNS rebinding); `/health`, `/ready` and `/metrics` answer under any name, as load balancers and ECS probe
+/// them.
 #[tokio::test]
 async fn the_live_page_answers_only_to_allowed_host_names() {
     let (addr, endpoint) = endpoint("worker.internal").await;
@@ -121,5 +129,44 @@ async fn the_live_page_answers_only_to_allowed_host_names() {
         let answer = get(addr, path, "10.0.3.17:8081").await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{path} under an internal address: {answer}");
     }
+    endpoint.stop().await;
+}
+
+/// Reads until the end of a response head: its status line, or `None` if none came within `deadline`.
+async fn status_line(stream: &mut TcpStream, deadline: Duration) -> Option<String> {
+    let mut received = Vec::new();
+    tokio::time::timeout(deadline, async {
+        let mut chunk = [0_u8; 1024];
+        while !received.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .ok()?;
+    String::from_utf8_lossy(&received).lines().next().map(str::to_owned).filter(|line| !line.is_empty())
+}
+
+/// `HTTP_MAX_CONNECTIONS` holds on the health port too: with 2, live-page viewers holding both connections make a
+/// third (a health check) wait, not fail, and it is answered as soon as one of them closes.
+#[tokio::test]
+async fn connections_past_the_limit_wait_until_one_closes() {
+    let limits = HttpLimits { max_connections: 2, header_read_timeout: Duration::from_secs(10), ..LIMITS };
+    let (addr, endpoint) = endpoint_with("", limits).await;
+    let ask = b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let (mut first, mut second) = (connect(addr).await, connect(addr).await);
+    for held in [&mut first, &mut second] {
+        held.write_all(ask).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(status_line(held, Duration::from_secs(5)).await.as_deref(), Some("HTTP/1.1 200 OK"));
+    }
+    let mut third = connect(addr).await;
+    third.write_all(ask).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status_line(&mut third, Duration::from_millis(500)).await, None, "served past the limit");
+    drop(first);
+    let answer = status_line(&mut third, Duration::from_secs(5)).await;
+    assert_eq!(answer.as_deref(), Some("HTTP/1.1 200 OK"), "the waiting connection is served once one closed");
+    drop(second);
     endpoint.stop().await;
 }
