@@ -5,7 +5,8 @@
 //! - A session is 256 random bits from the OS's RNG (the cookie's value) with its own random CSRF token, held in this
 //!   process's memory for [`SESSION_TTL`]: logout ends it, and a restart (a new `ADMIN_TOKEN` is a restart) ends all.
 //!   Several API instances each hold their own sessions; operators reach one instance's admin port through a tunnel,
-//!   so that costs nothing (docs/operations.md, "Console sessions"). At most [`MAX_SESSIONS`] at once.
+//!   so that costs nothing (docs/operations.md, "Console sessions and login lockout"). At most [`MAX_SESSIONS`] at
+//!   once.
 //! - Logins are throttled per client address: after [`FREE_FAILURES`] failures, a lockout doubling from
 //!   [`FIRST_LOCKOUT`] to [`MAX_LOCKOUT`] (429 with `Retry-After`); every refused login is logged with the address.
 //! - State-changing requests authenticated by the cookie (an ambient credential a browser attaches on its own) must
