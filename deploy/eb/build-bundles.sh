@@ -264,6 +264,9 @@ dockerrun "${WORKER_IMAGE}" "${WORKER_PORT}" > "${worker}/Dockerrun.aws.json"
     IDEMPOTENCY_TABLE: "${IDEMPOTENCY_TABLE}"
     AWS_REGION: ${REGION}
     PORT: "${WORKER_PORT}"
+    # EB's health checks reach /health through nginx, which keeps upstream connections for 60 s: the worker must
+    # not close an idle one first (nginx would answer 502 and the instance would look unhealthy).
+    HTTP_HEADER_READ_TIMEOUT_SECONDS: "65"
     WORKER_CONCURRENCY: "10"
     WAIT_TIME_SECONDS: "20"
     SHUTDOWN_GRACE_SECONDS: "25"

@@ -736,7 +736,7 @@ def test_eb_script_requires_secret_arns(tmp_path: Path, env: dict[str, str], mes
 
 
 
-def test_api_keeps_idle_connections_longer_than_the_proxy_in_front(ecs: dict[str, Any], bundles: dict[str, Path]) -> None:
+def test_services_keep_idle_connections_longer_than_the_proxy_in_front(ecs: dict[str, Any], bundles: dict[str, Path]) -> None:
     """hyper closes an idle keep-alive connection after HTTP_HEADER_READ_TIMEOUT_SECONDS (its header-read timeout
     covers the wait for the next request). The proxy in front must give up on idle connections first, or it may
     reuse one the API is closing and answer 502."""
@@ -744,7 +744,10 @@ def test_api_keeps_idle_connections_longer_than_the_proxy_in_front(ecs: dict[str
     balancer = next(r for r in ecs.values() if r["Type"] == "AWS::ElasticLoadBalancingV2::LoadBalancer")
     attributes = {a["Key"]: a["Value"] for a in balancer["Properties"]["LoadBalancerAttributes"]}
     assert int(env["HTTP_HEADER_READ_TIMEOUT_SECONDS"]) > int(attributes["idle_timeout.timeout_seconds"])
-    with zipfile.ZipFile(bundles["api"]) as zf:
-        options = load_yaml_bytes(zf.read(".ebextensions/01-pedidos-api.config"))["option_settings"]
-    # EB's nginx keeps upstream connections for 60 s and its load balancer's idle timeout defaults to 60 s.
-    assert int(options["aws:elasticbeanstalk:application:environment"]["HTTP_HEADER_READ_TIMEOUT_SECONDS"]) > 60
+    # EB's nginx keeps upstream connections for 60 s and its load balancer's idle timeout defaults to 60 s. The
+    # worker's health port has the same idle timeout, and EB's health checks reach /health through that nginx too.
+    for app in ("api", "worker"):
+        with zipfile.ZipFile(bundles[app]) as zf:
+            options = load_yaml_bytes(zf.read(f".ebextensions/01-pedidos-{app}.config"))["option_settings"]
+        env = options["aws:elasticbeanstalk:application:environment"]
+        assert int(env["HTTP_HEADER_READ_TIMEOUT_SECONDS"]) > 60, app

@@ -37,7 +37,7 @@ from role_policy import Resolver, policy_document
 from stacks import create_messaging_stack
 
 STACK = "ecomexpress-messaging"
-ADMIN_TOKEN = "lane-admin-token-0123456789"
+ADMIN_TOKEN = "lane-admin-token-0123456789abcdefghij"
 DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 LOGS = ROOT / "target" / "deployed-stack"
 PATIENCE = 60  # seconds any one condition may take on a busy 2-core machine

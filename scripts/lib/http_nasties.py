@@ -489,10 +489,10 @@ def admin_surface(r: Runner) -> None:
                             ("JSON body", b'{"token":"x"}', "application/json"), ("no content type", b"token=x", None),
                             ("10 MB form", b"token=" + b"a" * (10 * MB), form)]:
         r.request(f"POST /console/login {label}", "POST", "/console/login", body=body, content_type=ct,
-                  expect={400, 401, 413, 415}, bare=True)
+                  expect={400, 401, 413, 415, 429}, bare=True)
     for origin in ["null", "https://evil.example", "http://127.0.0.1:1", "garbage", "http://" + "a" * 5000]:
         r.request(f"POST /console/login Origin {origin[:30]!r}", "POST", "/console/login", body=b"token=x", content_type=form,
-                  headers=[("Origin", origin)], expect={401, 403}, bare=True)
+                  headers=[("Origin", origin)], expect={401, 403, 429}, bare=True)
     r.request("GET /console/login", "GET", "/console/login?error=%3Cscript%3E", content_type=None, expect={200}, bare=True)
 
 

@@ -19,7 +19,7 @@ const DRAIN: Duration = Duration::from_secs(5);
 const HEALTHY: Duration = Duration::from_secs(20);
 const PROCESS: usize = 0;
 /// `ADMIN_TOKEN` of the API whose console is tested.
-const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
+const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789abcdefghij";
 /// What the walk prints on stderr when it stopped while SQS still counted messages it had not received.
 const INCOMPLETE: &str = "incomplete: SQS still counts about";
 

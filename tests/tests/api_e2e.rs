@@ -17,7 +17,7 @@ const CLIENTE: &str = "6f1c2a0e-9a51-4c1e-8d0b-0c8f4f1a2b3c";
 const HEALTHY: Duration = Duration::from_secs(20);
 const DELIVERY: Duration = Duration::from_secs(15);
 /// `ADMIN_TOKEN` of the APIs that need the admin surface (subscriptions are admin routes).
-const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
+const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789abcdefghij";
 
 /// Starts `pedidos-api` against `emulator` with the topic given as `var=value`, reading `topology`'s orders table.
 async fn start_api(emulator: &Emulator, topology: &Topology, name: &str, var: &str, value: &str) -> Service {

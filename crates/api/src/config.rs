@@ -1,12 +1,10 @@
 //! `pedidos-api` configuration, loaded once at start-up.
 
-use std::time::Duration;
-
-use platform::config::{in_range, orders_table, parsed, required, Common, ConfigError, Lookup};
+use platform::config::{orders_table, parsed, required, Common, ConfigError, Lookup};
 
 use crate::admin::AdminToken;
 use crate::api_keys::ApiKeys;
-use crate::http_server::HttpLimits;
+use crate::http_server::{AllowedHosts, HttpLimits};
 
 pub const DEFAULT_PORT: u16 = 8080;
 
@@ -27,8 +25,11 @@ pub struct Config {
     /// `HTTP_HEADER_READ_TIMEOUT_SECONDS` (10): how long a client may take to send a request's headers, and also how
     /// long an idle keep-alive connection stays open (hyper times both alike). Behind a load balancer that reuses
     /// connections, set it above the balancer's idle timeout, or the balancer may send a request on a connection
-    /// being closed (a 502): the AWS templates do.
+    /// being closed (a 502): the AWS templates do. `HTTP_MAX_CONNECTIONS` (1024): connections served at once, per
+    /// port. The body deadline (10 s for the whole body) is fixed.
     pub http_limits: HttpLimits,
+    /// `ALLOWED_HOSTS`: host names the console answers to besides loopback (comma-separated, no port).
+    pub allowed_hosts: AllowedHosts,
 }
 
 impl Config {
@@ -68,16 +69,8 @@ impl Config {
             admin_token,
             admin_port,
             api_keys: ApiKeys::from_env(env)?,
-            http_limits: HttpLimits {
-                header_read_timeout: Duration::from_secs(in_range(
-                    env,
-                    "HTTP_HEADER_READ_TIMEOUT_SECONDS",
-                    10_u64,
-                    1,
-                    3600,
-                )?),
-                ..HttpLimits::default()
-            },
+            http_limits: HttpLimits::from_env(env)?,
+            allowed_hosts: AllowedHosts::from_env(env)?,
         })
     }
 }
@@ -105,15 +98,25 @@ mod tests {
 
     #[test]
     fn admin_settings_are_checked_and_named() {
-        let token = ("ADMIN_TOKEN", "0123456789abcdef");
+        let token = ("ADMIN_TOKEN", "0123456789abcdef0123456789abcdef");
         let c = config(&[token, ("ADMIN_PORT", "9090"), ("API_KEYS", "key-0123456789abcdef")])
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.admin_port, Some(9090));
         assert!(c.api_keys.is_some_and(|k| k.accepts("key-0123456789abcdef")));
         // The token never appears in the configuration's Debug output (it is logged at start-up by nobody, but still).
         assert!(!format!("{:?}", config(&[token]).unwrap_or_else(|e| panic!("{e}"))).contains("0123456789abcdef"));
+        let limits = config(&[("HTTP_MAX_CONNECTIONS", "7"), ("ALLOWED_HOSTS", "admin.internal")])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(limits.http_limits.max_connections, 7);
+        assert!(limits.allowed_hosts.allows("admin.internal:9090"));
         for (pairs, expected) in [
             (vec![("ADMIN_TOKEN", "short")], "ADMIN_TOKEN=\"(redacted)\" is invalid"),
+            (
+                vec![("ADMIN_TOKEN", "0123456789abcdef0123456789abcde")],
+                "ADMIN_TOKEN=\"(redacted)\" is invalid: needs at least 32",
+            ),
+            (vec![("HTTP_MAX_CONNECTIONS", "0")], "HTTP_MAX_CONNECTIONS=\"0\" is invalid"),
+            (vec![("ALLOWED_HOSTS", "http://x")], "ALLOWED_HOSTS="),
             (vec![token, ("ADMIN_PORT", "nine")], "ADMIN_PORT=\"nine\" is invalid"),
             (
                 vec![token, ("ADMIN_PORT", "8080")],

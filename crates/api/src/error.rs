@@ -25,6 +25,12 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("request body exceeds {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// 408: the body did not arrive whole within the server's body deadline.
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
+    /// 429 with `Retry-After`: too many failed logins from this address.
+    #[error("too many failed logins from this address; retry in {retry_after} s")]
+    TooManyRequests { retry_after: u64 },
     #[error("the request has invalid fields")]
     Validation(FieldErrors),
     /// 401: no credential, or one that is not valid (wrong, expired, tampered). `challenge` is the
@@ -106,6 +112,8 @@ impl ApiError {
             Self::MalformedJson(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -193,6 +201,10 @@ impl IntoResponse for ApiError {
             Self::Unauthorized { challenge, .. } => Some(*challenge),
             _ => None,
         };
+        let retry_after = match &self {
+            Self::TooManyRequests { retry_after } => Some(*retry_after),
+            _ => None,
+        };
         let problem = match self {
             Self::Validation(errors) => Problem { errors: Some(errors), ..problem },
             Self::NotReady(dependencies) => Problem { dependencies: Some(dependencies), ..problem },
@@ -204,6 +216,9 @@ impl IntoResponse for ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        if let Some(seconds) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         if let Some(challenge) = challenge {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));

@@ -159,6 +159,9 @@ fn from_rejection(status: StatusCode, text: String) -> ApiError {
 
 impl From<BytesRejection> for ApiError {
     fn from(rejection: BytesRejection) -> Self {
+        if platform::http::BodyDeadlineElapsed::caused(&rejection) {
+            return Self::RequestTimeout;
+        }
         from_rejection(rejection.status(), format!("could not read the request body: {}", rejection.body_text()))
     }
 }

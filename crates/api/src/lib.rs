@@ -19,12 +19,14 @@ pub mod config;
 pub mod console;
 pub mod error;
 pub mod extract;
-pub mod http_server;
 pub mod idempotency_key;
 pub mod metrics_catalog;
 pub mod openapi;
 pub mod order_input;
 pub mod routes;
+
+/// The HTTP edge, shared with the workers' health port (kept under its old name for callers and tests).
+pub use platform::http as http_server;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,9 +55,6 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::http_server::{serve, HttpLimits};
 
-/// How long a client may take to send its request body.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// How long in-flight requests may take to finish after a shutdown signal.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -75,6 +74,8 @@ pub struct AppState {
     /// The operators' console behind the admin surface; `None` serves no console routes (login and subscriptions
     /// still work).
     pub console: Option<Arc<console::Console>>,
+    /// `ALLOWED_HOSTS`: the names the console and its login answer to, besides loopback (421 otherwise).
+    pub allowed_hosts: Arc<http_server::AllowedHosts>,
 }
 
 impl AppState {
@@ -88,6 +89,7 @@ impl AppState {
             admin: None,
             api_keys: None,
             console: None,
+            allowed_hosts: Arc::new(http_server::AllowedHosts::default()),
         }
     }
 
@@ -102,6 +104,13 @@ impl AppState {
     #[must_use]
     pub fn with_admin(mut self, token: &admin::AdminToken) -> Self {
         self.admin = Some(Arc::new(admin::AdminAuth::new(token)));
+        self
+    }
+
+    /// Lets the console answer to `hosts` besides loopback.
+    #[must_use]
+    pub fn with_allowed_hosts(mut self, hosts: http_server::AllowedHosts) -> Self {
+        self.allowed_hosts = Arc::new(hosts);
         self
     }
 
@@ -155,19 +164,19 @@ fn finish(surface: Router<AppState>, state: AppState) -> Router {
     surface
         .fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
+        // The body's deadline is the server's (`http_server::DeadlineBody`): one for the whole body, on every port.
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
-        // A client that stalls mid-body must not hold a request (and a drain slot) forever.
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
         .layer(middleware::from_fn(record_http_metrics))
         // Outermost first: set the id, open a span carrying it, echo it on the response.
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
-        // The span records method, path (never the query) and request id: no header, so no credential, is logged.
+        // The span records method, path (never the query; an email in it redacted) and request id: no header, so no
+        // credential, is logged.
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request| {
                     let request_id =
                         req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
-                    tracing::info_span!("request", method = %req.method(), uri = %req.uri().path(), request_id)
+                    tracing::info_span!("request", method = %req.method(), uri = %redact_path(req.uri().path()), request_id)
                 })
                 .on_request(())
                 .on_response(DefaultOnResponse::new().level(Level::INFO))
@@ -208,13 +217,36 @@ async fn drop_unusable_request_id(mut request: Request, next: Next) -> Response 
     next.run(request).await
 }
 
+/// `path` with every segment that holds an email address (an `@`, or its `%40` encoding) replaced by `{email}`:
+/// `GET /api/suscripcion/estado/{email}` carries one, and no log field may.
+pub fn redact_path(path: &str) -> std::borrow::Cow<'_, str> {
+    let is_email = |segment: &str| segment.contains('@') || segment.to_ascii_lowercase().contains("%40");
+    if !path.split('/').any(is_email) {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let redacted: Vec<&str> =
+        path.split('/').map(|segment| if is_email(segment) { "{email}" } else { segment }).collect();
+    std::borrow::Cow::Owned(redacted.join("/"))
+}
+
+/// What Swagger UI's page needs and no more: its own scripts, styles and the document from this origin, the
+/// `data:` images its stylesheet embeds; never framed. Its page has no inline script or style element.
+pub const DOCS_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+    font-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
 /// Swagger UI answers an unknown file under /docs with a bare 404; every error here is problem+json.
+/// Every documentation response also gets [`DOCS_CSP`] and is never framed or sniffed.
 async fn docs_not_found(response: Response) -> Response {
-    if response.status() == StatusCode::NOT_FOUND {
+    let mut response = if response.status() == StatusCode::NOT_FOUND {
         ApiError::NotFound("no such documentation file".into()).into_response()
     } else {
         response
-    }
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_SECURITY_POLICY, header::HeaderValue::from_static(DOCS_CSP));
+    headers.insert(header::X_FRAME_OPTIONS, header::HeaderValue::from_static("DENY"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, header::HeaderValue::from_static("nosniff"));
+    response
 }
 
 async fn record_http_metrics(request: Request, next: Next) -> Response {
@@ -274,7 +306,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> std::io::Resu
     });
     let orders: Arc<dyn OrderReads> =
         Arc::new(DynamoOrders::new(aws_sdk_dynamodb::Client::new(&sdk), config.orders_table.clone()));
-    let mut state = AppState::new(bus, Arc::clone(&orders));
+    let mut state = AppState::new(bus, Arc::clone(&orders)).with_allowed_hosts(config.allowed_hosts.clone());
     if let Some(token) = &config.admin_token {
         // The console exists only behind the admin surface; it samples nothing until first opened.
         let console = console::Console::new(

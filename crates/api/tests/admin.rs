@@ -2,7 +2,9 @@
 //!
 //! - Every admin route (login, logout, session, the console's routes, subscriptions) refuses a missing, wrong,
 //!   expired or tampered credential, and does not exist (404) without `ADMIN_TOKEN`.
-//! - The session cookie's attributes, CSRF on cookie-authenticated POSTs (token and origin), bearer requests exempt.
+//! - The session cookie's attributes; sessions random per login, ended by logout and by a restart or a new token;
+//!   CSRF on cookie-authenticated POSTs (token and origin), bearer requests exempt; login throttling per address.
+//! - The console answers only to allowed `Host` names (421); subscriptions and the public routes to any.
 //! - `ADMIN_PORT`: admin routes only on the admin router, 404 on the public one.
 //! - API keys on order writes: off by default; 401 without, 403 wrong, 202 right (plain or hashed); never logged.
 //!
@@ -16,7 +18,7 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
 use domain::{EventType, OrderEvent};
-use pedidos_api::admin::auth::{unix_now, AdminAuth, SESSION_COOKIE, SESSION_TTL};
+use pedidos_api::admin::auth::{unix_now, FIRST_LOCKOUT, FREE_FAILURES, SESSION_COOKIE, SESSION_TTL};
 use pedidos_api::admin::AdminToken;
 use pedidos_api::api_keys::ApiKeys;
 use pedidos_api::bus::{BoxFuture, BusError, EventBus, SubscriptionStatus};
@@ -28,7 +30,7 @@ use store::memory::MemoryOrders;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-const TOKEN: &str = "admin-token-for-tests-0001";
+const TOKEN: &str = "admin-token-for-tests-0001-0123456789";
 const HOST: &str = "127.0.0.1:8080";
 const ORIGIN: &str = "http://127.0.0.1:8080";
 const API_KEY: &str = "api-key-for-tests-000000001";
@@ -101,10 +103,8 @@ fn token() -> AdminToken {
     AdminToken::parse("ADMIN_TOKEN", TOKEN).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Signs sessions the way the app does (same token, same key).
-fn auth() -> AdminAuth {
-    AdminAuth::new(&token())
-}
+/// A session value of the issued shape that no app ever issued.
+const NEVER_ISSUED: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 struct App {
     router: Router,
@@ -147,6 +147,15 @@ impl App {
         Self::with(surface, None)
     }
 
+    /// One port, admin surface on with `token` instead of [`TOKEN`].
+    fn with_token(token: &str) -> Self {
+        let bus = Arc::new(FakeBus::default());
+        let orders = Arc::new(MemoryOrders::new());
+        let token = AdminToken::parse("ADMIN_TOKEN", token).unwrap_or_else(|e| panic!("{e}"));
+        let state = AppState::new(bus.clone(), orders.clone()).with_console(console(orders)).with_admin(&token);
+        Self { router: router(state), bus }
+    }
+
     async fn send(&self, request: Request<Body>) -> Reply {
         let response =
             self.router.clone().oneshot(request).await.unwrap_or_else(|e| panic!("router failed (Infallible): {e}"));
@@ -167,6 +176,15 @@ impl App {
         let value = cookie.split(';').next().and_then(|pair| pair.strip_prefix("pedidos_admin="));
         value.unwrap_or_else(|| panic!("not the session cookie: {cookie}")).to_owned()
     }
+
+    /// The CSRF token of `session`, as the console page gets it.
+    async fn csrf(&self, session: &str) -> String {
+        let cookie = format!("{SESSION_COOKIE}={session}");
+        let reply =
+            self.send(request(Method::GET, "/console/api/session", &[("cookie", &cookie)], Body::empty())).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        reply.json()["csrfToken"].as_str().unwrap_or_else(|| panic!("no csrfToken: {}", reply.text())).to_owned()
+    }
 }
 
 /// A request with `Host` set (as every HTTP/1.1 request has) and `headers`.
@@ -176,6 +194,12 @@ fn request(method: Method, uri: &str, headers: &[(&str, &str)], body: Body) -> R
         builder = builder.header(*name, *value);
     }
     builder.body(body).unwrap_or_else(|e| panic!("building request {uri}: {e}"))
+}
+
+/// `request` as if it came from `ip` (the server records the peer's address the same way).
+fn from(mut request: Request<Body>, ip: [u8; 4]) -> Request<Body> {
+    request.extensions_mut().insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((ip, 40_000))));
+    request
 }
 
 fn login_request(token: &str, headers: &[(&str, &str)]) -> Request<Body> {
@@ -266,14 +290,14 @@ impl Route {
 async fn every_admin_route_is_404_without_admin_token() {
     let app = App::new(Surface::Off);
     let bearer = format!("Bearer {TOKEN}");
-    let cookie = format!("{SESSION_COOKIE}={}", auth().session_value(unix_now() + 60));
+    let cookie = format!("{SESSION_COOKIE}={NEVER_ISSUED}");
     let mut routes = protected_routes();
     routes.push(route(Method::GET, "/console/login"));
     routes.push(Route {
         method: Method::POST,
         uri: "/console/login",
         content_type: Some("application/x-www-form-urlencoded"),
-        body: "token=admin-token-for-tests-0001",
+        body: "token=admin-token-for-tests-0001-0123456789",
     });
     for route in &routes {
         for headers in [vec![], vec![("authorization", bearer.as_str())], vec![("cookie", cookie.as_str())]] {
@@ -318,34 +342,33 @@ async fn admin_port_splits_the_surface() {
 // Refusing credentials
 
 /// Every protected admin route refuses a request without a credential, with a wrong bearer token, another scheme,
-/// an expired session, a tampered one, a malformed one, or one signed with another token: 401 problem+json with a
-/// Bearer challenge, and the handler never runs (nothing subscribed).
+/// a logged-out session, a tampered one, a malformed one, one never issued, or one from another instance (a restart,
+/// a new token): 401 problem+json with a Bearer challenge, and the handler never runs (nothing subscribed).
 #[tokio::test]
 async fn every_admin_route_refuses_missing_wrong_expired_or_tampered_credentials() {
     let app = App::new(Surface::On);
-    let auth = auth();
-    let now = unix_now();
-    let expired = auth.session_value(now - 1);
-    let valid = auth.session_value(now + 3600);
-    let (expiry, tag) = valid.split_once('.').unwrap_or_default();
-    let tampered_expiry = format!("{}.{tag}", expiry.parse::<u64>().unwrap_or_default() + 86_400);
-    let mut flipped = tag.to_owned();
-    flipped.replace_range(..1, if tag.starts_with('0') { "1" } else { "0" });
-    let tampered_tag = format!("{expiry}.{flipped}");
-    let other_token = AdminToken::parse("ADMIN_TOKEN", "another-admin-token-000").unwrap_or_else(|e| panic!("{e}"));
-    let foreign = AdminAuth::new(&other_token).session_value(now + 3600);
-    let wrong_bearer = "Bearer admin-token-for-tests-0002".to_owned();
+    let valid = app.login().await;
+    let logged_out = app.login().await;
+    let csrf = app.csrf(&logged_out).await;
+    let cookie = format!("{SESSION_COOKIE}={logged_out}");
+    let logout =
+        request(Method::POST, "/console/logout", &[("cookie", &cookie), ("x-csrf-token", &csrf)], Body::empty());
+    assert_eq!(app.send(logout).await.status, StatusCode::SEE_OTHER);
+    let mut tampered = valid.clone();
+    tampered.replace_range(..1, if valid.starts_with('0') { "1" } else { "0" });
+    let foreign = App::new(Surface::On).login().await;
+    let wrong_bearer = "Bearer admin-token-for-tests-0002-0123456789".to_owned();
     let credentials: Vec<(&str, Vec<(&str, String)>)> = vec![
         ("none", vec![]),
         ("wrong bearer", vec![("authorization", wrong_bearer.clone())]),
         ("token as Basic", vec![("authorization", format!("Basic {TOKEN}"))]),
         ("bare token", vec![("authorization", TOKEN.to_owned())]),
         ("empty bearer", vec![("authorization", "Bearer ".to_owned())]),
-        ("expired session", vec![("cookie", format!("{SESSION_COOKIE}={expired}"))]),
-        ("tampered expiry", vec![("cookie", format!("{SESSION_COOKIE}={tampered_expiry}"))]),
-        ("tampered signature", vec![("cookie", format!("{SESSION_COOKIE}={tampered_tag}"))]),
+        ("logged-out session", vec![("cookie", format!("{SESSION_COOKIE}={logged_out}"))]),
+        ("tampered session", vec![("cookie", format!("{SESSION_COOKIE}={tampered}"))]),
+        ("never-issued session", vec![("cookie", format!("{SESSION_COOKIE}={NEVER_ISSUED}"))]),
         ("malformed session", vec![("cookie", format!("{SESSION_COOKIE}=garbage"))]),
-        ("session of another token", vec![("cookie", format!("{SESSION_COOKIE}={foreign}"))]),
+        ("session of another instance", vec![("cookie", format!("{SESSION_COOKIE}={foreign}"))]),
         ("token as cookie", vec![("cookie", format!("{SESSION_COOKIE}={TOKEN}"))]),
         // A wrong bearer is not rescued by a valid cookie.
         (
@@ -382,7 +405,7 @@ async fn browsers_without_a_session_are_sent_to_the_login_page() {
     assert_eq!(reply.header("location"), Some("/console/login"));
     assert!(reply.header("set-cookie").is_none());
 
-    let expired = format!("{SESSION_COOKIE}={}", auth().session_value(unix_now() - 10));
+    let expired = format!("{SESSION_COOKIE}={NEVER_ISSUED}");
     let reply = app.send(request(Method::GET, "/console", &[html, ("cookie", &expired)], Body::empty())).await;
     assert_eq!(reply.status, StatusCode::SEE_OTHER);
     let cleared = reply.header("set-cookie").unwrap_or_default();
@@ -441,7 +464,8 @@ async fn login_sets_a_strict_session_cookie() {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let body = reply.json();
     assert_eq!(body["authenticatedBy"], json!("cookie"));
-    assert_eq!(body["csrfToken"], json!(auth().csrf_token(&session)));
+    let csrf = body["csrfToken"].as_str().unwrap_or_default();
+    assert!(csrf.len() == 64 && csrf != session, "{body}");
     let expires_at = body["expiresAt"].as_u64().unwrap_or_default();
     assert!(expires_at > unix_now() + SESSION_TTL.as_secs() - 60, "{body}");
     assert_eq!(reply.header("cache-control"), Some("no-store"));
@@ -457,11 +481,20 @@ async fn login_sets_a_strict_session_cookie() {
 #[tokio::test]
 async fn login_refuses_wrong_tokens_foreign_origins_and_non_forms() {
     let app = App::new(Surface::On);
-    for wrong in ["", "admin-token-for-tests-000", "admin-token-for-tests-00011", "ADMIN-TOKEN-FOR-TESTS-0001"] {
-        let reply = app.send(login_request(wrong, &[])).await;
+    let almost = &TOKEN[..TOKEN.len() - 1];
+    let longer = format!("{TOKEN}1");
+    let upper = TOKEN.to_ascii_uppercase();
+    // From distinct addresses: these failures must not add up to a lockout.
+    for (n, wrong) in ["", almost, &longer, &upper].into_iter().enumerate() {
+        let reply = app.send(from(login_request(wrong, &[]), [198, 51, 100, 1 + u8::try_from(n).unwrap_or(0)])).await;
         reply.problem(StatusCode::UNAUTHORIZED, wrong);
         assert!(reply.header("set-cookie").is_none());
-        let browser = app.send(login_request(wrong, &[("accept", "text/html")])).await;
+        let browser = app
+            .send(from(
+                login_request(wrong, &[("accept", "text/html")]),
+                [198, 51, 100, 101 + u8::try_from(n).unwrap_or(0)],
+            ))
+            .await;
         assert_eq!(
             (browser.status, browser.header("location")),
             (StatusCode::SEE_OTHER, Some("/console/login?error=1"))
@@ -490,18 +523,90 @@ async fn login_refuses_wrong_tokens_foreign_origins_and_non_forms() {
     app.send(json_login).await.problem(StatusCode::UNSUPPORTED_MEDIA_TYPE, "JSON login");
 }
 
-/// Logout removes the cookie and goes back to the login page.
+/// Logout removes the cookie, goes back to the login page and ends the session: the old cookie is refused from then
+/// on (a copy of it included), while another session of the same operator goes on.
 #[tokio::test]
-async fn logout_clears_the_cookie() {
+async fn logout_ends_the_session() {
     let app = App::new(Surface::On);
     let session = app.login().await;
-    let csrf = auth().csrf_token(&session);
+    let other = app.login().await;
+    let csrf = app.csrf(&session).await;
     let cookie = format!("{SESSION_COOKIE}={session}");
     let headers = [("cookie", cookie.as_str()), ("x-csrf-token", csrf.as_str()), ("origin", ORIGIN)];
     let reply = app.send(request(Method::POST, "/console/logout", &headers, Body::empty())).await;
     assert_eq!((reply.status, reply.header("location")), (StatusCode::SEE_OTHER, Some("/console/login")));
     let cleared = reply.header("set-cookie").unwrap_or_default();
     assert!(cleared.starts_with("pedidos_admin=;") && cleared.contains("Max-Age=0"), "{cleared}");
+    let after = app.send(request(Method::GET, "/console/api/session", &[("cookie", &cookie)], Body::empty())).await;
+    after.problem(StatusCode::UNAUTHORIZED, "the logged-out cookie");
+    let again = app.send(request(Method::POST, "/console/logout", &headers, Body::empty())).await;
+    again.problem(StatusCode::UNAUTHORIZED, "logging out twice");
+    assert_eq!(app.csrf(&other).await.len(), 64, "the other session goes on");
+}
+
+/// Two logins, even in the same second, get different sessions with different CSRF tokens, and one session's token
+/// is refused on the other's POSTs.
+#[tokio::test]
+async fn every_login_gets_its_own_session_and_csrf_token() {
+    let app = App::new(Surface::On);
+    let (one, two) = (app.login().await, app.login().await);
+    assert_ne!(one, two);
+    let (csrf_one, csrf_two) = (app.csrf(&one).await, app.csrf(&two).await);
+    assert_ne!(csrf_one, csrf_two);
+    let cookie = format!("{SESSION_COOKIE}={one}");
+    let crossed = json_route("/api/suscripcion", r#"{"email": "ops@example.com"}"#)
+        .request(&[("cookie", &cookie), ("x-csrf-token", &csrf_two)]);
+    app.send(crossed).await.problem(StatusCode::FORBIDDEN, "another session's CSRF token");
+}
+
+/// A restart (which is how `ADMIN_TOKEN` is rotated) ends every session: a new process, with the same token or
+/// another, refuses the old cookies; the new token logs in, the old one does not.
+#[tokio::test]
+async fn a_restart_or_a_new_token_ends_every_session() {
+    let before = App::new(Surface::On);
+    let session = before.login().await;
+    let cookie = format!("{SESSION_COOKIE}={session}");
+    let same_token = App::new(Surface::On);
+    let reply =
+        same_token.send(request(Method::GET, "/console/api/session", &[("cookie", &cookie)], Body::empty())).await;
+    reply.problem(StatusCode::UNAUTHORIZED, "after a restart");
+
+    let rotated_token = "rotated-admin-token-0123456789abcdef";
+    let rotated = App::with_token(rotated_token);
+    let reply = rotated.send(request(Method::GET, "/console/api/session", &[("cookie", &cookie)], Body::empty())).await;
+    reply.problem(StatusCode::UNAUTHORIZED, "after a token rotation");
+    rotated.send(login_request(TOKEN, &[])).await.problem(StatusCode::UNAUTHORIZED, "the old token");
+    assert_eq!(rotated.send(login_request(rotated_token, &[])).await.status, StatusCode::SEE_OTHER);
+}
+
+/// After [`FREE_FAILURES`] wrong tokens from one address, that address gets 429 with `Retry-After` (even with the
+/// right token) while other addresses log in; every refusal is logged with the client address.
+#[tokio::test]
+async fn repeated_login_failures_are_throttled_per_address() {
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::fmt().with_writer(capture.clone()).with_ansi(false).finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let app = App::new(Surface::On);
+    let attacker = [203, 0, 113, 7];
+    for n in 0..FREE_FAILURES {
+        let reply = app.send(from(login_request("wrong-token", &[]), attacker)).await;
+        reply.problem(StatusCode::UNAUTHORIZED, &format!("failure {n}"));
+    }
+    for token in ["wrong-token", TOKEN] {
+        let reply = app.send(from(login_request(token, &[]), attacker)).await;
+        reply.problem(StatusCode::TOO_MANY_REQUESTS, "locked out");
+        let retry_after: u64 = reply.header("retry-after").and_then(|v| v.parse().ok()).unwrap_or_default();
+        assert!((1..=FIRST_LOCKOUT.as_secs().max(1)).contains(&retry_after), "Retry-After: {retry_after}");
+        assert!(reply.header("set-cookie").is_none());
+    }
+    let reply = app.send(from(login_request(TOKEN, &[]), [203, 0, 113, 8])).await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER, "another address logs in");
+    drop(_guard);
+    let logs = String::from_utf8_lossy(&lock(&capture.0)).into_owned();
+    let refused: Vec<&str> = logs.lines().filter(|line| line.contains("admin login refused")).collect();
+    assert_eq!(refused.len(), usize::try_from(FREE_FAILURES).unwrap_or(0) + 2, "{logs}");
+    assert!(refused.iter().all(|line| line.contains("client=203.0.113.7")), "{logs}");
+    assert!(refused.iter().any(|line| line.contains("too many failures")), "{logs}");
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -513,11 +618,11 @@ async fn logout_clears_the_cookie() {
 async fn cookie_posts_need_the_csrf_token_and_this_origin() {
     let app = App::new(Surface::On);
     let session = app.login().await;
-    let other_session = auth().session_value(unix_now() + 100);
-    let csrf = auth().csrf_token(&session);
+    let other_session = app.login().await;
+    let csrf = app.csrf(&session).await;
     let cookie = format!("{SESSION_COOKIE}={session}");
     let subscribe = json_route("/api/suscripcion", r#"{"email": "ops@example.com"}"#);
-    let foreign_token = auth().csrf_token(&other_session);
+    let foreign_token = app.csrf(&other_session).await;
     let refused: Vec<(&str, Vec<(&str, &str)>)> = vec![
         ("no token", vec![("cookie", &cookie)]),
         ("empty token", vec![("cookie", &cookie), ("x-csrf-token", "")]),
@@ -553,15 +658,6 @@ async fn cookie_posts_need_the_csrf_token_and_this_origin() {
     let bare = [("cookie", cookie.as_str()), ("x-csrf-token", csrf.as_str())];
     let status = json_route("/api/suscripcion", r#"{"email": "ops2@example.com"}"#);
     assert_eq!(app.send(status.request(&bare)).await.status, StatusCode::CREATED);
-    // A plain HTML form carries it as a field.
-    let form = format!("csrfToken={csrf}");
-    let logout = request(
-        Method::POST,
-        "/console/logout",
-        &[("cookie", &cookie), ("content-type", "application/x-www-form-urlencoded"), ("origin", ORIGIN)],
-        Body::from(form),
-    );
-    assert_eq!(app.send(logout).await.status, StatusCode::SEE_OTHER);
     let wrong_form = request(
         Method::POST,
         "/console/logout",
@@ -574,6 +670,15 @@ async fn cookie_posts_need_the_csrf_token_and_this_origin() {
         .send(request(Method::GET, "/api/suscripcion/estado/ops@example.com", &[("cookie", &cookie)], Body::empty()))
         .await;
     assert_eq!(get.status, StatusCode::OK, "{}", get.text());
+    // A plain HTML form carries it as a field.
+    let form = format!("csrfToken={csrf}");
+    let logout = request(
+        Method::POST,
+        "/console/logout",
+        &[("cookie", &cookie), ("content-type", "application/x-www-form-urlencoded"), ("origin", ORIGIN)],
+        Body::from(form),
+    );
+    assert_eq!(app.send(logout).await.status, StatusCode::SEE_OTHER);
 }
 
 /// Bearer requests carry no ambient credential, so they need no CSRF token.
@@ -701,7 +806,7 @@ async fn credentials_never_reach_the_logs() {
     let app = App::with(Surface::On, Some(keys));
     let wrong_key = "wrong-api-key-that-must-not-be-logged";
     let session = app.login().await;
-    let csrf = auth().csrf_token(&session);
+    let csrf = app.csrf(&session).await;
     let cookie = format!("{SESSION_COOKIE}={session}");
     let requests = vec![
         order_request(Method::POST, "/api/pedidos", &[("x-api-key", API_KEY)]),
@@ -760,4 +865,89 @@ async fn openapi_documents_the_security_schemes() {
     for path in ["/api/pedidos/{pedidoId}", "/api/clientes/{clienteId}/pedidos"] {
         assert_eq!(doc["paths"][path]["get"]["security"], json!([{}, {"apiKey": []}, {"adminBearer": []}]), "{path}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Host check and logs
+
+/// A request with `host` as its `Host` header.
+fn to_host(method: Method, uri: &str, host: &str, headers: &[(&str, &str)]) -> Request<Body> {
+    let mut builder = Request::builder().method(method).uri(uri).header(header::HOST, host);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(Body::empty()).unwrap_or_else(|e| panic!("building request {uri}: {e}"))
+}
+
+/// The console and its login answer only to loopback names and `ALLOWED_HOSTS` (421 problem+json otherwise, with a
+/// valid credential too: DNS rebinding); the subscription routes, the order API and the health checks answer to any.
+#[tokio::test]
+async fn the_console_answers_only_to_allowed_host_names() {
+    let app = App::new(Surface::On);
+    let bearer = format!("Bearer {TOKEN}");
+    for host in ["evil.example", "evil.example:8080", "127.0.0.2:8080", "localhost.evil.example"] {
+        for (method, uri) in
+            [(Method::GET, "/console/login"), (Method::GET, "/console"), (Method::POST, "/console/login")]
+        {
+            let reply = app.send(to_host(method.clone(), uri, host, &[("authorization", &bearer)])).await;
+            let problem = reply.problem(StatusCode::MISDIRECTED_REQUEST, &format!("{method} {uri} as {host}"));
+            assert!(problem["detail"].as_str().is_some_and(|d| d.contains("ALLOWED_HOSTS")), "{problem}");
+        }
+        let status = app
+            .send(to_host(Method::GET, "/api/suscripcion/estado/a@example.com", host, &[("authorization", &bearer)]))
+            .await;
+        // Answered (404: no such subscription), not refused.
+        assert_eq!(status.status, StatusCode::NOT_FOUND, "subscriptions as {host}: {}", status.text());
+        for uri in ["/health", "/openapi.json", "/api/pedidos/0b9e4a52-3c1d-4f7e-9a2b-5d6c7e8f9a0b"] {
+            let reply = app.send(to_host(Method::GET, uri, host, &[])).await;
+            assert_ne!(reply.status, StatusCode::MISDIRECTED_REQUEST, "{uri} as {host}");
+        }
+    }
+    for host in ["localhost", "localhost:9090", "127.0.0.1:8080", "[::1]:9090"] {
+        let reply = app.send(to_host(Method::GET, "/console/login", host, &[])).await;
+        assert_eq!(reply.status, StatusCode::OK, "{host}");
+    }
+    // Configured names are allowed with any port.
+    let bus = Arc::new(FakeBus::default());
+    let orders = Arc::new(MemoryOrders::new());
+    let hosts = pedidos_api::http_server::AllowedHosts::parse("ALLOWED_HOSTS", "admin.internal")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let configured = AppState::new(bus, orders).with_admin(&token()).with_allowed_hosts(hosts);
+    let app = App { router: router(configured), bus: Arc::new(FakeBus::default()) };
+    assert_eq!(
+        app.send(to_host(Method::GET, "/console/login", "admin.internal:9090", &[])).await.status,
+        StatusCode::OK
+    );
+    let reply = app.send(to_host(Method::GET, "/console/login", "other.internal:9090", &[])).await;
+    reply.problem(StatusCode::MISDIRECTED_REQUEST, "a name not configured");
+}
+
+/// An email address in a path (`GET /api/suscripcion/estado/{email}`) never reaches a log field: the request span's
+/// `uri` shows `{email}` instead, plain or percent-encoded, answered or refused.
+#[tokio::test]
+async fn emails_in_paths_never_reach_the_logs() {
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(capture.clone())
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let app = App::new(Surface::On);
+    let bearer = format!("Bearer {TOKEN}");
+    for uri in [
+        "/api/suscripcion/estado/ops.secret@example.com",
+        "/api/suscripcion/estado/ops.secret%40example.com",
+        "/api/suscripcion/estado/OPS.SECRET%40EXAMPLE.COM",
+    ] {
+        let reply = app.send(request(Method::GET, uri, &[("authorization", &bearer)], Body::empty())).await;
+        // Answered (no such subscription: its detail names no email), and refused without a credential.
+        reply.problem(StatusCode::NOT_FOUND, uri);
+        app.send(request(Method::GET, uri, &[], Body::empty())).await.problem(StatusCode::UNAUTHORIZED, uri);
+    }
+    drop(_guard);
+    let logs = String::from_utf8_lossy(&lock(&capture.0)).into_owned();
+    assert!(logs.contains("uri=/api/suscripcion/estado/{email}"), "no redacted span: {logs}");
+    assert!(!logs.to_ascii_lowercase().contains("ops.secret"), "an email reached the logs:\n{logs}");
+    assert!(!logs.contains("example.com"), "an email's domain reached the logs:\n{logs}");
 }

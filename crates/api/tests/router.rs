@@ -33,7 +33,7 @@ const PEDIDO: &str = "0b9e4a52-3c1d-4f7e-9a2b-5d6c7e8f9a0b";
 const INTERNAL: &str = "secret-internal-cause arn:aws:sns:us-east-1:123456789012:x";
 /// The apps here have the admin surface on, with this token (the subscription routes are admin routes). Its rules
 /// are tested in `tests/admin.rs`.
-const ADMIN_TOKEN: &str = "router-tests-admin-token";
+const ADMIN_TOKEN: &str = "router-tests-admin-token-0123456789";
 
 /// What the fake does when asked to publish.
 #[derive(Clone, Copy)]

@@ -8,9 +8,11 @@
 //! - [`shutdown`]: SIGTERM/SIGINT as a `CancellationToken`.
 //! - [`topology`]: the SNS topic, SQS queues, DLQs and subscriptions, created idempotently.
 //! - [`probe`]: the `healthcheck` subcommand (distroless images have no curl).
+//! - [`http`]: serving a router with the edge limits (header, body and connection bounds) and the `Host` check.
 
 pub mod aws;
 pub mod config;
+pub mod http;
 pub mod metrics;
 pub mod probe;
 pub mod shutdown;

@@ -4,6 +4,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use platform::config::{idempotency_table, in_range, orders_table, required, Common, ConfigError, Lookup};
+use platform::http::{AllowedHosts, HttpLimits};
 
 use crate::handler::Role;
 use crate::health::Limits;
@@ -34,6 +35,10 @@ pub struct Config {
     pub retry_max: Duration,
     /// `LIVENESS_STALL_SECONDS` (liveness) and `HEALTH_FAILURE_SECONDS` (readiness), see [`crate::health`].
     pub health: Limits,
+    /// `HTTP_HEADER_READ_TIMEOUT_SECONDS` (10) and `HTTP_MAX_CONNECTIONS` (1024) of the health port, as the API's.
+    pub http_limits: HttpLimits,
+    /// `ALLOWED_HOSTS`: names the live page answers to besides loopback.
+    pub allowed_hosts: AllowedHosts,
 }
 
 impl Config {
@@ -78,6 +83,8 @@ impl Config {
                 stall_after: Duration::from_secs(in_range(env, "LIVENESS_STALL_SECONDS", 180, 10, 86_400)?),
                 unready_after: Duration::from_secs(in_range(env, "HEALTH_FAILURE_SECONDS", 60, 1, 3600)?),
             },
+            http_limits: HttpLimits::from_env(env)?,
+            allowed_hosts: AllowedHosts::from_env(env)?,
         })
     }
 }

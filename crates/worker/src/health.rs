@@ -25,6 +25,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use platform::http::AllowedHosts;
 use platform::metrics::PrometheusHandle;
 use serde_json::json;
 use tokio::sync::Notify;
@@ -366,14 +367,15 @@ struct AppState {
     metrics: PrometheusHandle,
 }
 
-/// `GET /health`, `GET /ready`, `GET /metrics`, and the live page (`GET /`, `/events`, its script and style).
-pub fn router(health: Arc<Health>) -> Router {
+/// `GET /health`, `GET /ready`, `GET /metrics`, and the live page (`GET /`, `/events`, its script and style), which
+/// alone answers only to `hosts` (health checks reach the port under any name).
+pub fn router(health: Arc<Health>, hosts: Arc<AllowedHosts>) -> Router {
     Router::new()
         .route("/health", get(health_handler))
         .route("/ready", get(ready_handler))
         .route("/metrics", get(metrics_handler))
         .with_state(AppState { health: Arc::clone(&health), metrics: platform::metrics::handle() })
-        .merge(crate::live::router(health))
+        .merge(crate::live::router(health, hosts))
 }
 
 /// Liveness: 200 unless stalled.

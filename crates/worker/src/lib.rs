@@ -31,6 +31,7 @@ pub mod stats;
 
 use std::sync::Arc;
 
+use platform::http::{AllowedHosts, HttpLimits};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -60,15 +61,19 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Serves `health` on `listener` in the background.
+    /// Serves `health` on `listener` in the background, with the default limits and only loopback names for the
+    /// live page.
     pub fn serve(listener: TcpListener, health: Arc<Health>) -> Self {
+        Self::serve_with(listener, health, HttpLimits::default(), AllowedHosts::default())
+    }
+
+    /// Serves `health` on `listener` in the background through the same HTTP edge as the API (header-read and idle
+    /// timeout, head limits, body deadline, connection limit), the live page answering to `hosts` and loopback.
+    pub fn serve_with(listener: TcpListener, health: Arc<Health>, limits: HttpLimits, hosts: AllowedHosts) -> Self {
         metrics_catalog::register();
         let stop = CancellationToken::new();
-        let router = health::router(Arc::clone(&health));
-        let task = tokio::spawn({
-            let stop = stop.clone();
-            async move { axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await }
-        });
+        let router = health::router(Arc::clone(&health), Arc::new(hosts));
+        let task = tokio::spawn(platform::http::serve(listener, router, limits, stop.clone()));
         Self { stop, task, health }
     }
 
@@ -197,7 +202,8 @@ pub async fn start_with(
     let listener =
         TcpListener::bind((config.common.bind_addr, port)).await.map_err(|source| StartError::Bind { port, source })?;
     let health = Arc::new(Health::new(config.role.as_str(), config.queue.clone(), config.health));
-    let endpoint = Endpoint::serve(listener, Arc::clone(&health));
+    let endpoint =
+        Endpoint::serve_with(listener, Arc::clone(&health), config.http_limits, config.allowed_hosts.clone());
     let started = start_consumer(config, &health, shutdown, handler).await;
     endpoint.stop().await;
     started

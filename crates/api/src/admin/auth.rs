@@ -1,14 +1,22 @@
 //! Who may use the admin surface, and the middleware that checks it on every admin route.
 //!
-//! - The credential is `ADMIN_TOKEN`. Automation sends it as `Authorization: Bearer <token>`; a browser trades it once
-//!   at `POST /console/login` for a session cookie.
-//! - The session cookie is `<expiry unix seconds>.<hex HMAC-SHA256(key, expiry)>`, the key derived from the token: no
-//!   server-side state, so every instance accepts it, and changing the token ends every session.
+//! - The credential is `ADMIN_TOKEN` (at least 32 characters). Automation sends it as `Authorization: Bearer <token>`;
+//!   a browser trades it once at `POST /console/login` for a session cookie.
+//! - A session is 256 random bits from the OS's RNG (the cookie's value) with its own random CSRF token, held in this
+//!   process's memory for [`SESSION_TTL`]: logout ends it, and a restart (a new `ADMIN_TOKEN` is a restart) ends all.
+//!   Several API instances each hold their own sessions; operators reach one instance's admin port through a tunnel,
+//!   so that costs nothing (docs/operations.md, "Console sessions and login lockout"). At most [`MAX_SESSIONS`] at
+//!   once.
+//! - Logins are throttled per client address: after [`FREE_FAILURES`] failures, a lockout doubling from
+//!   [`FIRST_LOCKOUT`] to [`MAX_LOCKOUT`] (429 with `Retry-After`); every refused login is logged with the address.
 //! - State-changing requests authenticated by the cookie (an ambient credential a browser attaches on its own) must
-//!   come from this origin (`Origin`, `Sec-Fetch-Site`) and carry a CSRF token bound to the session:
-//!   `X-CSRF-Token`, or a `csrfToken` field in a form body. Bearer requests skip that: no browser attaches them.
-//! - Every comparison of a secret is constant-time.
+//!   come from this origin (`Origin`, `Sec-Fetch-Site`) and carry the session's CSRF token: `X-CSRF-Token`, or a
+//!   `csrfToken` field in a form body. Bearer requests skip that: no browser attaches them.
+//! - Every comparison of a secret is constant-time (session and CSRF values are looked up or compared by digest).
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
@@ -17,10 +25,10 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use hmac::{Hmac, KeyInit, Mac};
 use platform::config::{ConfigError, Lookup};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tokio::time::Instant;
 
 use crate::error::ApiError;
 use crate::extract::BODY_LIMIT;
@@ -30,18 +38,29 @@ use crate::AppState;
 pub const SESSION_COOKIE: &str = "pedidos_admin";
 /// How long a session lasts after login (a working day); then the operator logs in again.
 pub const SESSION_TTL: Duration = Duration::from_secs(8 * 60 * 60);
+/// Most sessions held at once. Only a holder of the token can add one, so reaching it means a script logging in
+/// in a loop: the oldest session is then ended to make room (a WARN says so), never the new login refused.
+pub const MAX_SESSIONS: usize = 1000;
+/// Failed logins an address gets before its first lockout.
+pub const FREE_FAILURES: u32 = 5;
+/// The first lockout; each further failure doubles it.
+pub const FIRST_LOCKOUT: Duration = Duration::from_secs(1);
+/// The longest lockout.
+pub const MAX_LOCKOUT: Duration = Duration::from_secs(15 * 60);
+/// An address's failures are forgotten after this long without one.
+pub const FORGET_AFTER: Duration = Duration::from_secs(60 * 60);
+/// Most addresses whose failures are remembered (a few hundred KiB).
+pub const MAX_TRACKED_PEERS: usize = 10_000;
 /// Header carrying the CSRF token on cookie-authenticated state-changing requests.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// Form field accepted instead of [`CSRF_HEADER`] in an `application/x-www-form-urlencoded` body (plain HTML forms).
 pub const CSRF_FORM_FIELD: &str = "csrfToken";
-/// Shortest `ADMIN_TOKEN` accepted: it is the whole defence against guessing.
-pub const MIN_TOKEN_LEN: usize = 16;
+/// Shortest `ADMIN_TOKEN` accepted: it is the whole defence against guessing (32 random characters are ~190 bits).
+pub const MIN_TOKEN_LEN: usize = 32;
 /// Where a browser without a session is sent.
 pub const LOGIN_PATH: &str = "/console/login";
 /// `WWW-Authenticate` on a 401 from the admin surface.
 pub const CHALLENGE: &str = "Bearer realm=\"pedidos-admin\"";
-
-type HmacSha256 = Hmac<Sha256>;
 
 /// `ADMIN_TOKEN` as configured. Its `Debug` never shows it.
 #[derive(Clone)]
@@ -84,8 +103,8 @@ impl AdminToken {
 pub enum SessionError {
     #[error("cookie is malformed")]
     Malformed,
-    #[error("cookie signature is not valid")]
-    BadSignature,
+    #[error("has ended (logged out, or the server restarted)")]
+    Unknown,
     #[error("has expired")]
     Expired,
 }
@@ -102,7 +121,7 @@ pub enum AdminError {
     /// 401: a bearer token (or a login form token) that is not `ADMIN_TOKEN`.
     #[error("the admin token is not valid")]
     WrongToken,
-    /// 401: a session cookie that is malformed, tampered with or expired.
+    /// 401: a session cookie that is malformed, unknown (ended) or expired.
     #[error("the admin session {0}; log in again")]
     Session(SessionError),
     /// 403: a cookie-authenticated state change without this origin or without the session's CSRF token.
@@ -111,6 +130,9 @@ pub enum AdminError {
     /// 415: the login form was not `application/x-www-form-urlencoded`.
     #[error("the login form must be sent as application/x-www-form-urlencoded")]
     NotAForm,
+    /// 429: this address failed to log in too often; `retry_after` seconds until it may try again.
+    #[error("too many failed logins")]
+    Throttled { retry_after: u64 },
 }
 
 impl From<AdminError> for ApiError {
@@ -122,6 +144,7 @@ impl From<AdminError> for ApiError {
             }
             AdminError::Csrf(_) => Self::Forbidden(error.to_string()),
             AdminError::NotAForm => Self::UnsupportedMediaType,
+            AdminError::Throttled { retry_after } => Self::TooManyRequests { retry_after },
         }
     }
 }
@@ -132,18 +155,43 @@ impl IntoResponse for AdminError {
     }
 }
 
-/// The keys derived from `ADMIN_TOKEN`. Built once at start-up and shared (`AppState::admin`).
-#[derive(Clone)]
+/// `ADMIN_TOKEN`'s digest, the live sessions and the login throttle. Built once at start-up and shared
+/// (`AppState::admin`).
 pub struct AdminAuth {
     /// SHA-256 of the token: presented tokens are hashed and compared with this in constant time, whatever their length.
     token_digest: [u8; 32],
-    /// HMAC key for session cookies and CSRF tokens (64 bytes: SHA-256's block size, so HMAC uses it as is).
-    key: [u8; 64],
+    /// Live sessions by the SHA-256 of their cookie value: a lookup's timing can say nothing about a valid value.
+    sessions: Mutex<HashMap<[u8; 32], Session>>,
+    throttle: Mutex<Throttle>,
 }
 
 impl std::fmt::Debug for AdminAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("AdminAuth(<redacted>)")
+    }
+}
+
+/// One login's session.
+#[derive(Clone)]
+struct Session {
+    csrf_token: String,
+    expires_at: u64,
+}
+
+/// What a login hands the browser.
+#[derive(Clone)]
+pub struct NewSession {
+    /// The cookie's value: 256 random bits, hex.
+    pub value: String,
+    /// The session's own CSRF token: 256 other random bits, hex.
+    pub csrf_token: String,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
+impl std::fmt::Debug for NewSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NewSession(<redacted>, expires_at: {})", self.expires_at)
     }
 }
 
@@ -163,28 +211,26 @@ fn hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// 256 bits from the operating system's RNG, as hex.
+fn random_hex() -> Result<String, getrandom::Error> {
+    let mut bytes = [0_u8; 32];
+    getrandom::fill(&mut bytes)?;
+    Ok(hex(&bytes))
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// A lock whose data stays consistent if a holder panicked (each update is a single insert or remove).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl AdminAuth {
     pub fn new(token: &AdminToken) -> Self {
-        let token = token.0.as_bytes();
-        // Domain-separated derivations: the session key reveals nothing about the token digest, nor the reverse.
-        let first = sha256(&[b"pedidos-api admin session key v1 (1/2)\0", token]);
-        let second = sha256(&[b"pedidos-api admin session key v1 (2/2)\0", token]);
-        let mut key = [0_u8; 64];
-        key[..32].copy_from_slice(&first);
-        key[32..].copy_from_slice(&second);
-        Self { token_digest: sha256(&[token]), key }
-    }
-
-    fn mac(&self, label: &[u8], message: &[u8]) -> String {
-        let mut mac = HmacSha256::new((&self.key).into());
-        mac.update(label);
-        mac.update(message);
-        hex(&mac.finalize().into_bytes())
+        Self { token_digest: sha256(&[token.0.as_bytes()]), sessions: Mutex::default(), throttle: Mutex::default() }
     }
 
     /// Whether `presented` is `ADMIN_TOKEN` (constant time).
@@ -192,43 +238,149 @@ impl AdminAuth {
         bool::from(sha256(&[presented.as_bytes()]).ct_eq(&self.token_digest))
     }
 
-    /// A session cookie value that expires at `expires_at` (Unix seconds).
-    pub fn session_value(&self, expires_at: u64) -> String {
-        format!("{expires_at}.{}", self.mac(b"session\0", expires_at.to_string().as_bytes()))
-    }
-
-    /// Checks a session cookie value at `now`; returns its expiry.
+    /// A new session at `now` (Unix seconds), lasting [`SESSION_TTL`]. At [`MAX_SESSIONS`], expired sessions are
+    /// dropped first, then the one closest to its end (the oldest login) is ended, with a WARN.
     ///
     /// # Errors
-    /// [`SessionError`]: not of the issued shape, signed with another key (tampered, or the token changed), expired.
-    pub fn verify_session(&self, value: &str, now: u64) -> Result<u64, SessionError> {
-        let (expiry, tag) = value.split_once('.').ok_or(SessionError::Malformed)?;
-        let well_formed = (1..=20).contains(&expiry.len())
-            && expiry.bytes().all(|b| b.is_ascii_digit())
-            && tag.len() == 64
-            && tag.bytes().all(|b| b.is_ascii_hexdigit());
-        let expires_at: u64 = match expiry.parse() {
-            Ok(at) if well_formed => at,
-            _ => return Err(SessionError::Malformed),
+    /// The operating system's RNG failed (the login is refused with a 500; nothing is stored).
+    pub fn start_session(&self, now: u64) -> Result<NewSession, getrandom::Error> {
+        let session = NewSession {
+            value: random_hex()?,
+            csrf_token: random_hex()?,
+            expires_at: now.saturating_add(SESSION_TTL.as_secs()),
         };
-        let expected = self.mac(b"session\0", expiry.as_bytes());
-        if !bool::from(expected.as_bytes().ct_eq(tag.as_bytes())) {
-            return Err(SessionError::BadSignature);
+        let mut sessions = lock(&self.sessions);
+        if sessions.len() >= MAX_SESSIONS {
+            sessions.retain(|_, s| s.expires_at > now);
         }
-        if expires_at <= now {
+        if sessions.len() >= MAX_SESSIONS {
+            let oldest = sessions.iter().min_by_key(|(_, s)| s.expires_at).map(|(key, _)| *key);
+            if let Some(oldest) = oldest {
+                sessions.remove(&oldest);
+                tracing::warn!(limit = MAX_SESSIONS, "admin session limit reached: the oldest session was ended");
+            }
+        }
+        sessions.insert(
+            sha256(&[session.value.as_bytes()]),
+            Session { csrf_token: session.csrf_token.clone(), expires_at: session.expires_at },
+        );
+        Ok(session)
+    }
+
+    /// Checks a session cookie value at `now`; returns the session's CSRF token and expiry.
+    ///
+    /// # Errors
+    /// [`SessionError`]: not of the issued shape, not a live session (logged out, ended at the limit, or from before
+    /// a restart), expired.
+    pub fn verify_session(&self, value: &str, now: u64) -> Result<(String, u64), SessionError> {
+        if value.len() != 64 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(SessionError::Malformed);
+        }
+        let key = sha256(&[value.as_bytes()]);
+        let mut sessions = lock(&self.sessions);
+        let session = sessions.get(&key).cloned().ok_or(SessionError::Unknown)?;
+        if session.expires_at <= now {
+            sessions.remove(&key);
             return Err(SessionError::Expired);
         }
-        Ok(expires_at)
+        Ok((session.csrf_token, session.expires_at))
     }
 
-    /// The CSRF token of the session whose cookie value is `session_value`: it changes with every login.
-    pub fn csrf_token(&self, session_value: &str) -> String {
-        self.mac(b"csrf\0", session_value.as_bytes())
+    /// Ends the session whose cookie value is `value` (logout). Returns whether it was live.
+    pub fn end_session(&self, value: &str) -> bool {
+        lock(&self.sessions).remove(&sha256(&[value.as_bytes()])).is_some()
     }
 
-    /// Whether `presented` is the CSRF token of `session_value` (constant time).
-    pub fn csrf_matches(&self, session_value: &str, presented: &str) -> bool {
-        bool::from(self.csrf_token(session_value).as_bytes().ct_eq(presented.as_bytes()))
+    /// Live sessions (expired ones not yet dropped included).
+    pub fn session_count(&self) -> usize {
+        lock(&self.sessions).len()
+    }
+
+    /// Whether `peer` may try a login now; `Err(wait)` while it is locked out.
+    ///
+    /// # Errors
+    /// How long the lockout still lasts.
+    pub fn login_allowed(&self, peer: Option<IpAddr>) -> Result<(), Duration> {
+        lock(&self.throttle).allowed(peer, Instant::now())
+    }
+
+    /// Counts a failed login from `peer`; returns the lockout it starts, if any.
+    pub fn login_failed(&self, peer: Option<IpAddr>) -> Option<Duration> {
+        lock(&self.throttle).failed(peer, Instant::now())
+    }
+
+    /// A successful login forgets `peer`'s failures.
+    pub fn login_succeeded(&self, peer: Option<IpAddr>) {
+        lock(&self.throttle).succeeded(peer);
+    }
+}
+
+/// Failed logins per client address ([`FREE_FAILURES`], then a lockout doubling from [`FIRST_LOCKOUT`] up to
+/// [`MAX_LOCKOUT`]), on tokio's clock. IPv6 addresses count by their /64, which one client usually holds whole.
+/// Requests that did not come through the server (no peer address) share one entry. At most [`MAX_TRACKED_PEERS`]
+/// entries: at the bound, entries quiet for [`FORGET_AFTER`] are dropped, then the longest-quiet one.
+#[derive(Default)]
+struct Throttle {
+    peers: HashMap<IpAddr, Failures>,
+}
+
+#[derive(Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: Instant,
+    locked_until: Option<Instant>,
+}
+
+/// The entry an address counts under.
+fn throttle_key(peer: Option<IpAddr>) -> IpAddr {
+    match peer {
+        None => IpAddr::from([0, 0, 0, 0]),
+        Some(IpAddr::V4(v4)) => IpAddr::V4(v4),
+        Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        },
+    }
+}
+
+impl Throttle {
+    fn allowed(&mut self, peer: Option<IpAddr>, now: Instant) -> Result<(), Duration> {
+        let key = throttle_key(peer);
+        match self.peers.get(&key) {
+            Some(f) if now.saturating_duration_since(f.last) >= FORGET_AFTER => {
+                self.peers.remove(&key);
+                Ok(())
+            }
+            Some(Failures { locked_until: Some(until), .. }) if *until > now => Err(*until - now),
+            _ => Ok(()),
+        }
+    }
+
+    fn failed(&mut self, peer: Option<IpAddr>, now: Instant) -> Option<Duration> {
+        let key = throttle_key(peer);
+        if !self.peers.contains_key(&key) && self.peers.len() >= MAX_TRACKED_PEERS {
+            self.peers.retain(|_, f| now.saturating_duration_since(f.last) < FORGET_AFTER);
+            if self.peers.len() >= MAX_TRACKED_PEERS {
+                let quietest = self.peers.iter().min_by_key(|(_, f)| f.last).map(|(key, _)| *key);
+                if let Some(quietest) = quietest {
+                    self.peers.remove(&quietest);
+                }
+            }
+        }
+        let entry = self.peers.entry(key).or_insert(Failures { count: 0, last: now, locked_until: None });
+        if now.saturating_duration_since(entry.last) >= FORGET_AFTER {
+            entry.count = 0;
+        }
+        entry.count = entry.count.saturating_add(1);
+        entry.last = now;
+        let beyond = entry.count.checked_sub(FREE_FAILURES)?;
+        let lockout = FIRST_LOCKOUT.saturating_mul(2_u32.saturating_pow(beyond.min(31))).min(MAX_LOCKOUT);
+        entry.locked_until = Some(now + lockout);
+        Some(lockout)
+    }
+
+    fn succeeded(&mut self, peer: Option<IpAddr>) {
+        self.peers.remove(&throttle_key(peer));
     }
 }
 
@@ -237,7 +389,7 @@ impl AdminAuth {
 pub enum Credential {
     /// `Authorization: Bearer <ADMIN_TOKEN>`.
     Bearer,
-    /// The session cookie, with its value (the CSRF token is derived from it) and expiry.
+    /// The session cookie, with its value and expiry.
     Session { value: String, expires_at: u64 },
 }
 
@@ -304,9 +456,9 @@ pub fn authenticate(auth: &AdminAuth, headers: &HeaderMap, now: u64) -> Result<A
     let mut first_error = None;
     for value in cookies(headers, SESSION_COOKIE) {
         match auth.verify_session(value, now) {
-            Ok(expires_at) => {
+            Ok((csrf_token, expires_at)) => {
                 return Ok(Admin {
-                    csrf_token: Some(auth.csrf_token(value)),
+                    csrf_token: Some(csrf_token),
                     credential: Credential::Session { value: value.to_owned(), expires_at },
                 })
             }
@@ -391,12 +543,14 @@ pub fn same_origin(headers: &HeaderMap, uri: &Uri) -> Result<(), AdminError> {
 
 /// The CSRF check for a cookie-authenticated state change. Returns the request, rebuilt when its form body had to
 /// be read to find the token.
-async fn check_csrf(auth: &AdminAuth, session: &str, request: Request) -> Result<Request, ApiError> {
+async fn check_csrf(expected: &str, request: Request) -> Result<Request, ApiError> {
     same_origin(request.headers(), request.uri())?;
     let missing = AdminError::Csrf("missing or wrong CSRF token: send the session's token in X-CSRF-Token");
+    // Compared by digest: equal lengths, so constant time whatever was sent.
+    let matches = |presented: &str| bool::from(sha256(&[presented.as_bytes()]).ct_eq(&sha256(&[expected.as_bytes()])));
     if let Some(token) = request.headers().get(CSRF_HEADER) {
         let token = token.to_str().map_err(|_| AdminError::Csrf("X-CSRF-Token is not text"))?;
-        return if auth.csrf_matches(session, token) { Ok(request) } else { Err(missing.into()) };
+        return if matches(token) { Ok(request) } else { Err(missing.into()) };
     }
     let is_form = request
         .headers()
@@ -407,12 +561,17 @@ async fn check_csrf(auth: &AdminAuth, session: &str, request: Request) -> Result
         return Err(missing.into());
     }
     let (parts, body) = request.into_parts();
-    let bytes =
-        axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|_| ApiError::PayloadTooLarge { limit: BODY_LIMIT })?;
+    let bytes = axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|e| {
+        if platform::http::BodyDeadlineElapsed::caused(&e) {
+            ApiError::RequestTimeout
+        } else {
+            ApiError::PayloadTooLarge { limit: BODY_LIMIT }
+        }
+    })?;
     let found = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&bytes)
         .ok()
         .and_then(|fields| fields.into_iter().find(|(name, _)| name == CSRF_FORM_FIELD))
-        .is_some_and(|(_, token)| auth.csrf_matches(session, &token));
+        .is_some_and(|(_, token)| matches(&token));
     if found {
         Ok(Request::from_parts(parts, Body::from(bytes)))
     } else {
@@ -468,9 +627,9 @@ pub async fn require_admin(State(state): State<AppState>, mut request: Request, 
             return response;
         }
     };
-    if let Credential::Session { value, .. } = &admin.credential {
+    if let (Credential::Session { .. }, Some(expected)) = (&admin.credential, admin.csrf_token()) {
         if !request.method().is_safe() {
-            request = match check_csrf(auth, value, request).await {
+            request = match check_csrf(expected, request).await {
                 Ok(request) => request,
                 Err(error) => {
                     tracing::info!(reason = %error, "admin request refused");
@@ -488,44 +647,120 @@ mod tests {
     use super::*;
 
     fn auth() -> AdminAuth {
-        AdminAuth::new(&AdminToken::parse("ADMIN_TOKEN", "0123456789abcdef-token").unwrap_or_else(|e| panic!("{e}")))
+        AdminAuth::new(&token("0123456789abcdef-0123456789abcdef-token"))
+    }
+
+    fn token(text: &str) -> AdminToken {
+        AdminToken::parse("ADMIN_TOKEN", text).unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]
     fn token_rules_name_the_variable_but_not_the_value() {
-        for bad in ["", "short", "has a space in it ok?", "sixteen-chars-é!"] {
+        let thirty_one = "0123456789abcdef0123456789abcde";
+        for bad in
+            ["", "short", thirty_one, "has a space in it, thirty-two chars long", "thirty-two-chars-long-but-é!!!!!!"]
+        {
             let err = AdminToken::parse("ADMIN_TOKEN", bad).err().map(|e| e.to_string()).unwrap_or_default();
-            assert!(err.starts_with("ADMIN_TOKEN=\"(redacted)\" is invalid"), "{err}");
+            assert!(err.starts_with("ADMIN_TOKEN=\"(redacted)\" is invalid: needs at least 32"), "{err}");
         }
-        let token = AdminToken::parse("ADMIN_TOKEN", " 0123456789abcdef ").unwrap_or_else(|e| panic!("{e}"));
+        let token = token(" 0123456789abcdef0123456789abcdef ");
         assert_eq!(format!("{token:?}"), "AdminToken(<redacted>)");
-        assert!(AdminAuth::new(&token).token_matches("0123456789abcdef"));
+        assert!(AdminAuth::new(&token).token_matches("0123456789abcdef0123456789abcdef"));
     }
 
+    fn start(auth: &AdminAuth, now: u64) -> NewSession {
+        auth.start_session(now).unwrap_or_else(|e| panic!("OS RNG: {e}"))
+    }
+
+    /// Two logins in the same second get different sessions and CSRF tokens; each verifies until it expires or ends.
     #[test]
-    fn sessions_verify_until_they_expire() {
+    fn sessions_are_random_and_end_on_logout_or_expiry() {
         let auth = auth();
-        let value = auth.session_value(1_000);
-        assert_eq!(auth.verify_session(&value, 999), Ok(1_000));
-        assert_eq!(auth.verify_session(&value, 1_000), Err(SessionError::Expired));
-        // Moving the expiry breaks the signature.
-        let (_, tag) = value.split_once('.').unwrap_or_default();
-        assert_eq!(auth.verify_session(&format!("9999.{tag}"), 999), Err(SessionError::BadSignature));
-        for malformed in ["", "1000", "1000.", "x.abc", "-1.00", &format!("1000.{}", "g".repeat(64))] {
+        let (one, two) = (start(&auth, 1_000), start(&auth, 1_000));
+        assert_ne!(one.value, two.value);
+        assert_ne!(one.csrf_token, two.csrf_token);
+        assert_ne!(one.value, one.csrf_token);
+        assert_eq!(one.value.len(), 64);
+        let expires_at = 1_000 + SESSION_TTL.as_secs();
+        assert_eq!(auth.verify_session(&one.value, 1_001), Ok((one.csrf_token.clone(), expires_at)));
+        assert_eq!(auth.verify_session(&one.value, expires_at), Err(SessionError::Expired));
+        assert_eq!(auth.verify_session(&one.value, 1_001), Err(SessionError::Unknown), "expired sessions are dropped");
+        assert!(auth.end_session(&two.value));
+        assert_eq!(auth.verify_session(&two.value, 1_001), Err(SessionError::Unknown), "logout ends it");
+        for malformed in ["", "1000", &"g".repeat(64), &"a".repeat(63)] {
             assert_eq!(auth.verify_session(malformed, 0), Err(SessionError::Malformed), "{malformed}");
         }
-        // Another token, another key.
-        let other = AdminAuth::new(&AdminToken::parse("T", "another-token-0123456").unwrap_or_else(|e| panic!("{e}")));
-        assert_eq!(other.verify_session(&value, 0), Err(SessionError::BadSignature));
+        assert_eq!(auth.verify_session(&"a".repeat(64), 0), Err(SessionError::Unknown), "never issued");
+        // Another process (a restart, a new token) knows none of this one's sessions.
+        let three = start(&auth, 1_000);
+        let restarted = AdminAuth::new(&token("another-admin-token-0123456789abcdef"));
+        assert_eq!(restarted.verify_session(&three.value, 1_001), Err(SessionError::Unknown));
     }
 
+    /// At the bound, expired sessions go first, then the oldest login; the store never grows past it.
     #[test]
-    fn csrf_tokens_are_bound_to_the_session() {
+    fn the_session_store_is_bounded() {
         let auth = auth();
-        let (one, two) = (auth.session_value(10), auth.session_value(20));
-        assert!(auth.csrf_matches(&one, &auth.csrf_token(&one)));
-        assert!(!auth.csrf_matches(&one, &auth.csrf_token(&two)));
-        assert!(!auth.csrf_matches(&one, ""));
+        let first = start(&auth, 1);
+        let second = start(&auth, 2);
+        for now in 3..=u64::try_from(MAX_SESSIONS).unwrap_or(u64::MAX) {
+            start(&auth, now);
+        }
+        assert_eq!(auth.session_count(), MAX_SESSIONS);
+        let newest = start(&auth, 10_000);
+        assert_eq!(auth.session_count(), MAX_SESSIONS);
+        assert_eq!(auth.verify_session(&first.value, 10_000), Err(SessionError::Unknown), "the oldest was ended");
+        assert!(auth.verify_session(&second.value, 10_000).is_ok());
+        assert!(auth.verify_session(&newest.value, 10_000).is_ok());
+        // Once they have all expired, a new login drops them all.
+        start(&auth, 10_000 + SESSION_TTL.as_secs() + 1);
+        assert_eq!(auth.session_count(), 1);
+    }
+
+    /// [`FREE_FAILURES`] failures, then lockouts doubling up to [`MAX_LOCKOUT`]; other addresses are unaffected,
+    /// success forgets, and so does an hour without failures. IPv6 counts by /64.
+    #[tokio::test(start_paused = true)]
+    async fn login_throttling_backs_off_per_address() {
+        let auth = auth();
+        let peer: Option<IpAddr> = Some([192, 0, 2, 1].into());
+        for _ in 1..FREE_FAILURES {
+            assert_eq!(auth.login_failed(peer), None);
+            assert_eq!(auth.login_allowed(peer), Ok(()));
+        }
+        assert_eq!(auth.login_failed(peer), Some(FIRST_LOCKOUT));
+        assert_eq!(auth.login_allowed(peer), Err(FIRST_LOCKOUT));
+        assert_eq!(auth.login_allowed(Some([192, 0, 2, 2].into())), Ok(()), "another address");
+        tokio::time::advance(FIRST_LOCKOUT).await;
+        assert_eq!(auth.login_allowed(peer), Ok(()));
+        assert_eq!(auth.login_failed(peer), Some(FIRST_LOCKOUT * 2));
+        for _ in 0..20 {
+            auth.login_failed(peer);
+        }
+        assert_eq!(auth.login_allowed(peer), Err(MAX_LOCKOUT));
+        tokio::time::advance(FORGET_AFTER).await;
+        assert_eq!(auth.login_allowed(peer), Ok(()));
+        assert_eq!(auth.login_failed(peer), None, "forgotten after an hour without failures");
+        auth.login_succeeded(peer);
+
+        let v6 = |text: &str| text.parse::<IpAddr>().ok();
+        for _ in 0..FREE_FAILURES {
+            auth.login_failed(v6("2001:db8::1"));
+        }
+        assert!(auth.login_allowed(v6("2001:db8::ffff")).is_err(), "same /64");
+        assert!(auth.login_allowed(v6("2001:db8:0:1::1")).is_ok(), "another /64");
+    }
+
+    /// The throttle forgets the longest-quiet address at its bound, never grows past it.
+    #[tokio::test(start_paused = true)]
+    async fn the_throttle_is_bounded() {
+        let auth = auth();
+        let n = u32::try_from(MAX_TRACKED_PEERS).unwrap_or(u32::MAX);
+        for i in 0..=n {
+            auth.login_failed(Some(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i))));
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        assert_eq!(lock(&auth.throttle).peers.len(), MAX_TRACKED_PEERS);
+        assert!(!lock(&auth.throttle).peers.contains_key(&IpAddr::from([10, 0, 0, 0])), "the quietest went");
     }
 
     #[test]

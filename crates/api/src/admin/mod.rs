@@ -1,6 +1,8 @@
 //! The admin surface: the operators' console ([`crate::console`]), its login, and email subscriptions.
 //!
-//! Off (every route 404) unless `ADMIN_TOKEN` is set. When `ADMIN_PORT` is set too, these routes are served only on
+//! Off (every route 404) unless `ADMIN_TOKEN` is set. The console's routes and its login answer only to the names in
+//! `ALLOWED_HOSTS` and loopback (421 otherwise, against DNS rebinding); the subscription routes, used by automation
+//! with a bearer token, answer to any `Host`. When `ADMIN_PORT` is set too, these routes are served only on
 //! that port ([`crate::admin_router`]) and the main port answers 404 for them ([`crate::public_router`]); a load
 //! balancer that forwards only the main port then never exposes them. [`auth`] holds the rules every route here
 //! follows: bearer token or session cookie, CSRF on cookie-authenticated state changes, constant-time comparisons.
@@ -13,8 +15,11 @@
 
 pub mod auth;
 
+use std::net::IpAddr;
+use std::sync::Arc;
+
 use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue, Uri};
+use axum::http::{header, Extensions, HeaderMap, HeaderValue, Uri};
 use axum::middleware;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -32,16 +37,23 @@ use crate::AppState;
 /// `state` is only read by the layers: the router gets its state where it is finished.
 pub fn routes(state: &AppState) -> Router<AppState> {
     // route_layer, not layer: unknown paths keep falling through to the app's 404 rather than asking for a login.
-    let protected = Router::new()
+    let console = Router::new()
         .merge(crate::console::routes(state.console.clone()))
         .route("/console/logout", post(logout))
         .route("/console/api/session", get(session))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_admin))
+        .route(auth::LOGIN_PATH, get(login_page).post(login))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state.allowed_hosts),
+            platform::http::require_allowed_host,
+        ));
+    let subscriptions = Router::new()
         .route("/api/suscripcion", post(subscriptions::subscribe))
         .route("/api/suscripcion/estado/{email}", get(subscriptions::status))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_admin));
     Router::new()
-        .route(auth::LOGIN_PATH, get(login_page).post(login))
-        .merge(protected)
+        .merge(console)
+        .merge(subscriptions)
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::admin_enabled))
 }
 
@@ -98,37 +110,67 @@ struct LoginForm {
     token: Option<String>,
 }
 
-/// `POST /console/login` (form field `token`): on the right token, a session cookie and a 303 to `/console`. On a
-/// wrong one, a browser is sent back to the form with a message; anything else gets a 401.
-async fn login(State(state): State<AppState>, uri: Uri, headers: HeaderMap, RawBody(body): RawBody) -> Response {
+/// The client address as logged: the peer's IP, or `unknown` for requests that did not come through the server.
+fn client_label(peer: Option<IpAddr>) -> String {
+    peer.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
+}
+
+/// `POST /console/login` (form field `token`): on the right token, a new session's cookie and a 303 to `/console`.
+/// On a wrong one, a browser is sent back to the form with a message; anything else gets a 401. An address that
+/// failed too often gets 429 with `Retry-After` before its token is even looked at.
+async fn login(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    extensions: Extensions,
+    RawBody(body): RawBody,
+) -> Response {
     let Some(auth) = state.admin.as_deref() else {
         return AdminError::Disabled.into_response();
     };
+    let peer = platform::http::peer(&extensions).map(|addr| addr.ip());
+    let client = client_label(peer);
     // Another site must not be able to log a browser into a session (login CSRF).
     if let Err(error) = auth::same_origin(&headers, &uri) {
+        tracing::warn!(%client, reason = %error, "admin login refused");
         return error.into_response();
+    }
+    if let Err(wait) = auth.login_allowed(peer) {
+        let retry_after = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+        tracing::warn!(%client, retry_after, "admin login refused: too many failures from this address");
+        return AdminError::Throttled { retry_after }.into_response();
     }
     let is_form = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
     if !is_form {
+        tracing::warn!(%client, "admin login refused: not a form");
         return AdminError::NotAForm.into_response();
     }
     let Ok(form) = serde_urlencoded::from_bytes::<LoginForm>(&body) else {
+        tracing::warn!(%client, "admin login refused: malformed form");
         return ApiError::BadRequest("the login form is not valid application/x-www-form-urlencoded".into())
             .into_response();
     };
     if form.token.as_deref().is_some_and(|token| auth.token_matches(token.trim())) {
-        let expires_at = auth::unix_now().saturating_add(auth::SESSION_TTL.as_secs());
+        let session = match auth.start_session(auth::unix_now()) {
+            Ok(session) => session,
+            Err(e) => {
+                return ApiError::Internal(format!("no session id: the OS random number generator failed: {e}"))
+                    .into_response()
+            }
+        };
+        auth.login_succeeded(peer);
         let mut response = auth::see_other("/console");
-        if let Ok(cookie) = HeaderValue::from_str(&auth::session_cookie(&auth.session_value(expires_at))) {
+        if let Ok(cookie) = HeaderValue::from_str(&auth::session_cookie(&session.value)) {
             response.headers_mut().insert(header::SET_COOKIE, cookie);
         }
-        tracing::info!("admin login");
+        tracing::info!(%client, "admin login");
         return response;
     }
-    tracing::warn!("admin login refused: wrong token");
+    let lockout = auth.login_failed(peer);
+    tracing::warn!(%client, lockout = ?lockout, "admin login refused: wrong token");
     let browser =
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|accept| accept.contains("text/html"));
     if browser {
@@ -138,9 +180,12 @@ async fn login(State(state): State<AppState>, uri: Uri, headers: HeaderMap, RawB
     }
 }
 
-/// `POST /console/logout`: removes the cookie and goes back to the login page. The cookie value itself stays valid
-/// until it expires (sessions are stateless); changing `ADMIN_TOKEN` ends every session at once.
-async fn logout(_admin: Admin) -> Response {
+/// `POST /console/logout`: ends the session (its cookie is refused from now on, wherever it was copied), removes
+/// the cookie and goes back to the login page.
+async fn logout(State(state): State<AppState>, admin: Admin) -> Response {
+    if let (Some(auth), Credential::Session { value, .. }) = (state.admin.as_deref(), &admin.credential) {
+        auth.end_session(value);
+    }
     tracing::info!("admin logout");
     let mut response = auth::see_other(auth::LOGIN_PATH);
     response.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_static(auth::clear_session_cookie()));

@@ -7,7 +7,8 @@
 //!
 //! Routes (merged into [`crate::health::router`]): `GET /` (the page), `/live.js`, `/live.css`, and `GET /events`
 //! (Server-Sent Events: `outcome` lines as JSON, `counters` every [`COUNTERS_EVERY`], `lagged` notices). They answer
-//! only requests made to the port directly, never through a proxy or load balancer ([`direct_only`]). The page is
+//! only requests made to the port directly, never through a proxy or load balancer ([`direct_only`]), and only under
+//! a loopback name or one of `ALLOWED_HOSTS` (DNS rebinding). The page is
 //! plain HTML, CSS and JavaScript compiled into the binary: no CDN, no build step. Everything it displays is inserted
 //! with `textContent`, and a Content-Security-Policy without inline script backs that up, because a message's body,
 //! request id and note are attacker-controlled text.
@@ -25,6 +26,7 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use platform::http::AllowedHosts;
 use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -116,13 +118,15 @@ impl Feed {
     }
 }
 
-/// `GET /`, `/live.js`, `/live.css` and `/events`.
-pub fn router(health: Arc<Health>) -> Router {
+/// `GET /`, `/live.js`, `/live.css` and `/events`, for requests made directly ([`direct_only`]) to one of `hosts`
+/// or a loopback name (421 otherwise: a page reached under a foreign name was reached by DNS rebinding).
+pub fn router(health: Arc<Health>, hosts: Arc<AllowedHosts>) -> Router {
     Router::new()
         .route("/", get(|| async { asset("text/html; charset=utf-8", PAGE) }))
         .route("/live.js", get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }))
         .route("/live.css", get(|| async { asset("text/css; charset=utf-8", STYLE) }))
         .route("/events", get(events))
+        .route_layer(middleware::from_fn_with_state(hosts, platform::http::require_allowed_host))
         .route_layer(middleware::from_fn(direct_only))
         .with_state(health)
 }
