@@ -225,11 +225,22 @@ def wait_order_row(driver: Any, pedido_id: str, shipped: bool, seconds: float = 
     )
 
 
+def open_dlq(driver: Any, panel: str = PROCESS_DLQ) -> None:
+    """Opens the DLQ panel (its first listing): it reads the DLQ only when the operator asks (G36)."""
+    driver.execute_script(
+        """
+        const panel = document.querySelector(arguments[0]);
+        if (panel && panel.dataset.opened !== "true") panel.querySelector(".dlq-refresh").click();
+        """,
+        panel,
+    )
+
+
 def wait_dlq_quiet(driver: Any) -> None:
     """Waits until two consecutive samples show the same process DLQ depth and the panel lists that many messages.
 
-    The panel lists the DLQ again on every depth change, and a listing hides the messages for a moment (it scans
-    them). A redrive or delete whose own scan runs meanwhile misses them and answers `notFound`, and the panel then
+    Once opened, the panel lists the DLQ again on every depth change, and a listing hides the messages for a moment
+    (it scans them). A redrive or delete whose own scan runs meanwhile misses them and answers `notFound`, and the panel then
     overwrites that answer with its count, so the operator sees nothing happen. Right after a sample with an
     unchanged depth, the next listing is a whole sample period away."""
     snapshot = """
@@ -240,6 +251,7 @@ def wait_dlq_quiet(driver: Any) -> None:
     seen: dict[str, Any] = {"updated": None, "visible": None}
 
     def quiet(d: Any) -> bool:
+        open_dlq(d)
         updated, visible, rows = d.execute_script(snapshot, PROCESS_DLQ)
         if updated == seen["updated"]:
             return False
@@ -257,6 +269,7 @@ def wait_dlq_quiet(driver: Any) -> None:
 
 def wait_dlq_row(driver: Any, predicate: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
     def found(d: Any) -> dict[str, Any] | None:
+        open_dlq(d)
         return next((row for row in dlq_rows(d) if predicate(row)), None)
 
     return wait(driver, DATA_DEADLINE, found, lambda: f"{what} not in the process DLQ panel: {dlq_rows(driver)}")
