@@ -11,7 +11,8 @@ Exit codes:
   0  success, including nothing to do
   1  runtime failure: an SQS call failed, a queue or message does not exist, a move task failed
   2  usage or configuration error (bad argument, AWS_REGION or AWS_ENDPOINT_URL invalid, unfiltered purge without --yes)
-  3  partial: some messages could not be moved or deleted (they are still in the DLQ), or the run was interrupted
+  3  partial: some messages could not be moved or deleted, a redriven copy was rejected again by the worker, or a
+     message was refused (all of them are still in the DLQ), or the run was interrupted
   4  incomplete: the walk over the DLQ stopped while SQS still counted visible messages it had not received
      (stderr says how many); they were left as they are: run the command again
 
@@ -32,8 +33,10 @@ are made visible again. A message copied twice is harmless: the store drops the 
 A run redrives each message at most once. A copy the worker rejects again comes back to the DLQ under a new id: the
 run recognises it (its originalMessageId is the copy's MessageId; else its body), prints
 `rejected again: <reason> id=... redriven-from=...`, and leaves it in the DLQ. Messages that entered the DLQ after
-the run started are left for the next run. After its last copy the run watches the DLQ for up to --watch (ending
-sooner once the destination queue is empty).
+the run started are left for the next run (three receives in a row bringing only those end the walk). After its
+last copy the run watches the DLQ for up to --watch, ending sooner once the destination queue stays empty (the
+worker is done with the copies) or nothing consumes it (no worker running). A move task reads no message, so it
+reports no rejection: pass a filter (e.g. --reason) for the message-by-message run and its report.
 
 Prints `redriven=N skipped=M failed=K rejected-again=R refused=F` at the end.";
 
@@ -66,7 +69,7 @@ pub enum DlqCommand {
     /// One message in full: body (pretty-printed JSON, the SNS Message inside too) and every attribute.
     #[command(after_help = EXIT_CODES)]
     Show(ShowArgs),
-    /// Move messages back to their source queue (StartMessageMoveTask when possible, else copy then delete).
+    /// Move messages back to the queue whose DLQ this is (StartMessageMoveTask when possible, else copy then delete).
     #[command(after_help = EXIT_CODES, long_about = REDRIVE_ABOUT)]
     Redrive(RedriveArgs),
     /// Delete messages from the DLQ (all of them needs --yes).

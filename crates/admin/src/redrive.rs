@@ -149,11 +149,14 @@ fn account_and_name(reference: &str) -> Option<(&str, &str)> {
     }
 }
 
-/// Whether `queue_url` holds no message at all (visible, in flight or delayed).
+/// `(visible, in flight, delayed)` message counts of `queue_url`; `None` for a count SQS did not return.
 ///
 /// # Errors
 /// The attributes cannot be read.
-pub async fn queue_idle(client: &Client, queue_url: &str) -> Result<bool, AdminError> {
+pub async fn queue_counts(
+    client: &Client,
+    queue_url: &str,
+) -> Result<(Option<u64>, Option<u64>, Option<u64>), AdminError> {
     let output = client
         .get_queue_attributes()
         .queue_url(queue_url)
@@ -164,19 +167,48 @@ pub async fn queue_idle(client: &Client, queue_url: &str) -> Result<bool, AdminE
         .await
         .map_err(crate::error::aws("get_queue_attributes", queue_url))?;
     let attributes = output.attributes.unwrap_or_default();
-    // A count SQS did not return is not known to be 0.
-    Ok([
-        QueueAttributeName::ApproximateNumberOfMessages,
-        QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-        QueueAttributeName::ApproximateNumberOfMessagesDelayed,
-    ]
-    .iter()
-    .all(|name| attributes.get(name).and_then(|v| v.parse::<u64>().ok()) == Some(0)))
+    let count = |name: QueueAttributeName| attributes.get(&name).and_then(|v| v.parse::<u64>().ok());
+    Ok((
+        count(QueueAttributeName::ApproximateNumberOfMessages),
+        count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        count(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+    ))
+}
+
+/// Reads of the destination in a row that end the watch.
+const SETTLED_READS: u32 = 2;
+/// Reads in a row with messages waiting, none in flight and the waiting ones not fewer: nothing consumes the
+/// destination (no worker running), so no copy will come back during this run.
+const UNCONSUMED_READS: u32 = 3;
+
+/// How the destination looked on the last reads.
+#[derive(Debug, Default)]
+struct Destination {
+    idle: u32,
+    unconsumed: u32,
+    last_visible: Option<u64>,
+}
+
+impl Destination {
+    /// Takes one read; `true` when the watch can end.
+    fn settled(&mut self, counts: Option<(Option<u64>, Option<u64>, Option<u64>)>) -> bool {
+        // An unreadable count is neither idle nor unconsumed: the watch then lasts until its end.
+        let (visible, in_flight, delayed) = counts.unwrap_or((None, None, None));
+        let idle = visible == Some(0) && in_flight == Some(0) && delayed == Some(0);
+        self.idle = if idle { self.idle + 1 } else { 0 };
+        let waiting = visible.filter(|v| *v > 0);
+        let unconsumed =
+            in_flight == Some(0) && waiting.is_some_and(|v| self.last_visible.is_none_or(|last| v >= last));
+        self.unconsumed = if unconsumed { self.unconsumed + 1 } else { 0 };
+        self.last_visible = visible;
+        self.idle >= SETTLED_READS || self.unconsumed >= UNCONSUMED_READS
+    }
 }
 
 /// After the run's last copy: keeps receiving from the DLQ (the messages held like the walk's) and hands each new one
 /// to `on_message`, until every copy came back, the destination held no message on two reads in a row (the worker is
-/// done with the copies, so whatever it rejected is in the DLQ: one more receive collects it), or `until`.
+/// done with the copies, so whatever it rejected is in the DLQ: one more receive collects it), nothing consumes the
+/// destination (messages waiting, none in flight, on three reads), or `until`.
 ///
 /// # Errors
 /// A receive failed (what is held is still released by the caller).
@@ -190,17 +222,17 @@ pub async fn watch<R: DlqReader>(
     if tracker.copies() == 0 {
         return Ok(());
     }
-    let mut idle_reads = 0;
+    let mut destination = Destination::default();
+    let mut settled = false;
     while !tracker.all_came_back() && Instant::now() < until {
         let round = Instant::now();
         for message in scan.receive_more().await? {
             on_message(tracker, message);
         }
-        if idle_reads >= 2 || tracker.all_came_back() {
+        if settled || tracker.all_came_back() {
             break;
         }
-        // An unreadable count is not "idle": the watch then lasts until `until`.
-        idle_reads = if queue_idle(client, tracker.destination()).await.unwrap_or(false) { idle_reads + 1 } else { 0 };
+        settled = destination.settled(queue_counts(client, tracker.destination()).await.ok());
         // An endpoint that answers an empty receive at once is not asked in a tight loop.
         tokio::time::sleep_until((round + sqs::RECEIVE_WAIT).min(until)).await;
     }
@@ -264,6 +296,30 @@ mod tests {
         assert_eq!(tracker.judge(&duplicate), Verdict::AlreadyRedriven);
         let other = message("dlq-3", "same", 30, &[("originalMessageId", "src-3")]);
         assert_eq!(tracker.judge(&other), Verdict::Redrive);
+    }
+
+    #[test]
+    fn the_watch_ends_once_the_destination_is_idle_or_nobody_consumes_it() {
+        let read = |v, f, d| Some((Some(v), Some(f), Some(d)));
+        let mut idle = Destination::default();
+        assert!(!idle.settled(read(1, 0, 0)));
+        assert!(!idle.settled(read(0, 1, 0)), "the worker holds a copy");
+        assert!(!idle.settled(read(0, 0, 0)));
+        assert!(idle.settled(read(0, 0, 0)));
+
+        let mut unconsumed = Destination::default();
+        assert!(!unconsumed.settled(read(3, 0, 0)));
+        assert!(!unconsumed.settled(read(3, 0, 0)));
+        assert!(unconsumed.settled(read(3, 0, 0)), "three reads, nothing received");
+
+        let mut consumed = Destination::default();
+        for (visible, in_flight) in [(5, 0), (4, 1), (3, 0), (2, 1), (1, 0)] {
+            assert!(!consumed.settled(read(visible, in_flight, 0)), "{visible} {in_flight}");
+        }
+        let mut unknown = Destination::default();
+        for _ in 0..5 {
+            assert!(!unknown.settled(None) && !unknown.settled(Some((None, Some(0), Some(0)))));
+        }
     }
 
     #[test]
