@@ -132,7 +132,7 @@ function renderQueues(latest) {
       drawChart($(".d-chart", node), [
         { name: "DLQ visible", values: history.map((q) => (q.dlq || {}).visible) },
       ]);
-      dlqPanel(queue).maybeRefresh(queue.dlq.visible);
+      dlqPanel(queue).maybeRefresh(queue.dlq);
     }
   }
 }
@@ -200,7 +200,7 @@ function dlqPanel(queue) {
   const status = $(".dlq-status", node);
   const notice = $(".dlq-notice", node);
   const base = `/console/api/dlq/${encodeURIComponent(queue.role)}`;
-  let lastVisible = -1;
+  let lastTotal = -1;
   // Listing receives every message listed (one more receive each): only once the operator asked for it.
   let opened = false;
   const selected = () =>
@@ -302,12 +302,17 @@ function dlqPanel(queue) {
   panel = {
     node,
     refresh,
-    // Pushed samples say when the DLQ's depth changed: list again then (once opened), not on a timer.
-    maybeRefresh(visible) {
-      if (visible !== lastVisible) {
-        lastVisible = visible;
-        if (opened) refresh();
-        else text(status, `${visible} visible message(s); List messages to see them`);
+    // Pushed samples say when the DLQ's content changed: list again then (once opened), not on a timer. The trigger
+    // is the total (visible + in flight + delayed): a listing hides the messages it reads, which moves them from
+    // visible to in flight without changing the total, so a listing never triggers the next one (each adds a receive).
+    maybeRefresh(dlq) {
+      const total = ["visible", "inFlight", "delayed"].reduce((sum, key) => sum + (Number(dlq[key]) || 0), 0);
+      const changed = total !== lastTotal;
+      lastTotal = total;
+      if (!opened) {
+        text(status, `${dlq.visible ?? "?"} visible message(s); List messages to see them`);
+      } else if (changed) {
+        refresh();
       }
     },
   };
