@@ -387,10 +387,12 @@ def test_every_flow_runs_on_exactly_the_permissions_the_templates_grant(lane: La
         message_id = json.loads(listed.stdout.splitlines()[0])["messageId"]
         shown = lane.admin("dlq", "show", "--dlq", dlq, message_id, "--scan-patience", "5s")
         assert shown.returncode == 0 and "not json" in shown.stdout, shown.stderr
-        # --max 1: a message the worker rejects again comes back as a new DLQ message, which an unbounded redrive
-        # would take for another one (issue 17 makes redrive terminate on its own).
-        redriven = lane.admin("dlq", "redrive", "--dlq", dlq, "--max", "1", "--scan-patience", "5s")
-        assert redriven.returncode == 0, redriven.stderr
+        # The worker rejects the copy again: it comes back as a new DLQ message, which the run recognises, reports
+        # and leaves (G36), exiting 3 (partial: the message is still in the DLQ).
+        redriven = lane.admin("dlq", "redrive", "--dlq", dlq, "--reason", "not_json", "--scan-patience", "5s")
+        assert redriven.returncode == 3, (redriven.stdout, redriven.stderr)
+        assert "redriven=1 skipped=0 failed=0 rejected-again=1 refused=0" in redriven.stdout, redriven.stdout
+        assert "rejected again: not_json " in redriven.stdout, redriven.stdout
         eventually("the redriven poison message back in the DLQ", lambda: "not_json" in lane.admin(
             "dlq", "list", "--dlq", dlq, "--scan-patience", "5s").stdout)  # fmt: skip
         purged = lane.admin("dlq", "purge", "--dlq", dlq, "--yes")

@@ -225,13 +225,24 @@ def wait_order_row(driver: Any, pedido_id: str, shipped: bool, seconds: float = 
     )
 
 
+def open_dlq(driver: Any, panel: str = PROCESS_DLQ) -> None:
+    """Opens the DLQ panel (its first listing): it reads the DLQ only when the operator asks (G36)."""
+    driver.execute_script(
+        """
+        const panel = document.querySelector(arguments[0]);
+        if (panel && panel.dataset.opened !== "true") panel.querySelector(".dlq-refresh").click();
+        """,
+        panel,
+    )
+
+
 def wait_dlq_quiet(driver: Any) -> None:
     """Waits until two consecutive samples show the same process DLQ depth and the panel lists that many messages.
 
-    The panel lists the DLQ again on every depth change, and a listing hides the messages for a moment (it scans
-    them). A redrive or delete whose own scan runs meanwhile misses them and answers `notFound`, and the panel then
-    overwrites that answer with its count, so the operator sees nothing happen. Right after a sample with an
-    unchanged depth, the next listing is a whole sample period away."""
+    Once opened, the panel lists the DLQ again whenever the number of messages in it changes, and a listing hides the
+    messages for a moment (it scans them). A redrive or delete whose own scan runs meanwhile misses them and answers
+    `notFound`, and the panel then overwrites that answer with its count, so the operator sees nothing happen. Right
+    after a sample with an unchanged depth, the next listing is a whole sample period away."""
     snapshot = """
         return [document.querySelector("#updated").textContent,
                 document.querySelector('.queue[data-role="process"] .d-visible')?.textContent,
@@ -240,6 +251,7 @@ def wait_dlq_quiet(driver: Any) -> None:
     seen: dict[str, Any] = {"updated": None, "visible": None}
 
     def quiet(d: Any) -> bool:
+        open_dlq(d)
         updated, visible, rows = d.execute_script(snapshot, PROCESS_DLQ)
         if updated == seen["updated"]:
             return False
@@ -257,6 +269,7 @@ def wait_dlq_quiet(driver: Any) -> None:
 
 def wait_dlq_row(driver: Any, predicate: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
     def found(d: Any) -> dict[str, Any] | None:
+        open_dlq(d)
         return next((row for row in dlq_rows(d) if predicate(row)), None)
 
     return wait(driver, DATA_DEADLINE, found, lambda: f"{what} not in the process DLQ panel: {dlq_rows(driver)}")
@@ -433,6 +446,17 @@ def xss_poison(stack: Stack) -> str:
 
 def test_a_poison_message_shows_in_the_dlq_panel_as_text(console: Any, stack: Stack, xss_poison: str) -> None:
     page = install_marker(console)
+    # Until the operator asks, the panel reads no message (a listing receives each one: one more receive) and says so.
+    wait(console, DATA_DEADLINE, lambda d: text_of(d, f"{PROCESS_DLQ} .dlq-status"), "the DLQ panel never appeared")
+    note = text_of(console, f"{PROCESS_DLQ} .dlq-receive-note") or ""
+    assert "one more receive" in note and console.find_element(
+        By.CSS_SELECTOR, f"{PROCESS_DLQ} .dlq-receive-note"
+    ).is_displayed(), f"the panel does not say that listing adds a receive: {note!r}"
+    if console.execute_script("return document.querySelector(arguments[0]).dataset.opened", PROCESS_DLQ) != "true":
+        assert not dlq_rows(console), "the panel listed messages before it was opened"
+        assert "List messages" in (text_of(console, f"{PROCESS_DLQ} .dlq-status") or ""), text_of(
+            console, f"{PROCESS_DLQ} .dlq-status"
+        )
     row = wait_dlq_row(console, lambda r: r["body"] == xss_poison, "the XSS poison message")
     assert row["reason"] == "not_json", row
     assert "<script>" in row["body"], row
@@ -441,8 +465,15 @@ def test_a_poison_message_shows_in_the_dlq_panel_as_text(console: Any, stack: St
     for tag in ("img", "script"):
         assert not console.find_elements(By.CSS_SELECTOR, f"#dlqs {tag}"), f"an <{tag}> element inside the DLQ panels"
     assert console.execute_script("return window.__csp") == [], "the body reached markup (a CSP violation fired)"
-    visible = text_of(console, '.queue[data-role="process"] .d-visible')
-    assert visible and visible.isdigit() and int(visible) >= 1, f"the DLQ depth says {visible!r}"
+    # The depth is SQS's count of visible messages: while a listing holds the message it is in flight, so a sample
+    # taken then reads 0; the next one counts it again.
+    depth = '.queue[data-role="process"] .d-visible'
+    wait(
+        console,
+        DATA_DEADLINE,
+        lambda d: (text_of(d, depth) or "").isdigit() and int(text_of(d, depth) or "0") >= 1,
+        lambda: f"the DLQ depth says {text_of(console, depth)!r}",
+    )
     assert_same_page(console, page)
     console.execute_script("document.querySelector(arguments[0]).scrollIntoView({block: 'start'})", PROCESS_DLQ)
     screenshot(console, "console-dlq.png")
@@ -509,7 +540,19 @@ def test_redrive_selected_sends_a_message_back_and_the_worker_applies_it(console
     assert len(sent_posts) == 1 and json.loads(sent_posts[0]["body"]) == {"messageIds": [message_id]}, sent_posts
     answered = wait(console, UI_DEADLINE, lambda d: posts(d, redrive)[0]["result"], "the redrive got no answer")
     assert posts(console, redrive)[0]["status"] == 200, posts(console, redrive)
-    assert answered == {"done": 1, "failed": [], "notFound": [], "complete": True, "visibleLeft": None}, answered
+    assert answered == {
+        "done": 1,
+        "failed": [],
+        "notFound": [],
+        "refused": [],
+        "rejectedAgain": [],
+        "leftForNextRun": 0,
+        # The queue whose DLQ this is, never the message's own sourceQueue attribute (G36).
+        "destination": stack.topology["PROCESS_QUEUE_URL"],
+        "deadlineReached": False,
+        "complete": True,
+        "visibleLeft": None,
+    }, answered
     wait(
         console,
         UI_DEADLINE,
@@ -561,7 +604,19 @@ def test_delete_selected_asks_first_and_removes_the_poison(console: Any, stack: 
     )
     assert len(posts(console, delete)) == 1 and posts(console, delete)[0]["status"] == 200, posts(console, delete)
     assert set(json.loads(posts(console, delete)[0]["body"])["messageIds"]) == poison_ids
-    expected = {"done": len(poison_ids), "failed": [], "notFound": [], "complete": True, "visibleLeft": None}
+    expected = {
+        "done": len(poison_ids),
+        "failed": [],
+        "notFound": [],
+        # The redrive's fields, empty for a delete: it copies nothing, so it has no destination.
+        "refused": [],
+        "rejectedAgain": [],
+        "leftForNextRun": 0,
+        "destination": None,
+        "deadlineReached": False,
+        "complete": True,
+        "visibleLeft": None,
+    }
     assert answered == expected, answered
     wait(
         console,

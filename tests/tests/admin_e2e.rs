@@ -11,10 +11,15 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aws_sdk_sqs::types::{Message, MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName};
-use e2e::{api_builder, drain, http, queue_depth, sdk, topology, unique, Completed, Emulator, QueueInfo, Service};
+use e2e::{
+    api_builder, drain, eventually, http, queue_depth, sdk, topology, unique, worker_builder, Completed, Emulator,
+    QueueInfo, Service,
+};
 use serde_json::{json, Value};
 
 const RUN: Duration = Duration::from_secs(60);
+/// A redrive of one message, its watch for the copy coming back included, ends well within this.
+const QUICK: Duration = Duration::from_secs(25);
 const DRAIN: Duration = Duration::from_secs(5);
 const HEALTHY: Duration = Duration::from_secs(20);
 const PROCESS: usize = 0;
@@ -155,6 +160,26 @@ async fn fifo_queue(sqs: &aws_sdk_sqs::Client, prefix: &str) -> String {
         .unwrap_or_else(|e| panic!("create FIFO queue: {}", aws_sdk_sqs::error::DisplayErrorContext(e)))
         .queue_url
         .unwrap_or_else(|| panic!("no URL for the FIFO queue"))
+}
+
+/// Makes `dlq_url` the dead-letter queue of `source_url` (its redrive policy), as the topology does for its queues.
+async fn dead_letter_target(sqs: &aws_sdk_sqs::Client, source_url: &str, dlq_url: &str) {
+    let attributes = sqs
+        .get_queue_attributes()
+        .queue_url(dlq_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("attributes of {dlq_url}: {}", aws_sdk_sqs::error::DisplayErrorContext(e)));
+    let arn = attributes.attributes().and_then(|a| a.get(&QueueAttributeName::QueueArn));
+    let arn = arn.unwrap_or_else(|| panic!("no QueueArn for {dlq_url}"));
+    let policy = json!({"deadLetterTargetArn": arn, "maxReceiveCount": "5"}).to_string();
+    sqs.set_queue_attributes()
+        .queue_url(source_url)
+        .attributes(QueueAttributeName::RedrivePolicy, policy)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("redrive policy of {source_url}: {}", aws_sdk_sqs::error::DisplayErrorContext(e)));
 }
 
 /// `pedidos-admin` with `args`, its SDK pointed at `emulator`, run to completion.
@@ -393,21 +418,14 @@ async fn redrive_by_dlq_sends_messages_without_a_source_attribute_to_the_queue_s
 async fn a_redrive_whose_copy_fails_leaves_the_message_in_the_dlq_and_exits_3() {
     let (emulator, topo, sqs) = setup().await;
     let queue = &topo.queues[PROCESS];
-    // A source queue that existed when the message was dead-lettered, deleted since.
-    let ghost = sqs
-        .create_queue()
-        .queue_name(unique("ghost"))
+    // The source queue takes at most 1 KiB, the DLQ more: the copy of a larger message is refused by SQS.
+    sqs.set_queue_attributes()
+        .queue_url(&queue.url)
+        .attributes(QueueAttributeName::MaximumMessageSize, "1024")
         .send()
         .await
-        .unwrap_or_else(|e| panic!("create queue: {}", aws_sdk_sqs::error::DisplayErrorContext(e)))
-        .queue_url
-        .unwrap_or_default();
-    sqs.delete_queue()
-        .queue_url(&ghost)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("delete queue: {}", aws_sdk_sqs::error::DisplayErrorContext(e)));
-    let stuck = dead_letter(&sqs, queue, Some(&ghost), "not_json", "for the ghost", "p-ghost").await;
+        .unwrap_or_else(|e| panic!("set MaximumMessageSize: {}", aws_sdk_sqs::error::DisplayErrorContext(e)));
+    let stuck = dead_letter(&sqs, queue, Some(&queue.url), "not_json", &"x".repeat(2000), "p-big").await;
     dead_letter(&sqs, queue, Some(&queue.url), "not_json", "for the queue", "p-ok").await;
 
     let run = admin(&emulator, &["dlq", "redrive", "--queue", &queue.url, "--reason", "not_json"]).await;
@@ -514,6 +532,8 @@ async fn a_walk_that_cannot_reach_every_message_says_so_and_exits_4() {
     let (emulator, _topo, sqs) = setup().await;
     let dlq = fifo_queue(&sqs, "admin-dlq").await;
     let source = fifo_queue(&sqs, "admin-src").await;
+    // The redrive's destination is the queue whose DLQ this is (never the messages' sourceQueue): SQS names it.
+    dead_letter_target(&sqs, &source, &dlq).await;
     let mut held = Vec::new();
     for i in 1..=3 {
         let body = format!("held {i}");
@@ -547,7 +567,10 @@ async fn a_walk_that_cannot_reach_every_message_says_so_and_exits_4() {
     assert_eq!(code(&run), Some(4), "not reached is not \"does not exist\"; {}", explain(&run));
     assert!(run.stderr.contains(INCOMPLETE), "{}", explain(&run));
 
-    let run = admin(&emulator, &["dlq", "redrive", "--dlq", &dlq, "--scan-patience", "2s"]).await;
+    // Filtered (every message is `not_json`), so every emulator walks message by message: an unfiltered redrive may
+    // be a move task, which does not walk.
+    let run =
+        admin(&emulator, &["dlq", "redrive", "--dlq", &dlq, "--reason", "not_json", "--scan-patience", "2s"]).await;
     assert_eq!(code(&run), Some(4), "a redrive that stopped early never exits 0; {}", explain(&run));
     assert!(run.stdout.contains("redriven=1 skipped=0 failed=0"), "{}", explain(&run));
     assert!(run.stderr.contains(&format!("{INCOMPLETE} 2 visible message(s)")), "{}", explain(&run));
@@ -564,7 +587,7 @@ async fn a_walk_that_cannot_reach_every_message_says_so_and_exits_4() {
         .send()
         .await
         .unwrap_or_else(|e| panic!("release: {}", aws_sdk_sqs::error::DisplayErrorContext(e)));
-    let run = admin(&emulator, &["dlq", "redrive", "--dlq", &dlq]).await;
+    let run = admin(&emulator, &["dlq", "redrive", "--dlq", &dlq, "--reason", "not_json"]).await;
     assert_eq!(code(&run), Some(0), "{}", explain(&run));
     assert!(run.stdout.contains("redriven=3 skipped=0 failed=0"), "{}", explain(&run));
     assert!(!run.stderr.contains(INCOMPLETE), "{}", explain(&run));
@@ -617,4 +640,235 @@ async fn the_console_lists_and_redrives_a_dlq_of_30_in_full_and_says_it_is_compl
     assert_eq!((&redrive["done"], &redrive["failed"], &redrive["complete"]), (&json!(30), &json!([]), &json!(true)));
     assert_eq!(queue_depth(&sqs, &queue.dlq_url).await, (0, 0));
     assert_eq!(bodies(&drain(&sqs, &queue.url, 31, DRAIN).await), seeded);
+}
+
+/// The console's DLQ `action` (`redrive` or `delete`) with `body`, through `api`; the answer, asserted 200.
+async fn console_action(api: &Service, action: &str, body: Value) -> Value {
+    let response = http()
+        .post(format!("{}/console/api/dlq/process/{action}", api.base_url()))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("console {action}: {e}"));
+    let status = response.status();
+    let answer: Value = response.json().await.unwrap_or_else(|e| panic!("console answer is not JSON: {e}"));
+    assert_eq!(status, reqwest::StatusCode::OK, "{answer}");
+    answer
+}
+
+/// A queue of its own, outside the topology; returns its URL.
+async fn plain_queue(sqs: &aws_sdk_sqs::Client, prefix: &str) -> String {
+    sqs.create_queue()
+        .queue_name(unique(prefix))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("create queue: {}", aws_sdk_sqs::error::DisplayErrorContext(e)))
+        .queue_url
+        .unwrap_or_else(|| panic!("no URL for the queue"))
+}
+
+/// The worker's count of messages it dead-lettered (`pedidos_worker_messages_total{outcome="rejected"}`).
+async fn rejections(worker: &Service) -> f64 {
+    worker.metric("pedidos_worker_messages_total{outcome=\"rejected\"}").await.unwrap_or(0.0)
+}
+
+/// Polls (within [`QUICK`]) until the worker has rejected `times` messages in all, its queue is empty and the DLQ
+/// holds exactly one visible message; then asserts the worker rejected exactly `times`. Whatever redrove is done
+/// (the CLI exited, the console answered), so a copy the worker has not yet seen would show as a message in the queue
+/// or a higher count: none is left, the message went round exactly once per run.
+async fn dlq_holds_it_once(sqs: &aws_sdk_sqs::Client, queue: &QueueInfo, worker: &Service, times: f64) {
+    let seen = eventually(QUICK, Duration::from_millis(200), || async {
+        let rejected = rejections(worker).await;
+        let settled = rejected >= times
+            && queue_depth(sqs, &queue.url).await == (0, 0)
+            && queue_depth(sqs, &queue.dlq_url).await == (1, 0);
+        settled.then_some(rejected)
+    })
+    .await;
+    assert_eq!(seen, times, "the worker received more copies than the runs redrove");
+}
+
+/// issue 17: a message the worker rejects every time (here an event type it does not know, redriven before the worker
+/// that knows it is deployed) used to be redriven, rejected, dead-lettered under a new id and redriven again, for as
+/// long as the run lasted (17,200 times in 10 minutes). Now one run redrives it once, sees it come back, reports
+/// "rejected again" with the worker's reason, and ends within seconds; the DLQ holds it once and the worker received
+/// exactly one copy. The same through the console's "Redrive all", which answers with what it did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_worker_keeps_rejecting_is_redriven_once_and_reported_rejected_again() {
+    let (emulator, topo, sqs) = setup().await;
+    let queue = &topo.queues[PROCESS];
+    let mut worker = worker_builder(&emulator.endpoints(), &topo, PROCESS).spawn();
+    worker.wait_healthy(HEALTHY).await;
+    // Raw delivery, as a subscription with RawMessageDelivery (or a producer sending to the queue) puts it there.
+    let body = format!(r#"{{"type":"PedidoBorrado","version":1,"pedidoId":"{}"}}"#, uuid::Uuid::new_v4());
+    let first = dead_letter(&sqs, queue, Some(&queue.url), "unknown_event_type", &body, "p-loop").await;
+
+    // The command of the issue. Filtered, so every emulator walks message by message (an unfiltered one may be a
+    // move task, which reads no message and reports no rejection).
+    let started = tokio::time::Instant::now();
+    let run = admin(&emulator, &["dlq", "redrive", "--queue", &queue.url, "--reason", "unknown_event_type"]).await;
+    let took = started.elapsed();
+    assert!(took < QUICK, "the redrive took {took:?}; {}", explain(&run));
+    assert_eq!(code(&run), Some(3), "a message back in the DLQ is a partial redrive; {}", explain(&run));
+    assert!(run.stdout.contains("redriven=1 skipped=0 failed=0 rejected-again=1 refused=0"), "{}", explain(&run));
+    let back: Vec<&str> = run.stdout.lines().filter(|line| line.starts_with("rejected again: ")).collect();
+    assert_eq!(back.len(), 1, "{}", explain(&run));
+    assert!(back[0].starts_with("rejected again: unknown_event_type id="), "{}", back[0]);
+    assert!(back[0].contains(&format!(" redriven-from={first} ")), "{}", back[0]);
+    assert!(!back[0].contains(&format!(" id={first} ")), "the message back has a new id: {}", back[0]);
+    dlq_holds_it_once(&sqs, queue, &worker, 1.0).await;
+
+    let mut api = api_builder(&emulator.endpoints(), &topo).env("ADMIN_TOKEN", ADMIN_TOKEN).spawn();
+    api.wait_healthy(HEALTHY).await;
+    let started = tokio::time::Instant::now();
+    let answer = console_action(&api, "redrive", json!({"all": true})).await;
+    let took = started.elapsed();
+    assert!(took < QUICK, "the console's redrive took {took:?}: {answer}");
+    assert_eq!((&answer["done"], &answer["failed"], &answer["refused"]), (&json!(1), &json!([]), &json!([])));
+    let back = answer["rejectedAgain"].as_array().cloned().unwrap_or_default();
+    assert_eq!(back.len(), 1, "{answer}");
+    assert_eq!(back[0]["reason"], "unknown_event_type", "{answer}");
+    assert_eq!(answer["deadlineReached"], json!(false), "{answer}");
+    assert_eq!(answer["destination"], json!(queue.url), "{answer}");
+    dlq_holds_it_once(&sqs, queue, &worker, 2.0).await;
+}
+
+/// issue 17: the destination is the queue whose DLQ this is, never the message's own `sourceQueue`, which anyone who
+/// can send to the DLQ can write. A message naming another queue is shown, refused and left in the DLQ, by the CLI
+/// (through --queue and through --dlq) and by the console (all, or picked by id); nothing reaches either queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_source_queue_is_refused_and_nothing_reaches_the_queue_it_names() {
+    let (emulator, topo, sqs) = setup().await;
+    let queue = &topo.queues[PROCESS];
+    let elsewhere = plain_queue(&sqs, "elsewhere").await;
+    let forged = dead_letter(&sqs, queue, Some(&elsewhere), "unknown_event_type", "{\"forged\":1}", "p-forged").await;
+
+    // Filtered, so every emulator walks message by message (an unfiltered one may be a move task, which goes to the
+    // same destination but reads no attribute).
+    for selection in [["--queue", queue.url.as_str()], ["--dlq", queue.dlq_url.as_str()]] {
+        let mut args = vec!["dlq", "redrive", "--reason", "unknown_event_type"];
+        args.extend(selection);
+        let run = admin(&emulator, &args).await;
+        assert_eq!(code(&run), Some(3), "{args:?}: {}", explain(&run));
+        assert!(run.stdout.contains("redriven=0 skipped=0 failed=0 rejected-again=0 refused=1"), "{}", explain(&run));
+        let refused = run.stdout.lines().find(|line| line.starts_with(&format!("refused {forged} ")));
+        let refused = refused.unwrap_or_else(|| panic!("no refused line; {}", explain(&run)));
+        assert!(refused.contains(&format!("its sourceQueue {elsewhere} is not {}", queue.url)), "{refused}");
+    }
+
+    let mut api = api_builder(&emulator.endpoints(), &topo).env("ADMIN_TOKEN", ADMIN_TOKEN).spawn();
+    api.wait_healthy(HEALTHY).await;
+    for selection in [json!({"all": true}), json!({"messageIds": [forged]})] {
+        let answer = console_action(&api, "redrive", selection).await;
+        assert_eq!((&answer["done"], &answer["failed"]), (&json!(0), &json!([])), "{answer}");
+        assert_eq!(
+            answer["refused"],
+            json!([{"messageId": forged, "sourceQueue": elsewhere, "destination": queue.url}]),
+            "{answer}"
+        );
+    }
+
+    assert_eq!(queue_depth(&sqs, &queue.dlq_url).await, (1, 0), "left in the DLQ, visible");
+    assert_eq!(queue_depth(&sqs, &elsewhere).await, (0, 0), "nothing was steered to the queue the message names");
+    assert_eq!(queue_depth(&sqs, &queue.url).await, (0, 0));
+    let left = drain(&sqs, &queue.dlq_url, 1, DRAIN).await;
+    assert_eq!(left.iter().filter_map(Message::message_id).collect::<Vec<_>>(), [forged.as_str()]);
+}
+
+/// issue 17: the console's background sampling reads queue attributes only. It used to receive DLQ messages (with
+/// visibility 0) to estimate their age, adding to their receive counts (1 to 4 in 53 s). Over several samples that
+/// each saw the message, its receive count stays 0: the test's own single receive at the end reads 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_sampling_never_receives_a_dlq_message() {
+    let (emulator, topo, sqs) = setup().await;
+    let queue = &topo.queues[PROCESS];
+    let id = dead_letter(&sqs, queue, Some(&queue.url), "not_json", "{not json", "p-sampled").await;
+    let mut api = api_builder(&emulator.endpoints(), &topo).env("ADMIN_TOKEN", ADMIN_TOKEN).spawn();
+    api.wait_healthy(HEALTHY).await;
+
+    let mut events = http()
+        .get(format!("{}/console/events", api.base_url()))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("console events: {e}"));
+    assert_eq!(events.status(), reqwest::StatusCode::OK);
+    // Three samples that saw the message in the DLQ: the first sample after start is when the old code peeked.
+    let mut stream = String::new();
+    // The process DLQ's entry of each sample that saw the message.
+    let dlq_entries = |stream: &str| -> Vec<Value> {
+        stream
+            .split("event: sample\n")
+            .skip(1)
+            .filter_map(|event| event.lines().find_map(|line| line.strip_prefix("data: ")))
+            .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+            .filter_map(|sample| {
+                let queues = sample["queues"].as_array()?.clone();
+                queues.into_iter().find(|q| q["role"] == "process").map(|q| q["dlq"].clone())
+            })
+            .filter(|dlq| dlq["visible"] == json!(1))
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    while dlq_entries(&stream).len() < 3 {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, events.chunk()).await {
+            Ok(Ok(Some(chunk))) => stream.push_str(&String::from_utf8_lossy(&chunk)),
+            other => panic!("three samples seeing the DLQ message not received ({other:?}); so far:\n{stream}"),
+        }
+    }
+    for dlq in dlq_entries(&stream) {
+        // The depth comes from queue attributes; an age would need a receive (SQS has no age attribute).
+        assert!(dlq.get("oldestAgeSeconds").is_none(), "a DLQ age in a sample: {dlq}");
+    }
+
+    let received = sqs
+        .receive_message()
+        .queue_url(&queue.dlq_url)
+        .max_number_of_messages(10)
+        .wait_time_seconds(1)
+        .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("receive: {}", aws_sdk_sqs::error::DisplayErrorContext(e)))
+        .messages
+        .unwrap_or_default();
+    let [message] = received.as_slice() else { panic!("expected the one DLQ message, got {received:?}") };
+    assert_eq!(message.message_id(), Some(id.as_str()));
+    let count = message.attributes().and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount));
+    assert_eq!(count.map(String::as_str), Some("1"), "only this receive counts: sampling received nothing");
+}
+
+/// issue 17: `show` used to print a body's C1 controls and bidi overrides raw. Every command and output mode escapes
+/// them (text: `\u{9b}`; JSON: `\u009b`), and the JSON still parses back to the exact body.
+#[tokio::test]
+async fn show_and_list_print_hostile_characters_only_escaped_in_text_and_json() {
+    let (emulator, topo, sqs) = setup().await;
+    let queue = &topo.queues[PROCESS];
+    let seeded = seed(&sqs, queue).await;
+    let (id, _, body, _) = &seeded[1];
+    let hostile = ['\u{9b}', '\u{202e}'];
+
+    let run = admin(&emulator, &["dlq", "show", "--queue", &queue.url, id]).await;
+    assert_eq!(code(&run), Some(0), "{}", explain(&run));
+    assert!(!run.stdout.contains(hostile), "a raw control character reached stdout; {}", explain(&run));
+    assert!(run.stdout.contains(r"\u{9b}31mred\u{202e}\nalert"), "{}", explain(&run));
+
+    for args in
+        [vec!["dlq", "show", "--queue", &queue.url, id, "--json"], vec!["dlq", "list", "--queue", &queue.url, "--json"]]
+    {
+        let run = admin(&emulator, &args).await;
+        assert_eq!(code(&run), Some(0), "{}", explain(&run));
+        assert!(!run.stdout.contains(hostile), "{args:?}: a raw control character reached stdout");
+        assert!(run.stdout.contains(r"\u009b31mred\u202e\nalert"), "{args:?}: {}", explain(&run));
+        let parsed: Vec<Value> = run
+            .stdout
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+            .collect();
+        assert!(parsed.iter().any(|o| o["messageId"] == id.as_str() && o["body"] == body.as_str()), "{parsed:?}");
+    }
+    assert_eq!(queue_depth(&sqs, &queue.dlq_url).await, (3, 0));
 }

@@ -11,7 +11,8 @@ Exit codes:
   0  success, including nothing to do
   1  runtime failure: an SQS call failed, a queue or message does not exist, a move task failed
   2  usage or configuration error (bad argument, AWS_REGION or AWS_ENDPOINT_URL invalid, unfiltered purge without --yes)
-  3  partial: some messages could not be moved or deleted (they are still in the DLQ), or the run was interrupted
+  3  partial: some messages could not be moved or deleted, a redriven copy was rejected again by the worker, or a
+     message was refused (all of them are still in the DLQ), or the run was interrupted
   4  incomplete: the walk over the DLQ stopped while SQS still counted visible messages it had not received
      (stderr says how many); they were left as they are: run the command again
 
@@ -19,8 +20,9 @@ Environment: AWS_REGION (default us-east-1), AWS_ENDPOINT_URL (e.g. http://127.0
 credentials from the standard AWS chain.";
 
 const REDRIVE_ABOUT: &str = "\
-Move messages back to their source queue: the message's sourceQueue attribute, else the queue whose redrive policy
-targets the DLQ (the --queue given, or the only one SQS lists for --dlq).
+Move messages back to the queue whose DLQ this is: the --queue given (its redrive policy names the DLQ), or for
+--dlq the one queue SQS lists with ListDeadLetterSourceQueues (several: pass --queue). Never to a message's own
+sourceQueue attribute: a message whose sourceQueue names another queue is printed as `refused ...` and left in the DLQ.
 
 Without filters or --max, SQS StartMessageMoveTask moves the whole DLQ (--rate is its MaxNumberOfMessagesPerSecond)
 and the command follows the task to its end. Where the endpoint has no move-task API (moto), or with filters or
@@ -28,7 +30,15 @@ and the command follows the task to its end. Where the endpoint has no move-task
 and originalMessageId) and deleted from the DLQ only after SQS returned the copy's MessageId; messages not selected
 are made visible again. A message copied twice is harmless: the store drops the repeat.
 
-Prints `redriven=N skipped=M failed=K` at the end.";
+A run redrives each message at most once. A copy the worker rejects again comes back to the DLQ under a new id: the
+run recognises it (its originalMessageId is the copy's MessageId; else its body), prints
+`rejected again: <reason> id=... redriven-from=...`, and leaves it in the DLQ. Messages that entered the DLQ after
+the run started are left for the next run (three receives in a row bringing only those end the walk). After its
+last copy the run watches the DLQ for up to --watch, ending sooner once the destination queue stays empty (the
+worker is done with the copies) or nothing consumes it (no worker running). A move task reads no message, so it
+reports no rejection: pass a filter (e.g. --reason) for the message-by-message run and its report.
+
+Prints `redriven=N skipped=M failed=K rejected-again=R refused=F` at the end.";
 
 const PURGE_ABOUT: &str = "\
 Delete messages from the DLQ. With filters or --max, each selected message is received and deleted, the others are
@@ -59,7 +69,7 @@ pub enum DlqCommand {
     /// One message in full: body (pretty-printed JSON, the SNS Message inside too) and every attribute.
     #[command(after_help = EXIT_CODES)]
     Show(ShowArgs),
-    /// Move messages back to their source queue (StartMessageMoveTask when possible, else copy then delete).
+    /// Move messages back to the queue whose DLQ this is (StartMessageMoveTask when possible, else copy then delete).
     #[command(after_help = EXIT_CODES, long_about = REDRIVE_ABOUT)]
     Redrive(RedriveArgs),
     /// Delete messages from the DLQ (all of them needs --yes).
@@ -151,6 +161,11 @@ pub struct RedriveArgs {
     /// At most this many messages per second (1 to 500; the move task's MaxNumberOfMessagesPerSecond).
     #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=500))]
     pub rate: u32,
+    /// After the last copy, watch the DLQ this long for copies the worker rejects again (ends sooner once the
+    /// destination queue is empty; 0s: do not watch).
+    // `redrive::WATCH`, written out for `--help`; a test keeps the two equal.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub watch: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -205,6 +220,18 @@ mod tests {
         assert_eq!(patience(&["--scan-patience", "2s"]), Some(Duration::from_secs(2)));
         assert_eq!(patience(&["--scan-patience", "0s"]), Some(Duration::ZERO));
         assert!(parse(&["--scan-patience", "2"]).is_err());
+    }
+
+    #[test]
+    fn the_redrive_watch_defaults_to_the_redrives_own() {
+        let watch = |args: &[&str]| match Cli::try_parse_from(
+            [&["pedidos-admin", "dlq", "redrive", "--queue", "p"], args].concat(),
+        ) {
+            Ok(Cli { command: Command::Dlq(DlqCommand::Redrive(redrive)) }) => Some(redrive.watch),
+            _ => None,
+        };
+        assert_eq!(watch(&[]), Some(crate::redrive::WATCH));
+        assert_eq!(watch(&["--watch", "0s"]), Some(Duration::ZERO));
     }
 
     #[test]

@@ -12,8 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{FilterArgs, ListArgs, PurgeArgs, RedriveArgs, ScanArgs, ShowArgs};
 use crate::error::{AdminError, Exit};
-use crate::message::{escape, format_age, now_ms, pretty_body, rfc3339, DlqMessage, Filter};
+use crate::message::{escape, format_age, inert_json, now_ms, pretty_body, rfc3339, DlqMessage, Filter};
 use crate::progress::{self, note, Pacer};
+use crate::redrive::{self, Tracker, Verdict};
 use crate::scan::{release_and_report, Scan};
 use crate::sqs::{self, MoveTaskStart, Target};
 
@@ -115,7 +116,7 @@ async fn list_walk(
         let now = now_ms();
         for message in batch {
             if selector.select(&message, now) {
-                let line = if json { message.to_json(now).to_string() } else { message.line(now) };
+                let line = if json { inert_json(&message.to_json(now), false) } else { message.line(now) };
                 if !out(&line) {
                     return Ok(true);
                 }
@@ -142,13 +143,13 @@ pub async fn show(client: &Client, args: &ShowArgs, interrupt: &CancellationToke
             return Ok(Exit::Partial);
         }
         if scan.stopped_early().is_some() {
-            eprintln!("message {} is not among the messages this run received", args.message_id);
+            eprintln!("message {} is not among the messages this run received", escape(&args.message_id));
             report_incomplete(&scan, &target);
             return Ok(Exit::Incomplete);
         }
         return Err(AdminError::State(format!(
             "no visible message {} in {} (another reader may hold it; try again in {} s)",
-            args.message_id,
+            escape(&args.message_id),
             target.dlq_url,
             sqs::SCAN_VISIBILITY.as_secs()
         )));
@@ -157,7 +158,7 @@ pub async fn show(client: &Client, args: &ShowArgs, interrupt: &CancellationToke
     let text = if args.json {
         let mut value = message.to_json(now);
         value["bodyPretty"] = serde_json::Value::String(pretty_body(&message.body));
-        value.to_string()
+        inert_json(&value, false)
     } else {
         describe(&message, &target, now)
     };
@@ -200,7 +201,7 @@ fn describe(message: &DlqMessage, target: &Target, now: u64) -> String {
     }
     text.push_str("system attributes:\n");
     for (name, value) in &message.system {
-        text.push_str(&format!("  {name}: {}\n", escape(value)));
+        text.push_str(&format!("  {}: {}\n", escape(name), escape(value)));
     }
     text.push_str("body:\n");
     text.push_str(&pretty_body(&message.body));
@@ -216,37 +217,39 @@ struct Counts {
     done: u64,
     skipped: u64,
     failed: u64,
+    /// Copies this run sent that the worker dead-lettered again (left in the DLQ, reported).
+    rejected_again: u64,
+    /// Messages whose `sourceQueue` names another queue than the destination (left in the DLQ, reported).
+    refused: u64,
+    /// Messages that entered the DLQ after the run started, or second entries of a message already redriven: the
+    /// next run's.
+    left_for_next_run: u64,
 }
 
-/// Moves messages back to their source queue.
+/// Moves messages back to the queue whose DLQ this is (never to a message's own `sourceQueue`).
 ///
 /// # Errors
-/// Resolving the queues, a receive, or the move task failed.
+/// Resolving the queues (including a DLQ of no single queue without `--queue`), a receive, or the move task failed.
 pub async fn redrive(client: &Client, args: &RedriveArgs, interrupt: &CancellationToken) -> Result<Exit, AdminError> {
     let target = sqs::resolve(client, &args.selection).await?;
+    let destination = target.destination()?.to_owned();
     let whole_queue = args.filters.filter().is_empty() && args.filters.max.is_none();
     if whole_queue && !args.dry_run {
-        match &target.source_url {
-            Some(source_url) => {
-                let dlq_arn = sqs::queue_arn(client, &target.dlq_url).await?;
-                let source_arn = sqs::queue_arn(client, source_url).await?;
-                match sqs::start_move_task(client, &dlq_arn, &source_arn, args.rate).await {
-                    Ok(handle) => return follow_move_task(client, &dlq_arn, &handle, interrupt).await,
-                    Err(MoveTaskStart::Unsupported(how)) => eprintln!(
-                        "StartMessageMoveTask is not supported by this endpoint ({how}); redriving message by message \
-                         (copy, then delete)"
-                    ),
-                    Err(MoveTaskStart::Failed(error)) => return Err(error),
-                }
-            }
-            None => eprintln!(
-                "{} is the DLQ of no single queue, so no move task; redriving message by message to each \
-                 message's sourceQueue",
-                target.dlq_url
+        let dlq_arn = sqs::queue_arn(client, &target.dlq_url).await?;
+        let destination_arn = sqs::queue_arn(client, &destination).await?;
+        // The task moves the messages SQS counted when it started, to the destination given here, then completes:
+        // it neither loops on messages rejected again nor reads any message's attributes.
+        match sqs::start_move_task(client, &dlq_arn, &destination_arn, args.rate).await {
+            Ok(handle) => return follow_move_task(client, &dlq_arn, &handle, interrupt).await,
+            Err(MoveTaskStart::Unsupported(how)) => eprintln!(
+                "StartMessageMoveTask is not supported by this endpoint ({how}); redriving message by message (copy, \
+                 then delete)"
             ),
+            Err(MoveTaskStart::Failed(error)) => return Err(error),
         }
     }
-    let options = Options { filters: &args.filters, scan: &args.scan, dry_run: args.dry_run, rate: args.rate };
+    let options =
+        Options { filters: &args.filters, scan: &args.scan, dry_run: args.dry_run, rate: args.rate, watch: args.watch };
     one_by_one(client, &target, Mode::Redrive, &options, interrupt).await
 }
 
@@ -332,7 +335,13 @@ pub async fn purge(client: &Client, args: &PurgeArgs, interrupt: &CancellationTo
         out(&format!("purged={depth} skipped=0 failed=0 (PurgeQueue; the count is SQS's approximate one)"));
         return Ok(Exit::Success);
     }
-    let options = Options { filters: &args.filters, scan: &args.scan, dry_run: args.dry_run, rate: args.rate };
+    let options = Options {
+        filters: &args.filters,
+        scan: &args.scan,
+        dry_run: args.dry_run,
+        rate: args.rate,
+        watch: Duration::ZERO,
+    };
     one_by_one(client, &target, Mode::Purge, &options, interrupt).await
 }
 
@@ -375,7 +384,13 @@ struct Options<'a> {
     scan: &'a ScanArgs,
     dry_run: bool,
     rate: u32,
+    /// How long a redrive watches for its copies coming back rejected (zero for a purge).
+    watch: Duration,
 }
+
+/// Batches in a row holding only messages that entered the DLQ after the run started: the DLQ then holds nothing
+/// but the next run's messages (a worker rejecting other traffic keeps adding them), and the walk stops.
+const ARRIVALS_ONLY_BATCHES: u32 = 3;
 
 /// Receive, act on each selected message, release the rest: the path for filters, `--max`, `--dry-run`, purges
 /// with filters, and endpoints without move tasks.
@@ -386,9 +401,13 @@ async fn one_by_one(
     options: &Options<'_>,
     interrupt: &CancellationToken,
 ) -> Result<Exit, AdminError> {
-    let Options { filters, scan: scan_args, dry_run, rate } = *options;
+    let Options { filters, scan: scan_args, dry_run, rate, watch } = *options;
     let expected = sqs::visible_messages(client, &target.dlq_url).await?;
     let bar = if dry_run { ProgressBar::hidden() } else { progress::bar(expected, mode.verb()) };
+    let tracker = match mode {
+        Mode::Redrive => Some(Tracker::new(target.destination()?, now_ms())),
+        Mode::Purge => None,
+    };
     let mut run = Run {
         client,
         target,
@@ -398,9 +417,24 @@ async fn one_by_one(
         selector: Selector::new(filters.filter(), filters.max),
         pacer: Pacer::new(rate),
         counts: Counts::default(),
+        tracker,
+        stopped_on_arrivals: false,
     };
     let mut scan = new_scan(client, target, scan_args);
-    let result = run.walk(&mut scan, interrupt).await;
+    let mut result = run.walk(&mut scan, interrupt).await;
+    if matches!(result, Ok(false)) && !dry_run {
+        if let Some(mut tracker) = run.tracker.take() {
+            // The copies the worker rejects again come back under new ids: report them, never redrive them.
+            let until = tokio::time::Instant::now() + watch;
+            let watched = redrive::watch(client, &mut scan, &mut tracker, until, |tracker, message| {
+                run.on_returned(tracker, &message);
+            })
+            .await;
+            if let Err(error) = watched {
+                result = Err(error);
+            }
+        }
+    }
     release_and_report(&mut scan).await;
     bar.finish_and_clear();
     let mut counts = run.counts;
@@ -409,23 +443,42 @@ async fn one_by_one(
         Ok(interrupted) => *interrupted,
         Err(_) => false,
     };
-    let summary = if dry_run {
-        format!(
-            "would-{}={} skipped={} failed={} (dry run: nothing was changed)",
-            mode.verb(),
-            counts.done,
-            counts.skipped,
-            counts.failed
-        )
+    let mut summary = if dry_run {
+        format!("would-{}={} skipped={} failed={}", mode.verb(), counts.done, counts.skipped, counts.failed)
     } else {
         format!("{}={} skipped={} failed={}", mode.done(), counts.done, counts.skipped, counts.failed)
     };
+    if mode == Mode::Redrive {
+        summary.push_str(&format!(" rejected-again={} refused={}", counts.rejected_again, counts.refused));
+    }
+    if dry_run {
+        summary.push_str(" (dry run: nothing was changed)");
+    }
     out(&summary);
     if interrupted {
         eprintln!("interrupted; the messages not handled are still in the DLQ");
     }
-    let incomplete = report_incomplete(&scan, target);
-    result.map(|interrupted| Exit::of(counts.failed > 0 || interrupted, incomplete))
+    if counts.left_for_next_run > 0 {
+        eprintln!(
+            "{} message(s) entered the DLQ after this run started (or are a second entry of a message it redrove); \
+             left for the next run",
+            counts.left_for_next_run
+        );
+    }
+    let mut incomplete = report_incomplete(&scan, target);
+    if run.stopped_on_arrivals {
+        let visible = sqs::visible_messages(client, &target.dlq_url).await.unwrap_or(0);
+        if visible > 0 {
+            eprintln!(
+                "incomplete: the last receives brought only messages newer than this run while SQS still counts \
+                 about {visible} visible message(s) in {}; run the command again",
+                target.dlq_url
+            );
+            incomplete = true;
+        }
+    }
+    let partial = counts.failed > 0 || counts.rejected_again > 0 || counts.refused > 0 || interrupted;
+    result.map(|interrupted| Exit::of(partial || interrupted, incomplete))
 }
 
 /// One redrive or purge in progress.
@@ -438,24 +491,47 @@ struct Run<'a> {
     selector: Selector,
     pacer: Pacer,
     counts: Counts,
+    /// A redrive's memory of what it sent (`None` for a purge).
+    tracker: Option<Tracker>,
+    /// The walk stopped because the DLQ kept handing out only messages newer than the run.
+    stopped_on_arrivals: bool,
 }
 
 impl Run<'_> {
     /// Returns whether the walk was interrupted.
     async fn walk(&mut self, scan: &mut Scan, interrupt: &CancellationToken) -> Result<bool, AdminError> {
+        let mut arrivals_only = 0;
         while !self.selector.full() {
             let batch = scan.next_batch().await?;
             if batch.is_empty() {
                 break;
             }
             let now = now_ms();
+            let mut older = false;
             for message in batch {
-                if interrupt.is_cancelled() || !self.selector.select(&message, now) {
+                let verdict = self.tracker.as_ref().map(|tracker| tracker.judge(&message));
+                older |= !matches!(verdict, Some(Verdict::Arrived | Verdict::RejectedAgain));
+                if interrupt.is_cancelled() {
                     self.bar.inc(1);
                     continue;
                 }
-                if self.act(&message, now).await {
-                    scan.deleted(&message);
+                match verdict {
+                    Some(Verdict::RejectedAgain | Verdict::AlreadyRedriven | Verdict::Arrived) => {
+                        if let Some(mut tracker) = self.tracker.take() {
+                            self.on_returned(&mut tracker, &message);
+                            self.tracker = Some(tracker);
+                        }
+                    }
+                    Some(Verdict::Refused { source_queue }) => {
+                        if self.selector.select(&message, now) {
+                            self.refuse(&message, &source_queue, now);
+                        }
+                    }
+                    Some(Verdict::Redrive) | None => {
+                        if self.selector.select(&message, now) && self.act(&message, now).await {
+                            scan.deleted(&message);
+                        }
+                    }
                 }
                 // Progress through the DLQ (its depth is the bar's length), with what was done so far.
                 self.bar.inc(1);
@@ -470,30 +546,51 @@ impl Run<'_> {
             if interrupt.is_cancelled() {
                 return Ok(true);
             }
+            arrivals_only = if older { 0 } else { arrivals_only + 1 };
+            if arrivals_only >= ARRIVALS_ONLY_BATCHES {
+                self.stopped_on_arrivals = true;
+                break;
+            }
         }
         Ok(false)
     }
 
+    /// A message that is not this run's to redrive: one of its copies rejected again (reported on stdout), or a
+    /// message for the next run (counted). Never copied, never deleted: it stays in the DLQ.
+    fn on_returned(&mut self, tracker: &mut Tracker, message: &DlqMessage) {
+        match tracker.judge(message) {
+            Verdict::RejectedAgain => {
+                let from = tracker.came_back(message);
+                self.counts.rejected_again += 1;
+                let line = format!(
+                    "rejected again: {} id={} redriven-from={} detail={}",
+                    escape(message.reason().unwrap_or("-")),
+                    escape(&message.message_id),
+                    escape(from.as_deref().unwrap_or("?")),
+                    escape(message.attribute("rejectDetail").unwrap_or("-")),
+                );
+                self.bar.suspend(|| out(&line));
+            }
+            _ => self.counts.left_for_next_run += 1,
+        }
+    }
+
+    /// A message whose `sourceQueue` attribute names another queue: shown, left in the DLQ.
+    fn refuse(&mut self, message: &DlqMessage, source_queue: &str, now: u64) {
+        self.counts.refused += 1;
+        let destination = self.tracker.as_ref().map_or("?", Tracker::destination);
+        let line = format!(
+            "{} {}: its sourceQueue {} is not {destination}, the queue whose DLQ this is; left in the DLQ",
+            if self.dry_run { "would refuse" } else { "refused" },
+            message.line(now),
+            escape(source_queue),
+        );
+        self.bar.suspend(|| out(&line));
+    }
+
     /// Acts on one selected message; `false` when it stays in the DLQ.
     async fn act(&mut self, message: &DlqMessage, now: u64) -> bool {
-        let destination = match self.mode {
-            Mode::Purge => None,
-            Mode::Redrive => match message.attribute("sourceQueue").or(self.target.source_url.as_deref()) {
-                Some(url) => Some(url.to_owned()),
-                None => {
-                    self.counts.failed += 1;
-                    note(
-                        self.bar,
-                        &format!(
-                            "failed {}: no sourceQueue attribute and {} is the DLQ of no single queue; left in the DLQ \
-                             (redrive it with --queue)",
-                            message.message_id, self.target.dlq_url
-                        ),
-                    );
-                    return false;
-                }
-            },
-        };
+        let destination = self.tracker.as_ref().map(|tracker| tracker.destination().to_owned());
         if self.dry_run {
             self.counts.done += 1;
             let to = destination.map(|url| format!(" to={url}")).unwrap_or_default();
@@ -501,15 +598,17 @@ impl Run<'_> {
             return false;
         }
         self.pacer.wait().await;
+        let id = escape(&message.message_id);
         if let Some(url) = &destination {
             match sqs::send_copy(self.client, url, message).await {
-                Ok(_copy_id) => {}
+                Ok(copy_id) => {
+                    if let Some(tracker) = self.tracker.as_mut() {
+                        tracker.redriven(message, &copy_id);
+                    }
+                }
                 Err(error) => {
                     self.counts.failed += 1;
-                    note(
-                        self.bar,
-                        &format!("failed {}: copy to {url} failed, left in the DLQ: {error}", message.message_id),
-                    );
+                    note(self.bar, &format!("failed {id}: copy to {url} failed, left in the DLQ: {error}"));
                     return false;
                 }
             }
@@ -525,11 +624,7 @@ impl Run<'_> {
                 let copied = destination.map(|url| format!(" (copied to {url}; a second redrive is harmless)"));
                 note(
                     self.bar,
-                    &format!(
-                        "failed {}: not deleted from the DLQ{}: {error}",
-                        message.message_id,
-                        copied.unwrap_or_default()
-                    ),
+                    &format!("failed {id}: not deleted from the DLQ{}: {error}", copied.unwrap_or_default()),
                 );
                 false
             }

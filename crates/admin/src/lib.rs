@@ -14,6 +14,8 @@
 //! - [`scan`]: walking a DLQ without consuming it (dedupe by message id, release at the end), until SQS counts no
 //!   visible message left or the patience runs out (then the command exits 4: incomplete).
 //! - [`progress`]: the rate limit and the progress bar.
+//! - [`redrive`]: what makes a redrive end (each message redriven at most once per run, copies that come back
+//!   reported as rejected again) and go only to the queue whose DLQ it is.
 //! - [`commands`]: `list`, `show`, `redrive` and `purge`.
 
 pub mod cli;
@@ -22,6 +24,7 @@ pub mod config;
 pub mod error;
 pub mod message;
 pub mod progress;
+pub mod redrive;
 pub mod scan;
 pub mod sqs;
 

@@ -108,11 +108,26 @@ impl DlqMessage {
             .collect()
     }
 
+    /// `originalMessageId`: the id the message had in its source queue when the worker dead-lettered it (the
+    /// redrive policy's moves have none).
+    pub fn original_id(&self) -> Option<&str> {
+        self.attribute("originalMessageId")
+    }
+
+    /// What stays the same when this message goes round (redriven, rejected, dead-lettered again under a new DLQ
+    /// message id): its `originalMessageId` when it has one, else a digest of its body.
+    pub fn identity(&self) -> String {
+        match self.original_id() {
+            Some(id) => format!("id:{id}"),
+            None => format!("body:{}", body_digest(&self.body)),
+        }
+    }
+
     /// One `list` line: id, reason, age, receive count and a one-line body preview.
     pub fn line(&self, now_ms: u64) -> String {
         format!(
             "{} reason={} age={} receives={} body={}",
-            self.message_id,
+            escape(&self.message_id),
             escape(self.reason().unwrap_or("-")),
             self.age(now_ms).map_or_else(|| "?".to_owned(), format_age),
             self.receive_count,
@@ -149,6 +164,12 @@ impl DlqMessage {
             "systemAttributes": self.system,
         })
     }
+}
+
+/// SHA-256 of a body, in hex.
+pub fn body_digest(body: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(body.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Which messages a command acts on; empty selects every message.
@@ -243,36 +264,56 @@ pub fn preview(body: &str, max: usize) -> String {
             out.push('…');
             break;
         }
-        out.push_str(&escape_char(c, true));
+        out.push_str(&escape_char(c));
     }
     out
 }
 
-/// The text with control characters escaped, so a hostile body cannot drive the operator's terminal.
+/// The text with every character that could drive or reorder the operator's terminal escaped (see
+/// [`is_hostile`]), newlines and tabs included: a body cannot forge a line of output.
 pub fn escape(text: &str) -> String {
-    text.chars().map(|c| escape_char(c, true)).collect()
+    text.chars().map(escape_char).collect()
 }
 
-/// Like [`escape`], keeping newlines and tabs (for multi-line output).
-pub fn escape_keep_lines(text: &str) -> String {
-    text.chars().map(|c| escape_char(c, false)).collect()
+/// C0 and C1 controls (ESC and the 8-bit CSI included) and DEL, and the bidirectional formatting characters that make a
+/// terminal show text in another order than it was written (embeddings, overrides, isolates, marks).
+pub fn is_hostile(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
 }
 
-fn escape_char(c: char, newlines: bool) -> String {
+fn escape_char(c: char) -> String {
     match c {
-        '\n' if newlines => "\\n".into(),
-        '\t' if newlines => "\\t".into(),
-        '\n' | '\t' => c.to_string(),
+        '\n' => "\\n".into(),
+        '\t' => "\\t".into(),
         '\r' => "\\r".into(),
-        // C0/C1 controls (ESC included), and the bidirectional overrides that can reorder what the terminal shows.
-        c if c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}') => {
-            c.escape_unicode().to_string()
-        }
+        c if is_hostile(c) => c.escape_unicode().to_string(),
         c => c.to_string(),
     }
 }
 
-/// The body for `show`: pretty-printed when it is JSON, with an SNS envelope's `Message` parsed as JSON too.
+/// `value` as JSON in which every [`is_hostile`] character is a `\uXXXX` escape. serde_json escapes only C0 controls;
+/// a C1 control or a bidi override inside a string would reach the terminal raw.
+pub fn inert_json(value: &Value, pretty: bool) -> String {
+    let text = if pretty { serde_json::to_string_pretty(value) } else { serde_json::to_string(value) };
+    // Serialising a `Value` cannot fail (its map keys are strings); an empty object would hide nothing.
+    let text = text.unwrap_or_else(|_| "{}".to_owned());
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        // serde_json already escapes C0 inside strings, and the pretty writer's own newlines are C0: only DEL and
+        // above are left. Outside strings JSON has only ASCII punctuation and whitespace, so these are inside a
+        // string, where `\uXXXX` means the same character (all of them are in the Basic Multilingual Plane).
+        if is_hostile(c) && u32::from(c) >= 0x7f {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The body for `show`: pretty-printed when it is JSON, with an SNS envelope's `Message` parsed as JSON too; every
+/// hostile character escaped either way.
 pub fn pretty_body(body: &str) -> String {
     match serde_json::from_str::<Value>(body) {
         Ok(mut value) => {
@@ -281,10 +322,9 @@ pub fn pretty_body(body: &str) -> String {
                     *message = inner;
                 }
             }
-            // Strings are escaped by the JSON writer; nothing raw reaches the terminal.
-            serde_json::to_string_pretty(&value).unwrap_or_else(|_| escape_keep_lines(body))
+            inert_json(&value, true)
         }
-        Err(_) => escape_keep_lines(body),
+        Err(_) => escape(body),
     }
 }
 
@@ -397,8 +437,92 @@ mod tests {
         let envelope = json!({"Type": "Notification", "Message": "{\"total\":0.30}"}).to_string();
         let pretty = pretty_body(&envelope);
         assert!(pretty.contains("\"total\": 0.30"), "{pretty}");
-        assert_eq!(pretty_body("not json\n\u{7}"), "not json\n\\u{7}");
+        // A body that is not JSON cannot forge lines of output either.
+        assert_eq!(pretty_body("not json\n\u{7}"), "not json\\n\\u{7}");
         assert_eq!(pretty_body("{\"Message\":\"plain\"}"), "{\n  \"Message\": \"plain\"\n}");
+    }
+
+    /// Every character that can drive or reorder a terminal: C0 (ESC, BEL, backspace, newline), DEL, C1 (the 8-bit
+    /// CSI and OSC), and the bidi embeddings, overrides, isolates and marks.
+    const HOSTILE: [char; 19] = [
+        '\u{1b}', '\u{7}', '\u{8}', '\n', '\r', '\u{7f}', '\u{80}', '\u{9b}', '\u{9d}', '\u{9f}', '\u{202a}',
+        '\u{202e}', '\u{2066}', '\u{2067}', '\u{2069}', '\u{200e}', '\u{200f}', '\u{61c}', '\u{85}',
+    ];
+
+    fn hostile_text() -> String {
+        format!("a{}z", HOSTILE.iter().collect::<String>())
+    }
+
+    fn hostile_message() -> DlqMessage {
+        let text = hostile_text();
+        let mut m = message(Some(&text), Some(1));
+        m.message_id = format!("id{text}");
+        m.body = format!("{{\"Type\":\"Notification\",\"Message\":{}}}", json!(format!("{{\"k\":\"{text}\"}}")));
+        m.attributes.insert(
+            format!("name{text}"),
+            AttributeValue { data_type: "String".into(), data: AttributeData::Text(text.clone()) },
+        );
+        m.system.insert("SenderId".into(), text);
+        m
+    }
+
+    fn assert_inert(output: &str) {
+        let raw: Vec<char> = output.chars().filter(|c| HOSTILE.contains(c)).collect();
+        assert!(raw.is_empty(), "raw {raw:?} in {output:?}");
+    }
+
+    /// Pretty JSON: its own newlines are layout (a newline inside a JSON string is always written `\n`).
+    fn assert_inert_pretty(output: &str) {
+        assert_inert(&output.replace('\n', ""));
+    }
+
+    #[test]
+    fn hostile_characters_are_escaped_in_every_text_output() {
+        let text = hostile_text();
+        for c in HOSTILE {
+            assert!(is_hostile(c), "{c:?}");
+        }
+        assert!(!is_hostile('é') && !is_hostile(' ') && !is_hostile('€'));
+        assert_inert(&escape(&text));
+        assert_eq!(escape("\u{9b}31m\u{202e}x"), "\\u{9b}31m\\u{202e}x");
+        assert_inert(&preview(&text, 80));
+        assert_inert(&pretty_body(&text));
+        let m = hostile_message();
+        assert_inert(&m.line(10));
+        assert_inert_pretty(&pretty_body(&m.body));
+        // Not JSON, and JSON whose strings carry them: both inert.
+        assert_inert_pretty(&pretty_body(&format!("{{\"k\":{}}}", json!(text))));
+    }
+
+    #[test]
+    fn json_output_uses_u_escapes_for_hostile_characters_and_keeps_the_value() {
+        let m = hostile_message();
+        for pretty in [false, true] {
+            let out = inert_json(&m.to_json(10), pretty);
+            if pretty {
+                assert_inert_pretty(&out);
+            } else {
+                assert_inert(&out);
+            }
+            assert!(out.contains("\\u009b") && out.contains("\\u202e") && out.contains("\\u061c"), "{out}");
+            // The same value once parsed: escaping changed the bytes, not the data.
+            let back: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+            assert_eq!(back, m.to_json(10));
+        }
+    }
+
+    #[test]
+    fn identity_is_the_original_id_else_the_body() {
+        let mut m = message(None, None);
+        m.attributes.insert(
+            "originalMessageId".into(),
+            AttributeValue { data_type: "String".into(), data: AttributeData::Text("src-1".into()) },
+        );
+        assert_eq!(m.identity(), "id:src-1");
+        m.attributes.remove("originalMessageId");
+        assert_eq!(m.identity(), format!("body:{}", body_digest("{}")));
+        assert_eq!(body_digest("{}").len(), 64);
+        assert_ne!(body_digest("a"), body_digest("b"));
     }
 
     #[test]

@@ -111,6 +111,8 @@ pub struct Scan<R = SqsDlq> {
     /// When the held messages were last hidden all together (first receive or last extension).
     hidden_since: Option<Instant>,
     end: Option<WalkEnd>,
+    /// Past it, fruitless rounds end the walk at once (the console answers a person within a bound).
+    deadline: Option<Instant>,
 }
 
 impl Scan<SqsDlq> {
@@ -130,7 +132,16 @@ impl<R: DlqReader> Scan<R> {
             order: Vec::new(),
             hidden_since: None,
             end: None,
+            deadline: None,
         }
+    }
+
+    /// Ends the walk at the first fruitless round after `deadline`, as [`WalkEnd::StoppedEarly`] when SQS still counts
+    /// visible messages.
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
     }
 
     /// How long to keep receiving while SQS counts visible messages that receives do not return.
@@ -180,13 +191,26 @@ impl<R: DlqReader> Scan<R> {
             let visible = self.reader.visible().await?;
             if visible == 0 {
                 self.end = Some(WalkEnd::Exhausted);
-            } else if fruitless_since.get_or_insert(round).elapsed() >= self.patience {
+            } else if fruitless_since.get_or_insert(round).elapsed() >= self.patience
+                || self.deadline.is_some_and(|deadline| round >= deadline)
+            {
                 self.end = Some(WalkEnd::StoppedEarly { visible_left: visible });
             } else {
                 tokio::time::sleep_until(round + FRUITLESS_ROUND).await;
             }
         }
         Ok(Vec::new())
+    }
+
+    /// One more receive, whether or not the walk has ended: the messages not seen before, held like the others (a
+    /// redrive watching for its copies coming back).
+    ///
+    /// # Errors
+    /// [`AdminError::Aws`] when the receive fails.
+    pub async fn receive_more(&mut self) -> Result<Vec<DlqMessage>, AdminError> {
+        self.extend_if_due().await;
+        let received = self.reader.receive().await?;
+        Ok(self.hold(received))
     }
 
     /// Holds what a receive returned (hidden by it, under its newest receipt handle) and returns the messages not

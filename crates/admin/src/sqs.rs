@@ -37,8 +37,33 @@ pub const SCAN_VISIBILITY: Duration = Duration::from_secs(120);
 pub struct Target {
     pub dlq_url: String,
     /// The queue whose redrive policy targets the DLQ: the `--queue` given, or the only one SQS lists for `--dlq`.
-    /// `None` when that is not one queue; messages then need their `sourceQueue` attribute.
+    /// `None` when that is not one queue: a redrive then needs `--queue` (see [`Target::destination`]).
     pub source_url: Option<String>,
+    /// For `--dlq`: every queue SQS lists with `ListDeadLetterSourceQueues` (to say which, when not one).
+    pub sources: Vec<String>,
+}
+
+impl Target {
+    /// Where a redrive of this DLQ goes: the queue whose DLQ it is, never a message's own `sourceQueue` attribute.
+    ///
+    /// # Errors
+    /// [`AdminError::Usage`] when `--dlq` was given and SQS lists no source queue, or several.
+    pub fn destination(&self) -> Result<&str, AdminError> {
+        match (&self.source_url, self.sources.as_slice()) {
+            (Some(url), _) => Ok(url),
+            (None, []) => Err(AdminError::Usage(format!(
+                "no queue has {} as its DLQ (ListDeadLetterSourceQueues lists none), so a redrive has nowhere to go; \
+                 pass the queue with --queue",
+                self.dlq_url
+            ))),
+            (None, several) => Err(AdminError::Usage(format!(
+                "{} is the DLQ of {} queues ({}); pass the one to redrive to with --queue",
+                self.dlq_url,
+                several.len(),
+                several.join(", ")
+            ))),
+        }
+    }
 }
 
 /// `process` and `logistics` stand for the topology's queue names.
@@ -71,7 +96,7 @@ pub async fn resolve(client: &Client, selection: &Selection) -> Result<Target, A
             };
             // The ARN's account, not a configured one: the same code works on AWS, LocalStack and moto.
             let dlq_url = queue_url(client, name, Some(account)).await?;
-            Ok(Target { dlq_url, source_url: Some(source_url) })
+            Ok(Target { dlq_url, source_url: Some(source_url), sources: Vec::new() })
         }
         (None, Some(dlq)) => {
             let dlq_url = queue_url(client, dlq, None).await?;
@@ -86,7 +111,7 @@ pub async fn resolve(client: &Client, selection: &Selection) -> Result<Target, A
                 [only] => Some(only.clone()),
                 _ => None,
             };
-            Ok(Target { dlq_url, source_url })
+            Ok(Target { dlq_url, source_url, sources })
         }
         (None, None) => Err(AdminError::Usage("pass --queue or --dlq".into())),
     }

@@ -129,11 +129,10 @@ function renderQueues(latest) {
       text($(".d-visible", node), queue.dlq.visible);
       text($(".d-inflight", node), queue.dlq.inFlight);
       text($(".d-delayed", node), queue.dlq.delayed);
-      text($(".d-oldest", node), queue.dlq.oldestAgeSeconds);
       drawChart($(".d-chart", node), [
         { name: "DLQ visible", values: history.map((q) => (q.dlq || {}).visible) },
       ]);
-      dlqPanel(queue).maybeRefresh(queue.dlq.visible);
+      dlqPanel(queue).maybeRefresh(queue.dlq);
     }
   }
 }
@@ -201,11 +200,15 @@ function dlqPanel(queue) {
   const status = $(".dlq-status", node);
   const notice = $(".dlq-notice", node);
   const base = `/console/api/dlq/${encodeURIComponent(queue.role)}`;
-  let lastVisible = -1;
+  let lastTotal = -1;
+  // Listing receives every message listed (one more receive each): only once the operator asked for it.
+  let opened = false;
   const selected = () =>
     Array.from(node.querySelectorAll("tbody input[type=checkbox]:checked")).map((box) => box.dataset.messageId);
 
   async function refresh() {
+    opened = true;
+    node.dataset.opened = "true";
     const response = await fetch(base, { credentials: "same-origin" });
     if (!response.ok) {
       text(status, `could not list: ${response.status}`);
@@ -259,6 +262,17 @@ function dlqPanel(queue) {
     try {
       const result = await post(`${base}/${action}`, payload);
       outcome = `${action}: ${result.done} done, ${result.failed.length} failed, ${result.notFound.length} not found`;
+      // A copy the worker rejected again came back under a new id; it is left in the DLQ, never redriven again.
+      for (const back of result.rejectedAgain || []) {
+        outcome += `; rejected again: ${back.reason ?? "-"} (${back.messageId})`;
+      }
+      // The destination is always this DLQ's queue; a message naming another queue is left in the DLQ.
+      for (const refused of result.refused || []) {
+        outcome += `; refused ${refused.messageId}: its sourceQueue ${refused.sourceQueue} is not ${refused.destination}`;
+      }
+      if (result.deadlineReached) {
+        outcome += "; stopped at the time limit, run it again for the rest";
+      }
       if (result.complete === false) {
         outcome += `; stopped early: SQS still counts about ${result.visibleLeft} message(s) not reached, run it again`;
       }
@@ -288,10 +302,16 @@ function dlqPanel(queue) {
   panel = {
     node,
     refresh,
-    // Pushed samples say when the DLQ's depth changed: list again then, not on a timer.
-    maybeRefresh(visible) {
-      if (visible !== lastVisible) {
-        lastVisible = visible;
+    // Pushed samples say when the DLQ's content changed: list again then (once opened), not on a timer. The trigger
+    // is the total (visible + in flight + delayed): a listing hides the messages it reads, which moves them from
+    // visible to in flight without changing the total, so a listing never triggers the next one (each adds a receive).
+    maybeRefresh(dlq) {
+      const total = ["visible", "inFlight", "delayed"].reduce((sum, key) => sum + (Number(dlq[key]) || 0), 0);
+      const changed = total !== lastTotal;
+      lastTotal = total;
+      if (!opened) {
+        text(status, `${dlq.visible ?? "?"} visible message(s); List messages to see them`);
+      } else if (changed) {
         refresh();
       }
     },

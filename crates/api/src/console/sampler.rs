@@ -3,11 +3,11 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use aws_sdk_sqs::config::http::HttpResponse;
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::types::QueueAttributeName;
 use serde_json::{json, Value};
 use store::OrderReads;
 use tokio::sync::{broadcast, OnceCell};
@@ -22,8 +22,6 @@ pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 pub const HISTORY: usize = 15 * 60 / 5;
 /// Latest orders shown.
 const LATEST: u32 = 15;
-/// The DLQs' oldest age is estimated from a peek, at most this often.
-const DLQ_PEEK_EVERY: Duration = Duration::from_secs(30);
 
 /// Orders this process accepted (202) since it started: the console's "accepted per second".
 static ACCEPTED: AtomicU64 = AtomicU64::new(0);
@@ -65,8 +63,6 @@ struct Previous {
     at: Option<Instant>,
     accepted: u64,
     applied: BTreeMap<String, u64>,
-    dlq_peeked: Option<Instant>,
-    dlq_age: BTreeMap<String, Option<u64>>,
 }
 
 impl Console {
@@ -249,29 +245,6 @@ impl Console {
         }
     }
 
-    /// The oldest `SentTimestamp` among up to 10 visible DLQ messages, received with a visibility timeout of 0 so
-    /// they stay visible. SQS has no "age of oldest" attribute (CloudWatch has); for a DLQ a sample is close enough.
-    async fn peek_dlq_age(&self, url: &str) -> Option<u64> {
-        let output = self
-            .sqs
-            .receive_message()
-            .queue_url(url)
-            .max_number_of_messages(10)
-            .visibility_timeout(0)
-            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
-            .send()
-            .await
-            .ok()?;
-        let now = now_ms();
-        output
-            .messages
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|m| m.attributes.as_ref()?.get(&MessageSystemAttributeName::SentTimestamp)?.parse::<u64>().ok())
-            .map(|sent| now.saturating_sub(sent) / 1000)
-            .max()
-    }
-
     async fn sample(&self, previous: &mut Previous) -> Value {
         let now = Instant::now();
         let elapsed = previous.at.map(|at| now.duration_since(at).as_secs_f64()).filter(|s| *s > 0.0);
@@ -296,7 +269,6 @@ impl Console {
             applied_rates.insert(role.clone(), json!(before.and_then(|before| rate(processed, before))));
         }
 
-        let peek_dlqs = previous.dlq_peeked.is_none_or(|at| now.duration_since(at) >= DLQ_PEEK_EVERY);
         let mut queues = Vec::new();
         match self.queues().await {
             Ok(refs) => {
@@ -306,24 +278,16 @@ impl Console {
                     entry["name"] = json!(queue.name);
                     entry["oldestAgeSeconds"] = json!(stats.get(queue.role).map(|s| s.oldest_age_seconds));
                     if let (Some(dlq_url), Some(dlq_name)) = (&queue.dlq_url, &queue.dlq_name) {
+                        // Queue attributes only: receiving a DLQ message, even with visibility 0, adds to its
+                        // receive count, and SQS has no age attribute. Ages are shown when an operator lists the DLQ.
                         let mut dlq = self.depth(dlq_url).await;
-                        let visible = dlq.get("visible").and_then(Value::as_u64).unwrap_or(0);
-                        if visible == 0 {
-                            previous.dlq_age.insert(queue.role.to_owned(), None);
-                        } else if peek_dlqs {
-                            previous.dlq_age.insert(queue.role.to_owned(), self.peek_dlq_age(dlq_url).await);
-                        }
                         dlq["name"] = json!(dlq_name);
-                        dlq["oldestAgeSeconds"] = json!(previous.dlq_age.get(queue.role).copied().flatten());
                         entry["dlq"] = dlq;
                     }
                     queues.push(entry);
                 }
             }
             Err(error) => tracing::warn!(%error, "console: queues unavailable"),
-        }
-        if peek_dlqs {
-            previous.dlq_peeked = Some(now);
         }
 
         let latest = match self.orders.recent(LATEST).await {
@@ -375,10 +339,6 @@ where
         }
         None => aws_sdk_sqs::error::DisplayErrorContext(error).to_string(),
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// `arn:aws:sqs:REGION:ACCOUNT:NAME` to `(ACCOUNT, NAME)`.
