@@ -427,3 +427,39 @@ async fn an_order_keeps_its_customer_and_its_owner() {
     assert_eq!(listed(Some("shop-b")).await, ["shop-b"]);
     assert_eq!(listed(None).await.len(), 3);
 }
+
+/// A client's listing fills its page across other clients' orders: DynamoDB applies `Limit` before the owner filter,
+/// so the store queries again (a bounded number of times), and a cursor taken mid-page goes on exactly after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_listing_fills_its_page_among_other_clients_orders() {
+    let (_emulator, orders, _) = setup().await;
+    let cliente = Uuid::new_v4();
+    let mut mine = Vec::new();
+    // Days 1..=12: every third order is shop-a's (days 3, 6, 9, 12), the others shop-b's.
+    for day in 1..=12u32 {
+        let (id, owner) = (Uuid::new_v4(), if day % 3 == 0 { "shop-a" } else { "shop-b" });
+        let _ = orders.apply(&event(id, cliente, 1, day).by_client(Some(owner.into())), &meta("x")).await;
+        if owner == "shop-a" {
+            mine.push(id);
+        }
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = orders.list_by_cliente(cliente, Some("shop-a"), 3, cursor.as_deref()).await;
+        let Ok(page) = page else { panic!("list failed: {:?}", page.err()) };
+        pages += 1;
+        if page.next_cursor.is_some() {
+            assert_eq!(page.orders.len(), 3, "a page with more to come is full");
+        }
+        seen.extend(page.orders.iter().map(|o| o.pedido_id));
+        cursor = page.next_cursor;
+        if cursor.is_none() || pages > 4 {
+            break;
+        }
+    }
+    let newest_first: Vec<Uuid> = mine.iter().rev().copied().collect();
+    assert_eq!(seen, newest_first);
+    assert_eq!(pages, 2);
+}

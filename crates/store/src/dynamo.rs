@@ -57,6 +57,9 @@ fn apply_condition(owner: &str) -> String {
 }
 /// Rounds of "apply, compact the full history" before giving up on a write whose item keeps changing.
 const APPLY_ROUNDS: usize = 3;
+
+/// Most queries one listing page makes when an owner filter leaves a query's page short.
+const LIST_ROUNDS: usize = 4;
 /// Creates the shipment only when absent.
 pub(crate) const SHIPMENT_CONDITION: &str = "attribute_not_exists(pk)";
 
@@ -457,7 +460,35 @@ impl DynamoOrders {
         limit: u32,
         after: Option<&str>,
     ) -> Result<Page, StoreError> {
-        let after = after.map(cursor::decode).transpose()?;
+        let limit = limit.clamp(1, MAX_PAGE);
+        let mut after = after.map(cursor::decode).transpose()?;
+        let mut orders = Vec::new();
+        // DynamoDB applies `Limit` before the owner filter, so one query may find few of the caller's orders among
+        // other clients'. A few more queries fill the page; past them, the cursor goes on where they stopped.
+        for _ in 0..LIST_ROUNDS {
+            let (found, last) = self.list_round(cliente_id, owner, limit, after.as_deref()).await?;
+            orders.extend(found);
+            after = last;
+            if after.is_none() || orders.len() >= limit as usize {
+                break;
+            }
+        }
+        if orders.len() > limit as usize {
+            orders.truncate(limit as usize);
+            // Any order's sort key is a valid place to go on from: the next page starts after the last one shown.
+            after = orders.last().map(OrderRecord::fecha_orden);
+        }
+        Ok(Page { orders, next_cursor: after.as_deref().map(cursor::encode) })
+    }
+
+    /// One query of a customer's orders: those matching `owner`, and the sort key to go on from (`None` at the end).
+    async fn list_round(
+        &self,
+        cliente_id: Uuid,
+        owner: Option<&str>,
+        limit: u32,
+        after: Option<&str>,
+    ) -> Result<(Vec<OrderRecord>, Option<String>), StoreError> {
         let cliente = cliente_id.to_string();
         let mut query = self
             .client
@@ -467,18 +498,17 @@ impl DynamoOrders {
             .key_condition_expression("clienteId = :c")
             .expression_attribute_values(":c", s(cliente.clone()))
             .scan_index_forward(false)
-            .limit(i32::try_from(limit.clamp(1, MAX_PAGE)).unwrap_or(20));
-        // The limit applies before the filter: a page may hold fewer orders, and its cursor still goes on.
+            .limit(i32::try_from(limit).unwrap_or(20));
         if let Some(owner) = owner {
             query = query.filter_expression("clienteApi = :owner").expression_attribute_values(":owner", s(owner));
         }
-        if let Some(after) = &after {
+        if let Some(after) = after {
             let pedido =
                 after.rsplit('#').next().and_then(|id| Uuid::parse_str(id).ok()).ok_or(StoreError::BadCursor)?;
             query = query.set_exclusive_start_key(Some(HashMap::from([
                 (attr::PK.to_owned(), s(order_key(pedido))),
                 ("clienteId".to_owned(), s(cliente.clone())),
-                ("fechaOrden".to_owned(), s(after.clone())),
+                ("fechaOrden".to_owned(), s(after)),
             ])));
         }
         let started = Instant::now();
@@ -490,11 +520,11 @@ impl DynamoOrders {
             let key = text(&item, attr::PK, "?").unwrap_or_else(|_| "?".into());
             orders.push(decode_order(&item, &key)?);
         }
-        let next_cursor = output.last_evaluated_key.as_ref().and_then(|k| match k.get("fechaOrden") {
-            Some(AttributeValue::S(last)) => Some(cursor::encode(last)),
+        let last = output.last_evaluated_key.as_ref().and_then(|k| match k.get("fechaOrden") {
+            Some(AttributeValue::S(last)) => Some(last.clone()),
             _ => None,
         });
-        Ok(Page { orders, next_cursor })
+        Ok((orders, last))
     }
 }
 

@@ -25,7 +25,7 @@ pub trait OrderReads: Send + Sync + 'static {
     /// The order and its shipment, `None` when no worker has applied it yet.
     fn get(&self, pedido_id: Uuid) -> BoxFuture<'_, Result<Option<OrderView>, StoreError>>;
     /// A customer's orders, newest first; `limit` is clamped to `1..=MAX_PAGE`. With `owner`, only the orders that
-    /// API client created (a page may then hold fewer than `limit`; follow its cursor).
+    /// API client created (a page may then hold fewer than `limit` even with more to come: follow its cursor).
     fn list_by_cliente<'a>(
         &'a self,
         cliente_id: Uuid,
