@@ -783,6 +783,7 @@ pub async fn scan_orders(dynamodb: &aws_sdk_dynamodb::Client, table: &str) -> Re
                     estado: text("estado").ok_or_else(|| bad("estado"))?,
                     creado_en,
                     request_id: text("requestId"),
+                    origin: store::Origin::default(),
                 };
                 snapshot.shipments.insert(pedido_id, shipment);
             } else if let Some(role) = pk.strip_prefix("STATS#") {

@@ -689,7 +689,8 @@ fn order_state(
 
 async fn apply(orders: &store::dynamo::DynamoOrders, event: &domain::OrderEvent, request_id: &str) {
     use store::OrderWrites;
-    let meta = store::ChangeMeta { request_id: Some(request_id.to_owned()), at: chrono::Utc::now() };
+    let meta =
+        store::ChangeMeta { request_id: Some(request_id.to_owned()), at: chrono::Utc::now(), ..Default::default() };
     let applied = orders.apply(event, &meta).await.unwrap_or_else(|e| panic!("apply: {e}"));
     assert_eq!(applied, store::Applied::Applied);
 }
@@ -758,6 +759,7 @@ async fn tracking_reads_what_a_worker_applied_to_dynamodb() {
         estado: "PREPARANDO".into(),
         creado_en: chrono::Utc::now(),
         request_id: Some("req-v1".into()),
+        origin: Default::default(),
     };
     assert_eq!(orders.create_shipment(&shipment).await.ok(), Some(store::Applied::Applied));
     let (status, headers, text) = get_text(&api, &path, Some(&etag)).await;

@@ -31,7 +31,7 @@ fn event(pedido: Uuid, cliente: Uuid, version: u64, day: u32) -> OrderEvent {
 }
 
 fn meta(request: &str) -> ChangeMeta {
-    ChangeMeta { request_id: Some(request.to_owned()), at: Utc::now() }
+    ChangeMeta { request_id: Some(request.to_owned()), at: Utc::now(), ..Default::default() }
 }
 
 async fn setup() -> (Emulator, DynamoOrders, aws_sdk_dynamodb::Client) {
@@ -68,6 +68,7 @@ async fn one_conditional_write_decides_applied_duplicate_and_stale() {
         estado: "PREPARANDO".into(),
         creado_en: Utc::now(),
         request_id: None,
+        origin: Default::default(),
     };
     assert_eq!(orders.create_shipment(&shipment).await.ok(), Some(Applied::Applied));
     assert_eq!(orders.create_shipment(&shipment).await.ok(), Some(Applied::Duplicate));

@@ -163,7 +163,7 @@ impl App {
 
     /// Applies `event` as the process worker would, with `request_id` as the change's request id.
     async fn apply(&self, event: &OrderEvent, request_id: Option<&str>) {
-        let meta = ChangeMeta { request_id: request_id.map(str::to_owned), at: Utc::now() };
+        let meta = ChangeMeta { request_id: request_id.map(str::to_owned), at: Utc::now(), ..Default::default() };
         let applied = self.store.apply(event, &meta).await;
         assert!(matches!(applied, Ok(Applied::Applied)), "seeding {event:?}: {applied:?}");
     }
@@ -176,6 +176,7 @@ impl App {
             estado: "PREPARANDO".into(),
             creado_en: Utc::now(),
             request_id: Some("req-ship".into()),
+            origin: Default::default(),
         };
         let created = self.store.create_shipment(&shipment).await;
         assert!(matches!(created, Ok(Applied::Applied)), "{created:?}");

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::error::BoxError;
 use crate::model::{
     actualizado_orden, bounded_request_id, dia, estado_for, fecha_orden, Applied, AppliedVersion, ChangeMeta,
-    OrderRecord, OrderView, Page, RoleStats, Shipment, HISTORY_KEPT, HISTORY_MAX,
+    OrderRecord, OrderView, Origin, Page, RoleStats, Shipment, HISTORY_KEPT, HISTORY_MAX,
 };
 use crate::orders::{OrderReads, OrderWrites, StatsWrites, MAX_PAGE};
 use crate::schema::{attr, CUSTOMER_INDEX, RECENT_INDEX};
@@ -85,6 +85,7 @@ impl ApplyWrite {
         if let Some(request_id) = &request_id {
             entry.insert("requestId".to_owned(), s(request_id.clone()));
         }
+        entry.extend(origin_attributes(&meta.origin));
         let mut set = vec![
             "#version = :v",
             "estado = :estado",
@@ -196,7 +197,30 @@ pub(crate) fn shipment_item(shipment: &Shipment) -> Attributes {
     if let Some(request_id) = &shipment.request_id {
         item.insert("requestId".to_owned(), s(bounded_request_id(request_id)));
     }
+    item.extend(origin_attributes(&shipment.origin));
     item
+}
+
+/// `aceptadaEn`, `messageId` and `traceId`, those that are known.
+fn origin_attributes(origin: &Origin) -> Attributes {
+    let mut attributes = Attributes::new();
+    if let Some(at) = origin.accepted_at {
+        attributes.insert("aceptadaEn".to_owned(), s(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)));
+    }
+    for (name, value) in [("messageId", &origin.message_id), ("traceId", &origin.trace_id)] {
+        if let Some(value) = value {
+            attributes.insert(name.to_owned(), s(value.clone()));
+        }
+    }
+    attributes
+}
+
+fn decode_origin(item: &Attributes, key: &str) -> Result<Origin, StoreError> {
+    Ok(Origin {
+        accepted_at: optional_text(item, "aceptadaEn", key)?.map(|at| utc(&at, key, "aceptadaEn")).transpose()?,
+        message_id: optional_text(item, "messageId", key)?,
+        trace_id: optional_text(item, "traceId", key)?,
+    })
 }
 
 /// The orders table.
@@ -897,6 +921,7 @@ pub fn decode_order(item: &Attributes, key: &str) -> Result<OrderRecord, StoreEr
                         aplicada_en: utc(&text(entry, "aplicadaEn", key)?, key, "aplicadaEn")?,
                         request_id: optional_text(entry, "requestId", key)?,
                         digest: optional_digest(entry, key)?,
+                        origin: decode_origin(entry, key)?,
                     })
                 })
                 .collect::<Result<Vec<_>, StoreError>>()
@@ -940,6 +965,7 @@ fn decode_shipment(item: &Attributes, key: &str) -> Result<Shipment, StoreError>
         estado: text(item, "estado", key)?,
         creado_en: utc(&text(item, "creadoEn", key)?, key, "creadoEn")?,
         request_id: optional_text(item, "requestId", key)?,
+        origin: decode_origin(item, key)?,
     })
 }
 

@@ -30,7 +30,7 @@ use std::pin::Pin;
 
 pub use denied::AccessDenied;
 pub use error::StoreError;
-pub use model::{Applied, AppliedVersion, ChangeMeta, OrderRecord, OrderView, Page, RoleStats, Shipment};
+pub use model::{Applied, AppliedVersion, ChangeMeta, OrderRecord, OrderView, Origin, Page, RoleStats, Shipment};
 pub use orders::{OrderReads, OrderWrites, StatsWrites};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

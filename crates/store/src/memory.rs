@@ -274,7 +274,7 @@ mod tests {
     }
 
     fn meta(request: &str) -> ChangeMeta {
-        ChangeMeta { request_id: Some(request.into()), at: Utc::now() }
+        ChangeMeta { request_id: Some(request.into()), at: Utc::now(), ..Default::default() }
     }
 
     #[tokio::test]

@@ -52,10 +52,35 @@ pub enum Applied {
 }
 
 /// Who and when, recorded with each applied change.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChangeMeta {
     pub request_id: Option<String>,
     pub at: DateTime<Utc>,
+    /// Where the change came from, for following the order across the pipeline.
+    pub origin: Origin,
+}
+
+/// Where an applied change came from: what the console's order timeline shows next to it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// When the API accepted the change (the event's `occurredAt`).
+    pub accepted_at: Option<DateTime<Utc>>,
+    /// The SNS message id the API was given when it published the change.
+    pub message_id: Option<String>,
+    /// The W3C trace id (32 lowercase hex digits) of the trace the change travelled in.
+    pub trace_id: Option<String>,
+}
+
+/// Longest SNS message id or trace id stored (SNS ids are 36 characters, trace ids 32): anything longer is not one.
+pub const ORIGIN_ID_MAX: usize = 64;
+
+impl Origin {
+    /// The origin of `event` delivered as SNS message `message_id` in trace `trace_id`; ids longer than
+    /// [`ORIGIN_ID_MAX`] are dropped (a bound on the stored item, not a truncation of something meaningful).
+    pub fn of(event: &OrderEvent, message_id: Option<&str>, trace_id: Option<&str>) -> Self {
+        let bounded = |id: Option<&str>| id.filter(|id| !id.is_empty() && id.len() <= ORIGIN_ID_MAX).map(str::to_owned);
+        Self { accepted_at: Some(event.occurred_at), message_id: bounded(message_id), trace_id: bounded(trace_id) }
+    }
 }
 
 /// One applied version in an order's history.
@@ -66,6 +91,8 @@ pub struct AppliedVersion {
     pub request_id: Option<String>,
     /// The content applied at this version; `None` on entries written before digests were stored.
     pub digest: Option<ContentDigest>,
+    /// Where it came from; empty on entries written before origins were stored.
+    pub origin: Origin,
 }
 
 /// An order's current state and its history.
@@ -113,6 +140,7 @@ impl OrderRecord {
                 aplicada_en: meta.at,
                 request_id,
                 digest: Some(digest),
+                origin: meta.origin.clone(),
             }],
             versiones_aplicadas: 1,
             digest: Some(digest),
@@ -209,13 +237,15 @@ pub struct RoleStats {
 }
 
 /// The shipment the logistics role creates for an order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Shipment {
     pub pedido_id: Uuid,
     pub tracking_code: String,
     pub estado: String,
     pub creado_en: DateTime<Utc>,
     pub request_id: Option<String>,
+    /// Where the order that made it came from; empty on shipments written before origins were stored.
+    pub origin: Origin,
 }
 
 /// An order with its shipment, as `GET /api/pedidos/{id}` shows it.

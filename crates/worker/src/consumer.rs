@@ -13,7 +13,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use domain::{decode, Payload};
+use domain::{decode, Payload, Source};
 use futures_util::FutureExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -414,6 +414,11 @@ impl Consumer {
             message_id: message.message_id.clone(),
             receive_count: message.receive_count,
             request_id: facts.request_id.clone(),
+            published_id: match &inbound.source {
+                Source::SnsEnvelope { message_id, .. } if !message_id.is_empty() => Some(message_id.clone()),
+                _ => None,
+            },
+            trace_id: None,
             lease: self.queue.settings().visibility_timeout,
         };
         let mut backoff = RetryBackoff::default();

@@ -13,7 +13,7 @@ use std::time::Duration;
 use chrono::Utc;
 use domain::{EventType, OrderEvent};
 use store::model::ENVIO_PREPARANDO;
-use store::{ChangeMeta, OrderWrites, Shipment, StoreError};
+use store::{ChangeMeta, OrderWrites, Origin, Shipment, StoreError};
 
 pub use store::Applied as Effect;
 
@@ -26,8 +26,19 @@ pub struct MessageContext {
     pub message_id: String,
     pub receive_count: u32,
     pub request_id: Option<String>,
+    /// The SNS message id of the envelope (what the API's publish returned); `None` for raw delivery.
+    pub published_id: Option<String>,
+    /// The W3C trace id this message travels in, when it carries one.
+    pub trace_id: Option<String>,
     /// The message's visibility timeout: how long a claim on its effect may be held between heartbeats.
     pub lease: Duration,
+}
+
+impl MessageContext {
+    /// Where `event` (this message's) came from, as the store records it.
+    pub fn origin(&self, event: &OrderEvent) -> Origin {
+        Origin::of(event, self.published_id.as_deref(), self.trace_id.as_deref())
+    }
 }
 
 /// Why a handler did not finish, and so what happens to the message.
@@ -175,7 +186,7 @@ impl Handler for ProcessHandler {
         ctx: &'a MessageContext,
     ) -> BoxFuture<'a, Result<Effect, HandlerError>> {
         Box::pin(async move {
-            let meta = ChangeMeta { request_id: ctx.request_id.clone(), at: Utc::now() };
+            let meta = ChangeMeta { request_id: ctx.request_id.clone(), at: Utc::now(), origin: ctx.origin(event) };
             Ok(self.store.apply(event, &meta).await?)
         })
     }
@@ -204,6 +215,7 @@ impl Handler for LogisticsHandler {
                 estado: ENVIO_PREPARANDO.to_owned(),
                 creado_en: Utc::now(),
                 request_id: ctx.request_id.clone(),
+                origin: ctx.origin(event),
             };
             Ok(self.store.create_shipment(&shipment).await?)
         })

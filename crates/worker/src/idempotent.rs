@@ -139,7 +139,14 @@ mod tests {
     }
 
     fn ctx() -> MessageContext {
-        MessageContext { message_id: "m".into(), receive_count: 1, request_id: None, lease: Duration::from_secs(30) }
+        MessageContext {
+            message_id: "m".into(),
+            receive_count: 1,
+            request_id: None,
+            published_id: None,
+            trace_id: None,
+            lease: Duration::from_secs(30),
+        }
     }
 
     fn event() -> OrderEvent {

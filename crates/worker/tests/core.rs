@@ -415,7 +415,7 @@ async fn copies_of_one_order_wait_in_the_worker_not_in_the_queue() {
             let store = Arc::clone(&store);
             async move {
                 tokio::time::sleep(Duration::from_secs(3)).await;
-                let meta = store::ChangeMeta { request_id: None, at: Utc::now() };
+                let meta = store::ChangeMeta { request_id: None, at: Utc::now(), ..Default::default() };
                 Ok(store::OrderWrites::apply(store.as_ref(), &event(1, version), &meta).await?)
             }
         }))
