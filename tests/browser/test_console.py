@@ -373,7 +373,7 @@ def test_orders_stream_in_without_a_reload(console: Any, stack: Stack) -> None:
             """
             const svg = document.querySelector("#chart-throughput");
             const line = svg.querySelector("polyline.s0");
-            const baseline = Number(svg.getAttribute("viewBox").split(" ")[3]) - 2;
+            const baseline = Number(svg.dataset.baseline);
             const points = line ? (line.getAttribute("points") || "").trim() : "";
             return points !== "" && points.split(/\\s+/).some((p) => Number(p.split(",")[1]) < baseline - 0.5);
             """
@@ -408,32 +408,113 @@ def test_orders_stream_in_without_a_reload(console: Any, stack: Stack) -> None:
     screenshot(console, "console-overview.png")
 
 
-def test_an_order_link_opens_its_tracking_view(console: Any, stack: Stack) -> None:
-    pedido = post_order(stack)
-    wait_order_row(console, pedido, shipped=False)
+def test_the_charts_have_time_and_value_axes_and_lines_that_stay_apart(console: Any, stack: Stack) -> None:
+    post_order(stack)
+
+    def axes(d: Any) -> dict[str, Any] | None:
+        return d.execute_script(
+            """
+            const svg = document.querySelector("#chart-throughput");
+            const labels = Array.from(svg.querySelectorAll("text.axis"), (t) => t.textContent);
+            const style = (selector) => {
+              const line = svg.querySelector(selector);
+              if (!line) return null;
+              const s = getComputedStyle(line);
+              return { width: parseFloat(s.strokeWidth), dash: s.strokeDasharray };
+            };
+            const box = svg.getBoundingClientRect();
+            const [, , w, h] = svg.getAttribute("viewBox").split(" ").map(Number);
+            return { labels, lines: [style("polyline.s0"), style("polyline.s1"), style("polyline.s2")],
+                     stretched: Math.abs(w - box.width) > 2 || Math.abs(h - box.height) > 2,
+                     legend: svg.nextElementSibling ? svg.nextElementSibling.textContent : "" };
+            """
+        )
+
+    found = wait(
+        console,
+        DATA_DEADLINE,
+        lambda d: (a := axes(d)) and len(a["labels"]) >= 6 and a["lines"][0] is not None and a,
+        lambda: f"chart axes: {axes(console)}",
+    )
+    labels = found["labels"]
+    assert "0" in labels and "orders/s" in labels, labels
+    clock = [label for label in labels if len(label) == 5 and label[2] == ":"]
+    assert len(clock) >= 3, f"time labels (HH:MM, every 5 minutes): {labels}"
+    assert not found["stretched"], "the chart's coordinates are its size in pixels: labels are not distorted"
+    accepted, process, logistics = found["lines"]
+    assert accepted["width"] > process["width"], found
+    assert len({accepted["dash"], process["dash"], logistics["dash"]}) == 3, f"three different dashes: {found}"
+    assert "accepted/s" in found["legend"] and "last 15 min" in found["legend"], found["legend"]
+
+
+HOSTILE_REQUEST_ID = '"><img src=x onerror="window.__pwned=3">'
+
+
+def test_an_order_is_found_by_id_or_customer_and_shows_its_path(console: Any, stack: Stack) -> None:
+    cliente = str(uuid.uuid4())
+    status, _, body = http(
+        "POST",
+        f"{stack.api}/api/pedidos",
+        {"clienteId": cliente, "total": "12.50"},
+        headers={"X-Request-Id": HOSTILE_REQUEST_ID},
+    )
+    assert status == 202, body
+    pedido = json.loads(body)["pedidoId"]
+    wait_order_row(console, pedido, shipped=True)
     page = install_marker(console)
-    assert not console.find_element(By.ID, "tracking").is_displayed()
+    assert not console.find_element(By.ID, "order-view").is_displayed()
+
+    def steps(d: Any) -> list[list[str]]:
+        return d.execute_script(
+            'return Array.from(document.querySelectorAll("#timeline tbody tr"), (r) => Array.from(r.cells, (c) => c.textContent));'
+        )
+
+    # From the latest orders table.
     click_when_ready(console, f'#latest tbody tr[data-pedido-id="{pedido}"] a.order')
+    rows = wait(
+        console,
+        UI_DEADLINE,
+        lambda d: d.find_element(By.ID, "order-view").is_displayed() and len(steps(d)) >= 3 and steps(d),
+        lambda: f"timeline rows: {steps(console)}",
+    )
+    kinds = [row[1] for row in rows]
+    assert kinds[0] == "accepted" and "applied" in kinds and "shipment" in kinds, rows
+    accepted = rows[0]
+    assert accepted[4] == HOSTILE_REQUEST_ID, f"the request id is shown as text: {accepted}"
+    assert accepted[6], f"the SNS message id of the publish: {accepted}"
+    for row in rows[1:]:
+        assert row[3].endswith(" s"), f"a delay after acceptance: {row}"
+    assert text_of(console, "#order-id") == pedido
+    assert console.execute_script("return typeof window.__pwned") == "undefined", "hostile text ran as script"
+    assert not console.find_elements(By.CSS_SELECTOR, "#order-view img, #order-view script")
+    console.find_element(By.ID, "order-close").click()
+    wait(console, UI_DEADLINE, lambda d: not d.find_element(By.ID, "order-view").is_displayed(), "close kept it")
+
+    # By pedidoId in the search box.
+    search = console.find_element(By.ID, "search-input")
+    search.clear()
+    search.send_keys(pedido, Keys.ENTER)
+    wait(console, UI_DEADLINE, lambda d: d.find_element(By.ID, "order-view").is_displayed(), "search by pedidoId")
+    wait(console, UI_DEADLINE, lambda d: text_of(d, "#order-id") == pedido, "the searched order")
+    console.execute_script("document.querySelector('#find').scrollIntoView()")
+    screenshot(console, "console-order.png")
+
+    # By customer: the customer's orders, each opening its path.
+    search = console.find_element(By.ID, "search-input")
+    search.clear()
+    search.send_keys(cliente, Keys.ENTER)
     wait(
         console,
         UI_DEADLINE,
-        lambda d: d.find_element(By.ID, "tracking").is_displayed(),
-        "the tracking view stayed hidden",
+        lambda d: pedido in (text_of(d, "#customer-orders tbody") or ""),
+        lambda: f"customer search: {text_of(console, '#search-status')!r}",
     )
-    wait(
-        console,
-        UI_DEADLINE,
-        lambda d: (
-            pedido in (text_of(d, "#tracking-body") or "") and "versiones" in (text_of(d, "#tracking-body") or "")
-        ),
-        lambda: f"tracking body: {text_of(console, '#tracking-body')!r}",
-    )
-    tracked = json.loads(text_of(console, "#tracking-body") or "{}")
-    assert tracked["pedidoId"] == pedido and tracked["versiones"][0]["version"] == 1, tracked
-    assert text_of(console, "#tracking-id") == pedido
+    assert text_of(console, "#search-status") == f"orders of customer {cliente}"
+    search.clear()
+    search.send_keys("<b>not an id</b>", Keys.ENTER)
+    wait(console, UI_DEADLINE, lambda d: "UUID" in (text_of(d, "#search-status") or ""), "a bad search is explained")
     assert_same_page(console, page)
-    console.find_element(By.ID, "tracking-close").click()
-    wait(console, UI_DEADLINE, lambda d: not d.find_element(By.ID, "tracking").is_displayed(), "close did not hide it")
+    assert console.execute_script("return window.__csp") == []
 
 
 # ------------------------------------------------------------------------------------------------- the DLQ panel
@@ -745,6 +826,19 @@ def test_the_worker_page_streams_outcomes_filters_them_and_shows_hostile_text_as
     # The counters arrive every 2 s, on their own event.
     wait(driver, UI_DEADLINE, lambda d: rejected_count(d) >= 1, lambda: f"rejected counter {rejected_count(driver)}")
     assert_same_page(driver, page)
+
+    # Opened again (a new page, nothing new sent): the worker's backlog shows what happened before, and the page fits
+    # a 1,280 px window without scrolling sideways.
+    driver.set_window_size(1280, 900)
+    driver.get(f"{stack.process_worker}/")
+    wait(
+        driver,
+        DATA_DEADLINE,
+        lambda d: line(d, "pedido", pedido) and line(d, "message", poison_id),
+        "the reopened page does not show the lines from before it was opened",
+    )
+    width = driver.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+    assert width[0] <= width[1], f"the page scrolls sideways at 1280 px: {width}"
     screenshot(driver, "worker-live.png")
 
 

@@ -90,6 +90,19 @@ impl DlqMessage {
         self.attribute("rejectReason")
     }
 
+    /// The order this message is about, when its body (or the event inside its SNS envelope) is a JSON object with a
+    /// `pedidoId` (or the seed's `PedidoId`) string: poison that breaks the contract often still names its order.
+    pub fn pedido_id(&self) -> Option<String> {
+        let body: serde_json::Value = serde_json::from_str(&self.body).ok()?;
+        let event = match body.get("Message").and_then(serde_json::Value::as_str) {
+            Some(inner) => serde_json::from_str(inner).ok()?,
+            None => body,
+        };
+        let id = event.get("pedidoId").or_else(|| event.get("PedidoId"))?.as_str()?;
+        // Only what looks like an id goes on: the value is attacker-controlled text.
+        (id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')).then(|| id.to_owned())
+    }
+
     /// How long ago the message was sent to the queue it is in; `None` without a `SentTimestamp`.
     pub fn age(&self, now_ms: u64) -> Option<Duration> {
         self.sent_at_ms.map(|sent| Duration::from_millis(now_ms.saturating_sub(sent)))
@@ -375,6 +388,20 @@ mod tests {
             receive_count: 2,
             attributes,
             system: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn the_order_is_read_from_the_body_or_its_envelope_and_only_when_it_looks_like_an_id() {
+        let with = |body: &str| DlqMessage { body: body.to_owned(), ..message(None, None) }.pedido_id();
+        let id = "6f1c2a9e-4b7d-4c1e-9a3f-2d5e8b7c6a10";
+        assert_eq!(with(&format!(r#"{{"pedidoId":"{id}","total":-1}}"#)).as_deref(), Some(id));
+        assert_eq!(with(&format!(r#"{{"PedidoId":"{id}"}}"#)).as_deref(), Some(id));
+        let inner = serde_json::json!({"pedidoId": id}).to_string();
+        let envelope = serde_json::json!({"Type": "Notification", "Message": inner}).to_string();
+        assert_eq!(with(&envelope).as_deref(), Some(id));
+        for body in ["not json", "{}", r#"{"pedidoId":7}"#, r#"{"pedidoId":"<img src=x onerror=alert(1)>"}"#] {
+            assert_eq!(with(body), None, "{body}");
         }
     }
 

@@ -4,6 +4,7 @@ use platform::config::{orders_table, parsed, required, Common, ConfigError, Look
 
 use crate::admin::AdminToken;
 use crate::api_keys::ApiKeys;
+use crate::console::order_view::TraceUrl;
 use crate::http_server::{AllowedHosts, HttpLimits};
 
 pub const DEFAULT_PORT: u16 = 8080;
@@ -30,6 +31,8 @@ pub struct Config {
     pub http_limits: HttpLimits,
     /// `ALLOWED_HOSTS`: host names the console answers to besides loopback (comma-separated, no port).
     pub allowed_hosts: AllowedHosts,
+    /// `TRACE_URL_TEMPLATE`: where the console's order view links a trace id (`{traceId}` in an http(s) URL).
+    pub trace_url: Option<TraceUrl>,
 }
 
 impl Config {
@@ -71,6 +74,10 @@ impl Config {
             api_keys: ApiKeys::from_env(env)?,
             http_limits: HttpLimits::from_env(env)?,
             allowed_hosts: AllowedHosts::from_env(env)?,
+            trace_url: env("TRACE_URL_TEMPLATE")
+                .filter(|text| !text.is_empty())
+                .map(|text| TraceUrl::parse("TRACE_URL_TEMPLATE", &text))
+                .transpose()?,
         })
     }
 }
@@ -88,6 +95,15 @@ mod tests {
             .map(|(k, v)| ((*k).into(), (*v).into()))
             .collect();
         Config::from_env(&move |k| map.get(k).cloned()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_trace_url_template_is_optional_and_checked() {
+        assert_eq!(config(&[]).map(|c| c.trace_url.is_none()), Ok(true));
+        let c = config(&[("TRACE_URL_TEMPLATE", "http://localhost:16686/trace/{traceId}")]);
+        assert_eq!(c.map(|c| c.trace_url.is_some()), Ok(true));
+        let error = config(&[("TRACE_URL_TEMPLATE", "http://localhost:16686/trace/")]).err().unwrap_or_default();
+        assert!(error.starts_with("TRACE_URL_TEMPLATE=") && error.contains("{traceId}"), "{error}");
     }
 
     #[test]

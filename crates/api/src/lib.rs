@@ -316,6 +316,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> std::io::Resu
             orders,
             shutdown.clone(),
         );
+        if let Some(url) = config.trace_url.clone() {
+            console.link_traces(url);
+        }
         state = state.with_admin(token).with_console(console);
     }
     if let Some(keys) = config.api_keys.clone() {

@@ -734,7 +734,7 @@ async fn every_settled_message_reaches_the_live_feed_once_with_its_outcome() {
     let poison = queue.send("<script>alert(1)</script>", &[("requestId", "\"><img src=x onerror=alert(1)>")]);
     let c = consumer(Arc::clone(&queue) as Arc<dyn MessageQueue>, process(&store));
     let health = Arc::clone(&c.health);
-    let mut feed = health.live.subscribe();
+    let (_, mut feed) = health.live.subscribe();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(c.run(shutdown.clone()));
     until(Duration::from_secs(10), || queue.is_empty()).await;

@@ -52,31 +52,82 @@ async function post(url, payload) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Charts: plain SVG polylines over the last 15 minutes.
+// Charts: SVG polylines over the last 15 minutes, with a time axis and a value axis. The viewBox is the element's own
+// size in pixels, so labels are never stretched; lines differ in width and dash, so equal values never hide one another.
 
-function drawChart(svg, series) {
-  while (svg.firstChild) svg.removeChild(svg.firstChild);
-  const width = 600;
-  const height = Number(svg.getAttribute("viewBox").split(" ")[3]);
-  let max = 1;
+const SVG = "http://www.w3.org/2000/svg";
+const MARGIN = { left: 44, right: 8, top: 6, bottom: 18 };
+const SAMPLE_SECONDS = 5;
+
+function svgElement(name, attributes, content) {
+  const element = document.createElementNS(SVG, name);
+  for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, String(value));
+  if (content !== undefined) element.textContent = content;
+  return element;
+}
+
+// A round upper bound for the value axis: 1, 2 or 5 times a power of ten.
+function niceMax(value) {
+  if (!(value > 0)) return 1;
+  const power = 10 ** Math.floor(Math.log10(value));
+  for (const step of [1, 2, 5, 10]) if (value <= step * power) return step * power;
+  return 10 * power;
+}
+
+function label(value) {
+  return Number.isInteger(value) ? String(value) : value.toFixed(value < 10 ? 1 : 0);
+}
+
+function clock(date) {
+  return date.toISOString().slice(11, 16);
+}
+
+function drawChart(svg, series, unit) {
+  const width = Math.max(svg.clientWidth || 600, 200);
+  const height = Math.max(svg.clientHeight || 100, 60);
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.dataset.baseline = String(height - MARGIN.bottom);
+  const plot = {
+    x: MARGIN.left,
+    y: MARGIN.top,
+    w: width - MARGIN.left - MARGIN.right,
+    h: height - MARGIN.top - MARGIN.bottom,
+  };
+  let max = 0;
   for (const s of series) for (const v of s.values) if (typeof v === "number" && v > max) max = v;
+  max = niceMax(max);
+  const children = [];
+  // Value axis: 0, half and the top, with grid lines.
+  for (const fraction of [0, 0.5, 1]) {
+    const y = plot.y + plot.h - fraction * plot.h;
+    children.push(svgElement("line", { x1: plot.x, x2: plot.x + plot.w, y1: y, y2: y, class: "grid" }));
+    children.push(
+      svgElement("text", { x: plot.x - 4, y: y + 4, class: "axis", "text-anchor": "end" }, label(max * fraction)),
+    );
+  }
+  children.push(svgElement("text", { x: 2, y: plot.y + 8, class: "axis unit" }, unit));
+  // Time axis: every 5 minutes back from the newest sample's time (UTC).
+  const newest = samples.length ? Date.parse(samples[samples.length - 1].t) : Date.now();
+  const step = plot.w / (HISTORY - 1);
+  for (let back = 0; back <= HISTORY - 1; back += 60) {
+    const x = plot.x + plot.w - back * step;
+    const when = Number.isNaN(newest) ? "" : clock(new Date(newest - back * SAMPLE_SECONDS * 1000));
+    children.push(svgElement("line", { x1: x, x2: x, y1: plot.y, y2: plot.y + plot.h, class: "grid" }));
+    children.push(svgElement("text", { x, y: height - 4, class: "axis", "text-anchor": back ? "middle" : "end" }, when));
+  }
   series.forEach((s, index) => {
     const points = [];
     s.values.forEach((v, i) => {
       if (typeof v !== "number") return;
-      const x = (i + HISTORY - s.values.length) * (width / (HISTORY - 1));
-      const y = height - (v / max) * (height - 4) - 2;
+      const x = plot.x + (i + HISTORY - s.values.length) * step;
+      const y = plot.y + plot.h - (v / max) * plot.h;
       points.push(`${x.toFixed(1)},${y.toFixed(1)}`);
     });
-    const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
-    line.setAttribute("points", points.join(" "));
-    line.setAttribute("class", `s${index}`);
-    const title = document.createElementNS("http://www.w3.org/2000/svg", "title");
-    title.textContent = s.name;
-    line.appendChild(title);
-    svg.appendChild(line);
+    const line = svgElement("polyline", { points: points.join(" "), class: `s${index}` });
+    line.appendChild(svgElement("title", {}, s.name));
+    children.push(line);
   });
-  // The legend is HTML next to the chart: text inside a stretched SVG would be distorted.
+  svg.replaceChildren(...children);
   let legend = svg.nextElementSibling;
   if (!legend || !legend.classList.contains("legend")) {
     legend = document.createElement("div");
@@ -87,12 +138,13 @@ function drawChart(svg, series) {
     ...series.map((s, index) => {
       const item = document.createElement("span");
       item.className = `key s${index}`;
-      item.textContent = s.name;
+      const latest = [...s.values].reverse().find((v) => typeof v === "number");
+      item.textContent = `${s.name}: ${latest === undefined ? "–" : label(latest)}`;
       return item;
     }),
   );
   const scale = document.createElement("span");
-  scale.textContent = `max ${fixed(max)} · last 15 min`;
+  scale.textContent = "last 15 min, UTC";
   legend.appendChild(scale);
 }
 
@@ -123,7 +175,7 @@ function renderQueues(latest) {
       { name: "visible", values: history.map((q) => q.visible) },
       { name: "in flight", values: history.map((q) => q.inFlight) },
       { name: "delayed", values: history.map((q) => q.delayed) },
-    ]);
+    ], "messages");
     if (queue.dlq) {
       text($(".dlq-name", node), `DLQ: ${queue.dlq.name}`);
       text($(".d-visible", node), queue.dlq.visible);
@@ -131,7 +183,7 @@ function renderQueues(latest) {
       text($(".d-delayed", node), queue.dlq.delayed);
       drawChart($(".d-chart", node), [
         { name: "DLQ visible", values: history.map((q) => (q.dlq || {}).visible) },
-      ]);
+      ], "messages");
       dlqPanel(queue).maybeRefresh(queue.dlq);
     }
   }
@@ -151,7 +203,7 @@ function renderThroughput(latest) {
     { name: "accepted/s", values: samples.map((s) => (s.rates || {}).accepted) },
     { name: "applied/s process", values: samples.map((s) => ((s.rates || {}).applied || {}).process) },
     { name: "applied/s logistics", values: samples.map((s) => ((s.rates || {}).applied || {}).logistics) },
-  ]);
+  ], "orders/s");
 }
 
 function renderLatest(latest) {
@@ -160,31 +212,187 @@ function renderLatest(latest) {
   const rows = latest.latest.map((order) => {
     const row = document.createElement("tr");
     row.dataset.pedidoId = order.pedidoId;
-    const idCell = document.createElement("td");
-    const link = document.createElement("a");
-    link.className = "order";
-    link.textContent = order.pedidoId;
-    link.addEventListener("click", () => track(order.pedidoId));
-    idCell.appendChild(link);
-    row.appendChild(idCell);
     const envio = order.envio ? `${order.envio.trackingCode} (${order.envio.estado})` : "pending";
-    for (const value of [order.version, order.estado, order.total, envio, order.actualizadoEn]) {
-      const cell = document.createElement("td");
-      text(cell, value);
-      row.appendChild(cell);
-    }
+    cells(row, [orderLink(order.pedidoId), order.version, order.estado, order.total, envio, order.actualizadoEn]);
     return row;
   });
   body.replaceChildren(...rows);
 }
 
-async function track(pedidoId) {
-  const section = $("#tracking");
+// ---------------------------------------------------------------------------------------------------------------
+// Finding an order: by pedidoId (its path through the pipeline) or by clienteId (the customer's orders)
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+let customerCursor = null;
+let customerId = null;
+
+function cells(row, values) {
+  for (const value of values) {
+    const cell = document.createElement("td");
+    if (value instanceof Node) cell.appendChild(value);
+    else text(cell, value);
+    row.appendChild(cell);
+  }
+}
+
+function orderLink(pedidoId) {
+  const link = document.createElement("a");
+  link.className = "order";
+  link.textContent = pedidoId;
+  link.addEventListener("click", () => openOrder(pedidoId));
+  return link;
+}
+
+function seconds(ms) {
+  return typeof ms === "number" ? `${(ms / 1000).toFixed(3)} s` : "";
+}
+
+async function getJson(url) {
+  const response = await fetch(url, { credentials: "same-origin" });
+  let body = null;
+  try {
+    body = await response.json();
+  } catch (_) {
+    body = null;
+  }
+  return { status: response.status, body };
+}
+
+async function openOrder(pedidoId) {
+  const section = $("#order-view");
+  const { status, body } = await getJson(`/console/api/pedidos/${encodeURIComponent(pedidoId)}`);
+  if (status !== 200) {
+    text($("#search-status"), status === 404 ? `no stored order ${pedidoId}` : `could not read ${pedidoId}: ${status}`);
+    return false;
+  }
   section.hidden = false;
-  text($("#tracking-id"), pedidoId);
-  const response = await fetch(`/api/pedidos/${encodeURIComponent(pedidoId)}`, { credentials: "same-origin" });
-  const body = await response.json();
-  text($("#tracking-body"), JSON.stringify(body, null, 2));
+  section.dataset.pedidoId = body.pedidoId;
+  text($("#order-id"), body.pedidoId);
+  const summary = [
+    ["clienteId", body.clienteId],
+    ["client", body.clienteApi ?? "(none: created without API keys)"],
+    ["estado", body.estado],
+    ["version", body.version],
+    ["total", body.total],
+    ["fecha", body.fecha],
+    ["shipment", body.trackingCode ?? "not created yet"],
+  ];
+  $("#order-summary").replaceChildren(
+    ...summary.flatMap(([name, value]) => {
+      const term = document.createElement("dt");
+      term.textContent = name;
+      const detail = document.createElement("dd");
+      text(detail, value);
+      return [term, detail];
+    }),
+  );
+  const rows = body.steps.map((step) => {
+    const row = document.createElement("tr");
+    row.className = `step-${step.kind}`;
+    let trace = step.traceId ?? "";
+    if (step.traceUrl) {
+      trace = document.createElement("a");
+      trace.href = step.traceUrl; // built by the server from TRACE_URL_TEMPLATE and a checked trace id
+      trace.rel = "noopener noreferrer";
+      trace.target = "_blank";
+      trace.textContent = step.traceId;
+    }
+    cells(row, [
+      step.at,
+      step.kind,
+      step.version,
+      seconds(step.delayMs),
+      step.requestId,
+      step.client,
+      step.messageId,
+      trace,
+    ]);
+    return row;
+  });
+  $("#timeline tbody").replaceChildren(...rows);
+  text(
+    $("#order-note"),
+    body.versionsNotListed
+      ? `${body.versionsNotListed} earlier version(s) were applied but are no longer in the stored history.`
+      : "",
+  );
+  $("#order-dlq-messages").hidden = true;
+  text($("#order-dlq-status"), "");
+  section.scrollIntoView({ block: "nearest" });
+  return true;
+}
+
+async function listCustomer(clienteId, cursor) {
+  const query = cursor ? `?cursor=${encodeURIComponent(cursor)}` : "";
+  const { status, body } = await getJson(`/console/api/clientes/${encodeURIComponent(clienteId)}/pedidos${query}`);
+  if (status !== 200) {
+    text($("#search-status"), `could not list customer ${clienteId}: ${status}`);
+    return 0;
+  }
+  const table = $("#customer-orders");
+  const rows = body.pedidos.map((order) => {
+    const row = document.createElement("tr");
+    cells(row, [
+      orderLink(order.pedidoId),
+      order.version,
+      order.estado,
+      order.total,
+      order.fecha,
+      order.clienteApi ?? "",
+      order.actualizadoEn,
+    ]);
+    return row;
+  });
+  if (cursor) $("tbody", table).append(...rows);
+  else $("tbody", table).replaceChildren(...rows);
+  table.hidden = $("tbody", table).children.length === 0;
+  customerId = clienteId;
+  customerCursor = body.nextCursor;
+  $("#customer-more").hidden = !customerCursor;
+  return body.pedidos.length;
+}
+
+async function search(event) {
+  event.preventDefault();
+  const value = $("#search-input").value.trim();
+  $("#customer-orders").hidden = true;
+  $("#customer-more").hidden = true;
+  if (!UUID.test(value)) {
+    text($("#search-status"), "enter a pedidoId or a clienteId (a UUID)");
+    return;
+  }
+  text($("#search-status"), "looking…");
+  if (await openOrder(value)) {
+    text($("#search-status"), "order found");
+    return;
+  }
+  const found = await listCustomer(value, null);
+  text($("#search-status"), found ? `orders of customer ${value}` : `no order and no customer ${value}`);
+}
+
+// Lists each DLQ once (one more receive per message listed) and keeps the messages about this order.
+async function orderInDlqs() {
+  const pedidoId = $("#order-view").dataset.pedidoId;
+  const status = $("#order-dlq-status");
+  text(status, "reading the DLQs…");
+  const rows = [];
+  for (const role of queueCards.keys()) {
+    const { status: code, body } = await getJson(`/console/api/dlq/${encodeURIComponent(role)}`);
+    if (code !== 200) {
+      rows.push(null);
+      continue;
+    }
+    for (const message of body.messages.filter((m) => m.pedidoId === pedidoId)) {
+      const row = document.createElement("tr");
+      cells(row, [role, message.rejectReason, message.rejectDetail, message.receiveCount, message.messageId]);
+      rows.push(row);
+    }
+  }
+  const found = rows.filter((row) => row !== null);
+  $("#order-dlq-messages tbody").replaceChildren(...found);
+  $("#order-dlq-messages").hidden = found.length === 0;
+  const failed = rows.length - found.length;
+  text(status, `${found.length} DLQ message(s) of this order${failed ? `; ${failed} DLQ(s) could not be read` : ""}`);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -356,9 +564,14 @@ function connect() {
 }
 
 document.addEventListener("DOMContentLoaded", async () => {
-  $("#tracking-close").addEventListener("click", () => {
-    $("#tracking").hidden = true;
+  $("#order-close").addEventListener("click", () => {
+    $("#order-view").hidden = true;
   });
+  $("#search-form").addEventListener("submit", search);
+  $("#customer-more").addEventListener("click", () => listCustomer(customerId, customerCursor));
+  $("#order-dlq").addEventListener("click", orderInDlqs);
+  // Charts take their size from the page: redraw when it changes.
+  window.addEventListener("resize", render);
   $("#logout-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     try {

@@ -47,6 +47,7 @@ fn dlq_url(queue: &QueueRef) -> Result<&str, ApiError> {
 fn entry(message: &DlqMessage, now: u64) -> Value {
     json!({
         "messageId": message.message_id,
+        "pedidoId": message.pedido_id(),
         "rejectReason": message.reason(),
         "rejectDetail": message.attribute("rejectDetail"),
         "receiveCount": message.receive_count,

@@ -5,16 +5,19 @@
 //!   workers keep in DynamoDB) and the latest orders, kept for 15 minutes and pushed to every open console over
 //!   Server-Sent Events. One sampler per API process, whatever the number of viewers.
 //! - [`dlq`]: the DLQ panel's list, redrive and delete (the same copy-then-delete as `pedidos-admin`).
+//! - [`order_view`]: find an order by `pedidoId` or customer and show its path through the pipeline.
 //! - the page itself (`console.html`, `console.js`, `console.css`), served from the binary: no CDN, no build step, and
 //!   every value inserted as text, never as markup.
 
 pub mod dlq;
+pub mod order_view;
 pub mod sampler;
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -46,6 +49,8 @@ pub fn routes(console: Option<Arc<Console>>) -> Router<AppState> {
         .route("/console/console.js", get(script))
         .route("/console/console.css", get(style))
         .route("/console/events", get(events))
+        .route("/console/api/pedidos/{pedidoId}", get(order))
+        .route("/console/api/clientes/{clienteId}/pedidos", get(customer_orders))
         .route("/console/api/dlq/{role}", get(dlq_list))
         .route("/console/api/dlq/{role}/redrive", post(dlq_redrive))
         .route("/console/api/dlq/{role}/delete", post(dlq_delete))
@@ -96,6 +101,53 @@ async fn events(State(console): State<Arc<Console>>) -> Sse<impl Stream<Item = R
         }
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// One order's path through the pipeline ([`order_view::timeline`]); every client's orders (operators read all).
+async fn order(
+    State(console): State<Arc<Console>>,
+    pedido_id: Result<Path<String>, PathRejection>,
+) -> Result<Json<order_view::Timeline>, ApiError> {
+    let Path(pedido_id) = pedido_id?;
+    let pedido_id = crate::routes::path_uuid(&pedido_id, "pedidoId")?;
+    let view = console.orders().get(pedido_id).await?.ok_or_else(|| {
+        ApiError::NotFound(format!("no order {pedido_id} is stored (not applied yet, or no such order)"))
+    })?;
+    Ok(Json(order_view::timeline(&view, console.trace_url())))
+}
+
+/// `cursor` of `GET /console/api/clientes/{clienteId}/pedidos`.
+#[derive(Debug, Deserialize)]
+pub struct CustomerQuery {
+    cursor: Option<String>,
+}
+
+/// A customer's orders, newest first, 20 at a time, whichever client created them.
+async fn customer_orders(
+    State(console): State<Arc<Console>>,
+    cliente_id: Result<Path<String>, PathRejection>,
+    query: Result<Query<CustomerQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path(cliente_id) = cliente_id?;
+    let cliente_id = crate::routes::path_uuid(&cliente_id, "clienteId")?;
+    let Query(query) = query?;
+    let page = console.orders().list_by_cliente(cliente_id, None, 20, query.cursor.as_deref()).await?;
+    let orders: Vec<serde_json::Value> = page
+        .orders
+        .iter()
+        .map(|order| {
+            serde_json::json!({
+                "pedidoId": order.pedido_id,
+                "version": order.version,
+                "estado": order.estado,
+                "total": order.total.to_string(),
+                "fecha": order.fecha.to_rfc3339(),
+                "clienteApi": order.client,
+                "actualizadoEn": order.actualizado_en,
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({"pedidos": orders, "nextCursor": page.next_cursor})))
 }
 
 /// Message ids chosen in the DLQ panel; empty with `all: true` acts on every message.

@@ -56,6 +56,8 @@ pub struct Console {
     /// Listing a DLQ hides its messages for a moment: a redrive or delete running at the same time would miss them.
     /// One DLQ operation at a time per API process (every viewer's panel lists again when a depth changes).
     dlq_lock: tokio::sync::Mutex<()>,
+    /// `TRACE_URL_TEMPLATE`, set once at start-up when configured.
+    trace_url: std::sync::OnceLock<super::order_view::TraceUrl>,
 }
 
 #[derive(Default)]
@@ -84,7 +86,22 @@ impl Console {
             sampling: AtomicBool::new(false),
             shutdown,
             dlq_lock: tokio::sync::Mutex::new(()),
+            trace_url: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Links trace ids in the order view to `url` (`TRACE_URL_TEMPLATE`); the first call wins.
+    pub fn link_traces(&self, url: super::order_view::TraceUrl) {
+        let _ = self.trace_url.set(url);
+    }
+
+    pub fn trace_url(&self) -> Option<&super::order_view::TraceUrl> {
+        self.trace_url.get()
+    }
+
+    /// The order store the console reads.
+    pub fn orders(&self) -> &dyn OrderReads {
+        self.orders.as_ref()
     }
 
     pub fn sqs(&self) -> &aws_sdk_sqs::Client {

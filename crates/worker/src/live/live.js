@@ -125,7 +125,8 @@
       const td = document.createElement('td');
       td.className = name;
       td.textContent = text(value(line));
-      if (name === 'time') td.title = text(line.time);
+      // Cells may be cut to fit the window: the full value is in the tooltip (an attribute, never markup).
+      td.title = name === 'time' ? text(line.time) : td.textContent;
       tr.append(td);
     }
     tr.hidden = !matches(line);

@@ -1,9 +1,10 @@
 //! The worker's own live page on its health port: the stream of outcome lines the seed's console showed, filterable
 //! by outcome, with the counters since start.
 //!
-//! [`Feed`] is a bounded `broadcast` channel fed by [`crate::consumer::Consumer::settle`]. With nobody watching it
-//! costs one atomic add per message: a line is built (and later serialised) only while a receiver exists. A viewer
-//! that falls behind skips lines and is told how many (`lagged` event) instead of slowing the worker down.
+//! [`Feed`] is a bounded `broadcast` channel fed by [`crate::consumer::Consumer::settle`], plus a ring of the last
+//! [`BACKLOG`] lines, so a page opened after something happened still shows it. With nobody watching it costs one
+//! atomic add, one small line and one short lock per message; lines are serialised only for a viewer. A viewer that
+//! falls behind skips lines and is told how many (`lagged` event) instead of slowing the worker down.
 //!
 //! Routes (merged into [`crate::health::router`]): `GET /` (the page), `/live.js`, `/live.css`, and `GET /events`
 //! (Server-Sent Events: `outcome` lines as JSON, `counters` every [`COUNTERS_EVERY`], `lagged` notices). They answer
@@ -37,6 +38,8 @@ use crate::health::Health;
 
 /// Lines a viewer may fall behind by before it skips (and is told so).
 pub const CAPACITY: usize = 1024;
+/// Lines kept for a page opened later (about 100 KB at most).
+pub const BACKLOG: usize = 200;
 /// How often `/events` sends the `counters` event (and so keeps idle connections alive).
 pub const COUNTERS_EVERY: Duration = Duration::from_secs(2);
 
@@ -71,9 +74,33 @@ pub struct OutcomeLine {
     pub receive_count: u32,
 }
 
+#[cfg(test)]
+impl OutcomeLine {
+    /// A duplicate's line for `message_id`, everything else empty.
+    pub(crate) fn sample(message_id: &str) -> Self {
+        Self {
+            time: String::new(),
+            outcome: Outcome::Duplicate,
+            action: "delete",
+            pedido_id: None,
+            version: None,
+            event_type: None,
+            request_id: None,
+            reason: None,
+            retry_in_seconds: None,
+            note: String::new(),
+            message_id: message_id.to_owned(),
+            receive_count: 1,
+        }
+    }
+}
+
 /// The live stream of outcome lines and the outcome counts since start.
 pub struct Feed {
     lines: broadcast::Sender<Arc<OutcomeLine>>,
+    /// The last [`BACKLOG`] lines, oldest first. Held while a line is sent, so a new viewer's backlog and its
+    /// receiver meet exactly: no line lost or shown twice between them.
+    recent: std::sync::Mutex<std::collections::VecDeque<Arc<OutcomeLine>>>,
     /// Indexed like [`Outcome::ALL`]; counted here as well as in the registry, so the page reads them cheaply.
     counts: [AtomicU64; Outcome::ALL.len()],
     /// Cancelled when the worker stops: open `/events` streams end, so the HTTP server's graceful shutdown does not
@@ -90,21 +117,38 @@ impl Default for Feed {
 impl Feed {
     pub fn new() -> Self {
         let (lines, _) = broadcast::channel(CAPACITY);
-        Self { lines, counts: Default::default(), closed: CancellationToken::new() }
-    }
-
-    /// Counts `outcome`, and sends the line `make` builds if anyone is subscribed (otherwise `make` never runs).
-    pub fn publish(&self, outcome: Outcome, make: impl FnOnce() -> OutcomeLine) {
-        self.counts[outcome as usize].fetch_add(1, Ordering::Relaxed);
-        if self.lines.receiver_count() > 0 {
-            // An error means the last receiver left in the meantime: nobody to tell.
-            let _ = self.lines.send(Arc::new(make()));
+        Self {
+            lines,
+            recent: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(BACKLOG)),
+            counts: Default::default(),
+            closed: CancellationToken::new(),
         }
     }
 
-    /// A receiver of every line published from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<OutcomeLine>> {
-        self.lines.subscribe()
+    fn recent(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Arc<OutcomeLine>>> {
+        // A panic while holding it cannot leave the ring inconsistent (push and pop only): keep using it.
+        self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts `outcome`, keeps the line `make` builds in the backlog, and sends it to the viewers.
+    pub fn publish(&self, outcome: Outcome, make: impl FnOnce() -> OutcomeLine) {
+        self.counts[outcome as usize].fetch_add(1, Ordering::Relaxed);
+        let line = Arc::new(make());
+        let mut recent = self.recent();
+        if recent.len() == BACKLOG {
+            recent.pop_front();
+        }
+        recent.push_back(Arc::clone(&line));
+        if self.lines.receiver_count() > 0 {
+            // An error means the last receiver left in the meantime: nobody to tell.
+            let _ = self.lines.send(line);
+        }
+    }
+
+    /// The backlog (oldest first) and a receiver of every line published after it.
+    pub fn subscribe(&self) -> (Vec<Arc<OutcomeLine>>, broadcast::Receiver<Arc<OutcomeLine>>) {
+        let recent = self.recent();
+        (recent.iter().cloned().collect(), self.lines.subscribe())
     }
 
     /// Outcome counts since start, in [`Outcome::ALL`] order.
@@ -161,6 +205,8 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
 
 /// What one `/events` connection holds.
 struct Viewer {
+    /// Lines from before the page connected, sent first.
+    backlog: std::vec::IntoIter<Arc<OutcomeLine>>,
     lines: broadcast::Receiver<Arc<OutcomeLine>>,
     counters: tokio::time::Interval,
     health: Arc<Health>,
@@ -168,13 +214,18 @@ struct Viewer {
 }
 
 async fn events(State(health): State<Arc<Health>>) -> impl IntoResponse {
+    let (backlog, lines) = health.live.subscribe();
     let viewer = Viewer {
-        lines: health.live.subscribe(),
+        backlog: backlog.into_iter(),
+        lines,
         counters: tokio::time::interval(COUNTERS_EVERY),
         closed: health.live.closed.clone(),
         health,
     };
     let stream = futures_util::stream::unfold(viewer, |mut viewer| async move {
+        if let Some(line) = viewer.backlog.next() {
+            return Some((Ok::<_, Infallible>(json_event("outcome", &*line)), viewer));
+        }
         let event = tokio::select! {
             // Counters first: they come every 2 s at most, so they never starve the lines, and a busy worker's page
             // still shows fresh totals.
@@ -246,19 +297,27 @@ mod tests {
         assert!(!page.contains("http://") && !page.contains("https://") && !page.contains("//cdn"), "nothing remote");
     }
 
-    /// With nobody subscribed, publishing only counts: the line is never built.
+    /// A page opened later gets the last [`BACKLOG`] lines, oldest first, then every new line, none twice.
     #[test]
-    fn publishing_without_viewers_does_not_build_the_line() {
+    fn a_new_viewer_gets_the_bounded_backlog_then_the_new_lines() {
         let feed = Feed::new();
-        feed.publish(Outcome::Processed, || unreachable!("no receiver, no line"));
-        assert_eq!(feed.counts()[0], (Outcome::Processed, 1));
+        for n in 0..BACKLOG + 5 {
+            feed.publish(Outcome::Processed, || line(&format!("m{n}")));
+        }
+        assert_eq!(feed.counts()[0], (Outcome::Processed, BACKLOG as u64 + 5));
+        let (backlog, mut viewer) = feed.subscribe();
+        let ids: Vec<&str> = backlog.iter().map(|l| l.message_id.as_str()).collect();
+        assert_eq!((ids.len(), ids.first().copied(), ids.last().copied()), (BACKLOG, Some("m5"), Some("m204")));
+        feed.publish(Outcome::Duplicate, || line("next"));
+        assert_eq!(viewer.try_recv().map(|l| l.message_id.clone()).ok().as_deref(), Some("next"));
+        assert!(viewer.try_recv().is_err(), "nothing from the backlog comes again");
     }
 
     /// A viewer that falls behind skips the oldest lines and is told how many.
     #[test]
     fn a_lagging_viewer_is_told_how_many_lines_it_skipped() {
         let feed = Feed::new();
-        let mut viewer = feed.subscribe();
+        let (_, mut viewer) = feed.subscribe();
         for n in 0..CAPACITY + 3 {
             feed.publish(Outcome::Duplicate, || line(&format!("m{n}")));
         }
@@ -267,19 +326,6 @@ mod tests {
     }
 
     fn line(message_id: &str) -> OutcomeLine {
-        OutcomeLine {
-            time: String::new(),
-            outcome: Outcome::Duplicate,
-            action: "delete",
-            pedido_id: None,
-            version: None,
-            event_type: None,
-            request_id: None,
-            reason: None,
-            retry_in_seconds: None,
-            note: String::new(),
-            message_id: message_id.to_owned(),
-            receive_count: 1,
-        }
+        OutcomeLine::sample(message_id)
     }
 }
