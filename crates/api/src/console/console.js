@@ -82,7 +82,14 @@ function clock(date) {
   return date.toISOString().slice(11, 16);
 }
 
+// Charts take their size from the page: redraw one when its size changes (a scroll bar appearing, a resize).
+const resized = new ResizeObserver(() => render());
+
 function drawChart(svg, series, unit) {
+  if (!svg.dataset.observed) {
+    svg.dataset.observed = "true";
+    resized.observe(svg);
+  }
   const width = Math.max(svg.clientWidth || 600, 200);
   const height = Math.max(svg.clientHeight || 100, 60);
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
@@ -105,7 +112,7 @@ function drawChart(svg, series, unit) {
       svgElement("text", { x: plot.x - 4, y: y + 4, class: "axis", "text-anchor": "end" }, label(max * fraction)),
     );
   }
-  children.push(svgElement("text", { x: 2, y: plot.y + 8, class: "axis unit" }, unit));
+  children.push(svgElement("text", { x: plot.x + 4, y: plot.y + 10, class: "axis unit" }, unit));
   // Time axis: every 5 minutes back from the newest sample's time (UTC).
   const newest = samples.length ? Date.parse(samples[samples.length - 1].t) : Date.now();
   const step = plot.w / (HISTORY - 1);
@@ -570,8 +577,6 @@ document.addEventListener("DOMContentLoaded", async () => {
   $("#search-form").addEventListener("submit", search);
   $("#customer-more").addEventListener("click", () => listCustomer(customerId, customerCursor));
   $("#order-dlq").addEventListener("click", orderInDlqs);
-  // Charts take their size from the page: redraw when it changes.
-  window.addEventListener("resize", render);
   $("#logout-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     try {
