@@ -183,6 +183,13 @@ async fn orders_fan_out_to_both_workers_once() {
         assert_eq!(envio.tracking_code, tracking_code(*id), "deterministic tracking code");
         assert_eq!(envio.estado, "PREPARANDO");
         assert_eq!(envio.request_id.as_deref(), Some(request_id.as_str()));
+        // Where it came from, for the console's order view: the SNS message id both roles saw, and the API's
+        // acceptance time, before each role applied it.
+        let applied = &view.order.versiones[0];
+        let published = applied.origin.message_id.clone().unwrap_or_else(|| panic!("order {id}: no SNS message id"));
+        assert_eq!(envio.origin.message_id.as_deref(), Some(published.as_str()), "order {id}");
+        let accepted = applied.origin.accepted_at.unwrap_or_else(|| panic!("order {id}: no acceptance time"));
+        assert!(accepted <= applied.aplicada_en && accepted <= envio.creado_en, "order {id}");
     }
     // An update: applied by the process role; the logistics queue never receives it (filter policy).
     let (updated, _) = posted[0].clone();
