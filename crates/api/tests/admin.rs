@@ -10,6 +10,8 @@
 //!
 //! Subscription behaviour itself (filters, validation) is in `router.rs`.
 
+mod support;
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,7 +29,6 @@ use pedidos_api::{admin_router, public_router, router, AppState};
 use serde_json::{json, Value};
 use sha2::Digest;
 use store::memory::MemoryOrders;
-use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 const TOKEN: &str = "admin-token-for-tests-0001-0123456789";
@@ -77,26 +78,8 @@ impl EventBus for FakeBus {
     }
 }
 
-/// A console whose AWS clients point nowhere: these tests reach its routes only to be refused, or its static page.
 fn console(orders: Arc<MemoryOrders>) -> Arc<Console> {
-    use aws_sdk_sns::config::{BehaviorVersion, Region};
-    let sqs = aws_sdk_sqs::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url("http://127.0.0.1:9")
-        .build();
-    let sns = aws_sdk_sns::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url("http://127.0.0.1:9")
-        .build();
-    Console::new(
-        aws_sdk_sqs::Client::from_conf(sqs),
-        aws_sdk_sns::Client::from_conf(sns),
-        "orders".to_owned(),
-        orders,
-        CancellationToken::new(),
-    )
+    support::offline_console(orders)
 }
 
 fn token() -> AdminToken {

@@ -1,6 +1,8 @@
 //! The console's order view through the admin port's router: find an order by `pedidoId` (its path through the
 //! pipeline, from what the workers recorded) or by customer (every client's orders), operators only.
 
+mod support;
+
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -11,13 +13,11 @@ use domain::{EventType, OrderEvent, OrderState};
 use pedidos_api::admin::AdminToken;
 use pedidos_api::bus::{BoxFuture, BusError, EventBus, SubscriptionStatus};
 use pedidos_api::console::order_view::TraceUrl;
-use pedidos_api::console::Console;
 use pedidos_api::{admin_router, AppState};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use store::memory::MemoryOrders;
 use store::{ChangeMeta, OrderWrites, Origin, Shipment};
-use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use uuid::Uuid;
 
@@ -43,24 +43,7 @@ impl EventBus for Bus {
 
 /// The admin port's router over `orders`; the console's AWS clients point nowhere (these routes never call them).
 fn app(orders: Arc<MemoryOrders>) -> Router {
-    use aws_sdk_sns::config::{BehaviorVersion, Region};
-    let sqs = aws_sdk_sqs::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url("http://127.0.0.1:9")
-        .build();
-    let sns = aws_sdk_sns::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url("http://127.0.0.1:9")
-        .build();
-    let console = Console::new(
-        aws_sdk_sqs::Client::from_conf(sqs),
-        aws_sdk_sns::Client::from_conf(sns),
-        "orders".to_owned(),
-        orders.clone(),
-        CancellationToken::new(),
-    );
+    let console = support::offline_console(orders.clone());
     let url = TraceUrl::parse("TRACE_URL_TEMPLATE", "http://127.0.0.1:16686/trace/{traceId}");
     console.link_traces(url.unwrap_or_else(|e| panic!("{e}")));
     let token = AdminToken::parse("ADMIN_TOKEN", TOKEN).unwrap_or_else(|e| panic!("{e}"));
