@@ -8,6 +8,9 @@ use crate::http_server::{AllowedHosts, HttpLimits};
 
 pub const DEFAULT_PORT: u16 = 8080;
 
+/// The trace's `service.name` unless `OTEL_SERVICE_NAME` says otherwise.
+pub const SERVICE_NAME: &str = "pedidos-api";
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub common: Common,
@@ -30,6 +33,8 @@ pub struct Config {
     pub http_limits: HttpLimits,
     /// `ALLOWED_HOSTS`: host names the console answers to besides loopback (comma-separated, no port).
     pub allowed_hosts: AllowedHosts,
+    /// OpenTelemetry traces from the standard `OTEL_*` variables; `None` (off) without an OTLP endpoint.
+    pub traces: Option<platform::otel::Settings>,
 }
 
 impl Config {
@@ -71,6 +76,7 @@ impl Config {
             api_keys: ApiKeys::from_env(env)?,
             http_limits: HttpLimits::from_env(env)?,
             allowed_hosts: AllowedHosts::from_env(env)?,
+            traces: platform::otel::Settings::from_env(env, SERVICE_NAME)?,
         })
     }
 }

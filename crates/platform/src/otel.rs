@@ -546,6 +546,14 @@ impl<'a, F: Fn(&str) -> Option<&'a str>> Extractor for MapCarrier<'a, F> {
 pub struct Parent(Context);
 
 impl Parent {
+    /// `span` itself as a parent (for a span recorded with [`record_span`] under it); `None` when traces are off.
+    pub fn of(span: &tracing::Span) -> Option<Self> {
+        if !enabled() {
+            return None;
+        }
+        valid(span.context())
+    }
+
     /// The parent's W3C trace id (32 lowercase hex digits).
     pub fn trace_id(&self) -> String {
         self.0.span().span_context().trace_id().to_string()
@@ -666,7 +674,13 @@ pub fn trace_id_of_xray(header: &str) -> Option<String> {
 
 /// Records a finished span `name` with explicit times as a child of `parent` (a message's receive, whose times are
 /// known only once the message is in hand). A no-op when traces are off.
-pub fn record_span(parent: &Parent, name: &'static str, start: SystemTime, end: SystemTime, attributes: Vec<KeyValue>) {
+pub fn record_span(
+    parent: &Parent,
+    name: impl Into<std::borrow::Cow<'static, str>>,
+    start: SystemTime,
+    end: SystemTime,
+    attributes: Vec<KeyValue>,
+) {
     if !enabled() {
         return;
     }
