@@ -177,6 +177,10 @@ fn finish(surface: Router<AppState>, state: AppState) -> Router {
                     let request_id =
                         req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
                     if platform::otel::enabled() {
+                        if untraced(req.uri().path()) {
+                            let uri = redact_path(req.uri().path());
+                            return tracing::info_span!(target: platform::otel::UNTRACED, "request", method = %req.method(), uri = %uri, request_id);
+                        }
                         return traced_request_span(req, request_id);
                     }
                     tracing::info_span!("request", method = %req.method(), uri = %redact_path(req.uri().path()), request_id)
@@ -202,6 +206,12 @@ fn finish(surface: Router<AppState>, state: AppState) -> Router {
         ]))
         .layer(SetSensitiveResponseHeadersLayer::new([header::SET_COOKIE]))
         .with_state(state)
+}
+
+/// Paths whose requests make no trace (they are logged as usual): health checks, metrics scrapes and the console's
+/// polling, which would bury the orders' traces (and cost X-Ray segments) without telling anything about an order.
+fn untraced(path: &str) -> bool {
+    matches!(path, "/health" | "/status" | "/ready" | "/metrics" | "/") || path.starts_with("/console")
 }
 
 /// The request span with traces on: the same fields for the logs (`otel.*` never reach a log line), named for the

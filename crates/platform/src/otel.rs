@@ -41,6 +41,10 @@ use crate::config::{ConfigError, Lookup};
 /// sees them, so a log line keeps the span it had without tracing (`request`, `message`).
 pub const TRACE_ONLY: &str = "pedidos_trace";
 
+/// The `tracing` target of spans that stay out of the trace, for work that would only add noise to it (health
+/// checks, metrics scrapes, the console's polling): they are logged as usual.
+pub const UNTRACED: &str = "pedidos_untraced";
+
 /// How long the queued spans may take to leave at shutdown, on top of the service's own drain.
 pub const FLUSH_BUDGET: Duration = Duration::from_secs(2);
 

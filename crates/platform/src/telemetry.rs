@@ -90,9 +90,9 @@ pub fn init_traced(
     started.traces
 }
 
-/// What reaches the OpenTelemetry layer: everything at INFO and above, and the AWS SDK's operation spans (DEBUG, one
-/// per API call, target `aws_sdk_<service>`) inside a traced span only. The SDK's finer spans (attempts,
-/// serialisation, ...) never do.
+/// What reaches the OpenTelemetry layer: everything at INFO and above but the spans targeted at
+/// [`crate::otel::UNTRACED`], and the AWS SDK's operation spans (DEBUG, one per API call, target `aws_sdk_<service>`)
+/// inside a traced span only. The SDK's finer spans (attempts, serialisation, ...) never do.
 struct TraceFilter;
 
 impl TraceFilter {
@@ -109,13 +109,13 @@ where
         if Self::sdk_operation(meta) {
             return cx.lookup_current().is_some();
         }
-        *meta.level() <= tracing::Level::INFO
+        *meta.level() <= tracing::Level::INFO && meta.target() != crate::otel::UNTRACED
     }
 
     fn callsite_enabled(&self, meta: &'static tracing::Metadata<'static>) -> tracing::subscriber::Interest {
         if Self::sdk_operation(meta) {
             tracing::subscriber::Interest::sometimes()
-        } else if *meta.level() <= tracing::Level::INFO {
+        } else if *meta.level() <= tracing::Level::INFO && meta.target() != crate::otel::UNTRACED {
             tracing::subscriber::Interest::always()
         } else {
             tracing::subscriber::Interest::never()
