@@ -36,6 +36,8 @@ WORKER_STOP_EXTRA = (
     _rust_default("crates/worker/src/consumer.rs", r"SHUTDOWN_RECEIVE_SLACK: Duration = Duration::from_secs\((\d+)\)")
     + _rust_default("crates/worker/src/batcher.rs", r"FINAL_FLUSH: Duration = Duration::from_secs\((\d+)\)")
     + _rust_default("crates/worker/src/stats.rs", r"FINAL_REPORT_BUDGET: Duration = Duration::from_secs\((\d+)\)")
+    # With traces on, the spans still queued get this long to leave after the consumer has stopped.
+    + _rust_default("crates/platform/src/otel.rs", r"FLUSH_BUDGET: Duration = Duration::from_secs\((\d+)\)")
 )
 API_DRAIN_SECONDS = _rust_default("crates/api/src/lib.rs", r"DRAIN_TIMEOUT: Duration = Duration::from_secs\((\d+)\)")
 # The messaging stack's default table names (docs/data-model.md).
@@ -208,12 +210,12 @@ def test_ecs_task_definitions(ecs: dict[str, Any]) -> None:
         binary, port = BINARIES[kind]
         assert task["RequiresCompatibilities"] == ["FARGATE"] and task["NetworkMode"] == "awsvpc"
         assert task["ExecutionRoleArn"] != task["TaskRoleArn"]
-        (container,) = task["ContainerDefinitions"]
+        container = app_container(task)
         assert container["ReadonlyRootFilesystem"] is True
         assert container["HealthCheck"]["Command"] == ["CMD", f"/usr/local/bin/{binary}", "healthcheck"]
         assert container["PortMappings"][0]["ContainerPort"] == port
         assert container["LogConfiguration"]["LogDriver"] == "awslogs"
-        env = {e["Name"]: e["Value"] for e in container["Environment"]}
+        env = plain_env(container)
         assert env["ORDERS_TABLE"] == imported("OrdersTableName")
         if kind == "worker":
             assert 30 <= container["StopTimeout"] <= 120
@@ -225,6 +227,32 @@ def test_ecs_task_definitions(ecs: dict[str, Any]) -> None:
         else:
             assert "SNS_TOPIC_ARN" in env
             assert "IDEMPOTENCY_TABLE" not in env  # the API never touches it
+
+
+def app_container(task: dict[str, Any]) -> dict[str, Any]:
+    """A task's application container; the only other entry allowed is the optional ADOT collector sidecar."""
+    app, *others = task["ContainerDefinitions"]
+    assert len(others) <= 1, "one application container, and at most the collector sidecar"
+    for other in others:
+        condition, collector, otherwise = other["Fn::If"]
+        assert (condition, collector["Name"], otherwise) == ("TraceToXRay", "aws-otel-collector", {"Ref": "AWS::NoValue"})
+    return app
+
+
+def plain_env(container: dict[str, Any]) -> dict[str, Any]:
+    """A container's environment without the entries that exist only under a condition (the traces' OTEL_*)."""
+    return {e["Name"]: e["Value"] for e in container["Environment"] if "Name" in e}
+
+
+def conditional_env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The environment entries that exist only under a condition: name -> (condition, value)."""
+    out = {}
+    for entry in container["Environment"]:
+        if "Fn::If" in entry:
+            condition, value, otherwise = entry["Fn::If"]
+            assert otherwise == {"Ref": "AWS::NoValue"}, entry
+            out[value["Name"]] = (condition, value["Value"])
+    return out
 
 
 def imported(export: str) -> dict[str, Any]:
@@ -576,8 +604,7 @@ def test_eb_refuses_a_certificate_that_is_not_an_acm_arn(tmp_path: Path) -> None
 
 # ---------------------------------------------------------------- admin surface and API keys
 def _api_container(ecs: dict[str, Any]) -> dict[str, Any]:
-    (container,) = ecs["ApiTaskDefinition"]["Properties"]["ContainerDefinitions"]
-    return container
+    return app_container(ecs["ApiTaskDefinition"]["Properties"])
 
 
 API_KEYS_VALUE_FROM = {"Fn::If": ["CreateApiKeysSecret", {"Ref": "ApiKeysSecret"}, {"Ref": "ApiKeysSecretArn"}]}
@@ -587,7 +614,7 @@ def test_ecs_api_credentials_come_from_secrets_manager(ecs: dict[str, Any]) -> N
     """ADMIN_TOKEN and API_KEYS reach the API only as ECS secrets (ValueFrom a Secrets Manager secret), never as
     environment values; the stack's secrets are generated, never given a SecretString."""
     container = _api_container(ecs)
-    env = {e["Name"] for e in container["Environment"]}
+    env = set(plain_env(container)) | set(conditional_env(container))
     assert not env & set(SECRET_VARS), f"plain credential in the environment: {env & set(SECRET_VARS)}"
     secrets = {s["Name"]: s["ValueFrom"] for s in container["Secrets"]}
     assert secrets == {"ADMIN_TOKEN": {"Ref": "AdminTokenSecret"}, "API_KEYS": API_KEYS_VALUE_FROM}
@@ -603,9 +630,9 @@ def test_ecs_api_credentials_come_from_secrets_manager(ecs: dict[str, Any]) -> N
     assert params["ApiKeysSecretArn"]["AllowedPattern"].startswith("^(arn:aws")
     # The workers get neither.
     for name in ("WorkerProcessTaskDefinition", "WorkerLogisticsTaskDefinition"):
-        (worker,) = ecs[name]["Properties"]["ContainerDefinitions"]
+        worker = app_container(ecs[name]["Properties"])
         assert "Secrets" not in worker
-        assert not {e["Name"] for e in worker["Environment"]} & set(SECRET_VARS)
+        assert not (set(plain_env(worker)) | set(conditional_env(worker))) & set(SECRET_VARS)
 
 
 def test_ecs_only_the_api_execution_role_reads_exactly_its_secrets(ecs: dict[str, Any]) -> None:
@@ -627,7 +654,7 @@ def test_ecs_admin_port_is_not_behind_the_load_balancer(ecs: dict[str, Any]) -> 
     """The API listens on ADMIN_PORT, which no target group, listener, port mapping or load-balancer rule uses, and
     which only the optional admin-access security group may reach."""
     container = _api_container(ecs)
-    env = {e["Name"]: e["Value"] for e in container["Environment"]}
+    env = plain_env(container)
     assert env["ADMIN_PORT"] == str(ADMIN_PORT) and env["PORT"] != env["ADMIN_PORT"]
     assert [m["ContainerPort"] for m in container["PortMappings"]] == [8080]
     groups = [r["Properties"] for r in ecs.values() if r["Type"] == "AWS::ElasticLoadBalancingV2::TargetGroup"]
@@ -740,7 +767,7 @@ def test_services_keep_idle_connections_longer_than_the_proxy_in_front(ecs: dict
     """hyper closes an idle keep-alive connection after HTTP_HEADER_READ_TIMEOUT_SECONDS (its header-read timeout
     covers the wait for the next request). The proxy in front must give up on idle connections first, or it may
     reuse one the API is closing and answer 502."""
-    env = {e["Name"]: e["Value"] for e in _api_container(ecs)["Environment"]}
+    env = plain_env(_api_container(ecs))
     balancer = next(r for r in ecs.values() if r["Type"] == "AWS::ElasticLoadBalancingV2::LoadBalancer")
     attributes = {a["Key"]: a["Value"] for a in balancer["Properties"]["LoadBalancerAttributes"]}
     assert int(env["HTTP_HEADER_READ_TIMEOUT_SECONDS"]) > int(attributes["idle_timeout.timeout_seconds"])
@@ -751,3 +778,78 @@ def test_services_keep_idle_connections_longer_than_the_proxy_in_front(ecs: dict
             options = load_yaml_bytes(zf.read(f".ebextensions/01-pedidos-{app}.config"))["option_settings"]
         env = options["aws:elasticbeanstalk:application:environment"]
         assert int(env["HTTP_HEADER_READ_TIMEOUT_SECONDS"]) > 60, app
+
+
+# ---------------------------------------------------------------- traces (optional ADOT sidecar to X-Ray)
+TASKS = ("ApiTaskDefinition", "WorkerProcessTaskDefinition", "WorkerLogisticsTaskDefinition")
+TASK_ROLES = ("ApiTaskRole", "WorkerProcessTaskRole", "WorkerLogisticsTaskRole")
+
+
+def test_ecs_traces_to_x_ray_are_off_by_default_and_complete_when_on(ecs: dict[str, Any]) -> None:
+    """TracesToXRay=false (the default) leaves every task as it was: one container, no OTEL_* variable, no X-Ray
+    permission. With true, each task gets the ADOT collector sidecar receiving OTLP/HTTP on its loopback only and
+    exporting to X-Ray, the application sends there with X-Ray ids, and exactly the three task roles get exactly
+    xray:PutTraceSegments and xray:PutTelemetryRecords (the sidecar uses the task role; X-Ray has no resource-level
+    scoping). The binaries themselves never call X-Ray, so the deployed-stack lane's identities are unchanged."""
+    template = load_cfn(TEMPLATES / "ecs.yaml")
+    assert template["Parameters"]["TracesToXRay"]["Default"] == "false"
+    assert template["Conditions"]["TraceToXRay"] == {"Fn::Equals": [{"Ref": "TracesToXRay"}, "true"]}
+    policy = ecs["XRayTraceWritePolicy"]
+    assert policy["Type"] == "AWS::IAM::Policy" and policy["Condition"] == "TraceToXRay"
+    assert policy["Properties"]["Roles"] == [{"Ref": role} for role in TASK_ROLES]
+    (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Effect"] == "Allow" and sorted(_actions(statement)) == ["xray:PutTelemetryRecords", "xray:PutTraceSegments"]
+    assert statement["Resource"] == "*"
+    # No role carries an X-Ray action of its own, and nothing else attaches to the execution roles.
+    for name, resource in ecs.items():
+        if resource["Type"] == "AWS::IAM::Role" and "Policies" in resource["Properties"]:
+            assert not any(a.startswith("xray:") for st in _statements(resource) for a in _actions(st)), name
+        if resource["Type"] == "AWS::IAM::Policy":
+            assert name == "XRayTraceWritePolicy", name
+    for name in TASKS:
+        task = ecs[name]["Properties"]
+        app = app_container(task)
+        assert not any(k.startswith("OTEL_") for k in plain_env(app)), f"{name}: traces on without the sidecar"
+        traced = conditional_env(app)
+        assert {k: v for k, v in traced.items()} == {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": ("TraceToXRay", "http://127.0.0.1:4318"),
+            "OTEL_PROPAGATORS": ("TraceToXRay", "tracecontext,xray"),
+            "OTEL_TRACES_SAMPLER": ("TraceToXRay", "parentbased_traceidratio"),
+            "OTEL_TRACES_SAMPLER_ARG": ("TraceToXRay", {"Ref": "TraceSampleRatio"}),
+        }, name
+        (sidecar,) = [c["Fn::If"][1] for c in task["ContainerDefinitions"][1:]]
+        assert sidecar["Image"] == {"Ref": "AdotCollectorImage"} and sidecar["Essential"] is False, name
+        assert sidecar["ReadonlyRootFilesystem"] is True and "PortMappings" not in sidecar, name
+        (config,) = [e["Value"]["Fn::Sub"] for e in sidecar["Environment"] if e["Name"] == "AOT_CONFIG_CONTENT"]
+        collector = load_yaml_bytes(config.encode())
+        assert collector["receivers"]["otlp"]["protocols"] == {"http": {"endpoint": "127.0.0.1:4318"}}, name
+        assert collector["service"]["pipelines"]["traces"]["exporters"] == ["awsxray"], name
+        assert "pedido_id" in collector["exporters"]["awsxray"]["indexed_attributes"], name
+        assert sidecar["LogConfiguration"]["Options"]["awslogs-group"] == app["LogConfiguration"]["Options"]["awslogs-group"]
+
+
+@pytest.mark.parametrize("kind", sorted(BINARIES))
+def test_eb_traces_to_x_ray_only_when_asked(bundles: dict[str, Path], tmp_path: Path, kind: str) -> None:
+    """The default bundles carry no collector and no OTEL_* variable (traces off). EB_TRACES_TO_XRAY=1 adds, to both,
+    the ADOT collector (OTLP/HTTP in on 4318, X-Ray out) and the variables pointing the container at it."""
+    binary, _ = BINARIES[kind]
+    with zipfile.ZipFile(bundles[kind]) as zf:
+        assert ".ebextensions/03-traces-to-xray.config" not in zf.namelist()
+        text = "".join(zf.read(n).decode() for n in zf.namelist() if n.startswith(".ebextensions/"))
+        assert "OTEL_" not in text
+    result = _build_bundles(tmp_path, EB_TRACES_TO_XRAY="1", EB_TRACE_SAMPLE_RATIO="0.25")
+    assert result.returncode == 0, result.stderr
+    with zipfile.ZipFile(tmp_path / f"{binary}-eb.zip") as zf:
+        config = load_yaml_bytes(zf.read(".ebextensions/03-traces-to-xray.config"))
+    env = config["option_settings"]["aws:elasticbeanstalk:application:environment"]
+    assert env == {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://172.17.0.1:4318", "OTEL_PROPAGATORS": "tracecontext,xray",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.25",
+    }  # fmt: skip
+    collector = load_yaml_bytes(config["files"]["/opt/aws/aws-otel-collector/etc/pedidos-traces.yaml"]["content"].encode())
+    assert collector["service"]["pipelines"]["traces"] == {"receivers": ["otlp"], "processors": ["batch"], "exporters": ["awsxray"]}
+    assert collector["exporters"]["awsxray"]["region"] == "us-east-1"
+    assert "aws-otel-collector.rpm" in config["commands"]["01-install-adot-collector"]["command"]
+    for bad in ({"EB_TRACES_TO_XRAY": "yes"}, {"EB_TRACES_TO_XRAY": "1", "EB_TRACE_SAMPLE_RATIO": "2"}):
+        result = _build_bundles(tmp_path, **bad)
+        assert result.returncode != 0, bad

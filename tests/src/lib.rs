@@ -16,6 +16,8 @@
 //!   the SNS notification a subscription would deliver, for sending copies straight to a queue.
 //! - [`fault::FaultProxy`]: a TCP proxy in front of one endpoint that refuses or black-holes connections on demand,
 //!   so one process loses one dependency while the emulator keeps serving everyone else.
+//! - [`otlp::OtlpReceiver`]: an OTLP/HTTP trace receiver (`POST /v1/traces`, decoded with `opentelemetry-proto`), for
+//!   the binaries' traces.
 //! - [`orchestrator::Orchestrator`]: an ECS stand-in running worker tasks as services: the container health check
 //!   (the binary's `healthcheck` command) every interval, replacement after failed checks, rolling deploys.
 //!
@@ -39,6 +41,7 @@ pub use platform::topology::{Names, QueueInfo, Topology};
 
 pub mod fault;
 pub mod orchestrator;
+pub mod otlp;
 
 pub use fault::{FaultProxy, Mode, ProxyStats};
 pub use orchestrator::{EcsService, Orchestrator, Reason, Timing};

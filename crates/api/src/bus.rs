@@ -82,6 +82,46 @@ impl SnsBus {
             .map(String::as_str)
     }
 
+    /// One publish, inside its producer `span` (none with traces off).
+    async fn publish_in(&self, event: &OrderEvent, request_id: &str, span: tracing::Span) -> Result<String, BusError> {
+        let topic_arn = self.topic_arn().await?;
+        let body = event.to_json().map_err(|e| BusError::Rejected(e.to_string()))?;
+        let mut request = self
+            .client
+            .publish()
+            .topic_arn(topic_arn)
+            .subject(event.event_type.subject())
+            .message(body)
+            // Attributes let subscribers filter (SNS filter policies) and correlate logs across services.
+            .message_attributes("eventType", string_attribute(event.event_type.as_str())?)
+            .message_attributes(
+                "version",
+                MessageAttributeValue::builder()
+                    .data_type("Number")
+                    .string_value(event.version.to_string())
+                    .build()
+                    .map_err(|e| BusError::Rejected(e.to_string()))?,
+            )
+            .message_attributes("pedidoId", string_attribute(&event.order.pedido_id.to_string())?)
+            .message_attributes("requestId", string_attribute(request_id)?);
+        // The trace goes on in the workers: W3C `traceparent`/`tracestate` (X-Ray's header with that propagator),
+        // within SQS's ten attributes together with the four above.
+        for (name, value) in trace_attributes(platform::otel::inject(&span), 4) {
+            request = request.message_attributes(name, string_attribute(&value)?);
+        }
+        // FIFO topics need a group (per order, so versions stay ordered) and a dedup id.
+        if topic_arn.ends_with(".fifo") {
+            request = request
+                .message_group_id(event.order.pedido_id.to_string())
+                .message_deduplication_id(event.dedup_key().to_string());
+        }
+        let output = request.send().await.map_err(classify("publish", topic_arn))?;
+        let message_id =
+            output.message_id.ok_or_else(|| BusError::Unavailable("SNS answered without a MessageId".into()))?;
+        span.record("messaging.message.id", message_id.as_str());
+        Ok(message_id)
+    }
+
     /// Resolves a bare topic name now (an ARN needs nothing), so the first order does not pay for the lookup. A
     /// failure is only logged: the next publish tries again, within its own budget.
     pub async fn warm_up(&self) {
@@ -167,38 +207,37 @@ fn string_attribute(value: &str) -> Result<MessageAttributeValue, BusError> {
         .map_err(|e| BusError::Rejected(e.to_string()))
 }
 
+/// SQS's limit on message attributes: what SNS passes on with raw message delivery (and a DLQ copy keeps) must fit.
+pub const MAX_ATTRIBUTES: usize = 10;
+
+/// The trace context as message attributes (`traceparent`, `tracestate`, ... as the propagators write them), after
+/// the `existing` ones and within [`MAX_ATTRIBUTES`]; empty values are left out (SNS refuses them).
+pub fn trace_attributes(fields: Vec<(String, String)>, existing: usize) -> Vec<(String, String)> {
+    fields.into_iter().filter(|(_, value)| !value.is_empty()).take(MAX_ATTRIBUTES.saturating_sub(existing)).collect()
+}
+
+/// The producer span of a publish, for the trace only: the workers' spans are its children.
+fn publish_span(topic: &str) -> tracing::Span {
+    if !platform::otel::enabled() {
+        return tracing::Span::none();
+    }
+    let name = topic.rsplit(':').next().unwrap_or(topic);
+    tracing::info_span!(
+        target: platform::otel::TRACE_ONLY,
+        "publish",
+        otel.name = %format_args!("{name} publish"),
+        otel.kind = "producer",
+        messaging.system = "aws_sns",
+        messaging.operation.type = "send",
+        messaging.destination.name = %name,
+        messaging.message.id = tracing::field::Empty,
+    )
+}
+
 impl EventBus for SnsBus {
     fn publish<'a>(&'a self, event: &'a OrderEvent, request_id: &'a str) -> BoxFuture<'a, Result<String, BusError>> {
-        Box::pin(async move {
-            let topic_arn = self.topic_arn().await?;
-            let body = event.to_json().map_err(|e| BusError::Rejected(e.to_string()))?;
-            let mut request = self
-                .client
-                .publish()
-                .topic_arn(topic_arn)
-                .subject(event.event_type.subject())
-                .message(body)
-                // Attributes let subscribers filter (SNS filter policies) and correlate logs across services.
-                .message_attributes("eventType", string_attribute(event.event_type.as_str())?)
-                .message_attributes(
-                    "version",
-                    MessageAttributeValue::builder()
-                        .data_type("Number")
-                        .string_value(event.version.to_string())
-                        .build()
-                        .map_err(|e| BusError::Rejected(e.to_string()))?,
-                )
-                .message_attributes("pedidoId", string_attribute(&event.order.pedido_id.to_string())?)
-                .message_attributes("requestId", string_attribute(request_id)?);
-            // FIFO topics need a group (per order, so versions stay ordered) and a dedup id.
-            if topic_arn.ends_with(".fifo") {
-                request = request
-                    .message_group_id(event.order.pedido_id.to_string())
-                    .message_deduplication_id(event.dedup_key().to_string());
-            }
-            let output = request.send().await.map_err(classify("publish", topic_arn))?;
-            output.message_id.ok_or_else(|| BusError::Unavailable("SNS answered without a MessageId".into()))
-        })
+        let span = publish_span(&self.topic);
+        Box::pin(tracing::Instrument::instrument(self.publish_in(event, request_id, span.clone()), span))
     }
 
     fn check(&self) -> BoxFuture<'_, Result<(), BusError>> {

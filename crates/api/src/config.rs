@@ -9,6 +9,9 @@ use crate::http_server::{AllowedHosts, HttpLimits};
 
 pub const DEFAULT_PORT: u16 = 8080;
 
+/// The trace's `service.name` unless `OTEL_SERVICE_NAME` says otherwise.
+pub const SERVICE_NAME: &str = "pedidos-api";
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub common: Common,
@@ -33,6 +36,8 @@ pub struct Config {
     pub allowed_hosts: AllowedHosts,
     /// `TRACE_URL_TEMPLATE`: where the console's order view links a trace id (`{traceId}` in an http(s) URL).
     pub trace_url: Option<TraceUrl>,
+    /// OpenTelemetry traces from the standard `OTEL_*` variables; `None` (off) without an OTLP endpoint.
+    pub traces: Option<platform::otel::Settings>,
 }
 
 impl Config {
@@ -78,6 +83,7 @@ impl Config {
                 .filter(|text| !text.is_empty())
                 .map(|text| TraceUrl::parse("TRACE_URL_TEMPLATE", &text))
                 .transpose()?,
+            traces: platform::otel::Settings::from_env(env, SERVICE_NAME)?,
         })
     }
 }

@@ -45,7 +45,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::{SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer};
-use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
+use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, OnResponse, TraceLayer};
 use tracing::Level;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
@@ -176,10 +176,22 @@ fn finish(surface: Router<AppState>, state: AppState) -> Router {
                 .make_span_with(|req: &Request| {
                     let request_id =
                         req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
+                    if platform::otel::enabled() {
+                        if untraced(req.uri().path()) {
+                            let uri = redact_path(req.uri().path());
+                            return tracing::info_span!(target: platform::otel::UNTRACED, "request", method = %req.method(), uri = %uri, request_id);
+                        }
+                        return traced_request_span(req, request_id);
+                    }
                     tracing::info_span!("request", method = %req.method(), uri = %redact_path(req.uri().path()), request_id)
                 })
                 .on_request(())
-                .on_response(DefaultOnResponse::new().level(Level::INFO))
+                .on_response(|response: &Response, latency: Duration, span: &tracing::Span| {
+                    if platform::otel::enabled() {
+                        record_status(span, response.status());
+                    }
+                    DefaultOnResponse::new().level(Level::INFO).on_response(response, latency, span);
+                })
                 // 503s during an SNS outage are expected; ApiError logs the cause once.
                 .on_failure(DefaultOnFailure::new().level(Level::WARN)),
         )
@@ -194,6 +206,51 @@ fn finish(surface: Router<AppState>, state: AppState) -> Router {
         ]))
         .layer(SetSensitiveResponseHeadersLayer::new([header::SET_COOKIE]))
         .with_state(state)
+}
+
+/// Paths whose requests make no trace (they are logged as usual): health checks, metrics scrapes and the console's
+/// polling, which would bury the orders' traces (and cost X-Ray segments) without telling anything about an order.
+fn untraced(path: &str) -> bool {
+    matches!(path, "/health" | "/status" | "/ready" | "/metrics" | "/") || path.starts_with("/console")
+}
+
+/// The request span with traces on: the same fields for the logs (`otel.*` never reach a log line), named for the
+/// trace after the route (`POST /api/pedidos`), a server span, and the child of the caller's trace when the request
+/// carries one (`traceparent`, or `X-Amzn-Trace-Id` with the X-Ray propagator).
+fn traced_request_span(req: &Request, request_id: &str) -> tracing::Span {
+    use platform::otel::SpanExt as _;
+    let route = req.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+    let name = match route {
+        Some(route) => format!("{} {route}", req.method()),
+        None => req.method().to_string(),
+    };
+    let path = redact_path(req.uri().path());
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %name,
+        otel.kind = "server",
+        method = %req.method(),
+        uri = %path,
+        request_id
+    );
+    if let Some(parent) = platform::otel::parent_from_headers(req.headers()) {
+        platform::otel::set_parent(&span, &parent);
+    }
+    span.set_attribute("http.request.method", req.method().to_string());
+    span.set_attribute("url.path", path.into_owned());
+    if let Some(route) = route {
+        span.set_attribute("http.route", route.to_owned());
+    }
+    span
+}
+
+/// The response status on the request's span; a 5xx marks it as an error.
+fn record_status(span: &tracing::Span, status: StatusCode) {
+    use platform::otel::SpanExt as _;
+    span.set_attribute("http.response.status_code", i64::from(status.as_u16()));
+    if status.is_server_error() {
+        span.set_status(platform::otel::Status::error(status.to_string()));
+    }
 }
 
 /// Longest client `x-request-id` kept as is.

@@ -28,9 +28,10 @@ async fn serve() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    platform::telemetry::init(config.common.log_format, "info,pedidos_api=info");
+    let traces =
+        platform::telemetry::init_traced(config.common.log_format, "info,pedidos_api=info", config.traces.as_ref());
     let shutdown = platform::shutdown::on_signal();
-    match pedidos_api::start(config, shutdown).await {
+    let code = match pedidos_api::start(config, shutdown).await {
         Ok(()) => {
             tracing::info!("pedidos-api stopped");
             ExitCode::SUCCESS
@@ -39,7 +40,10 @@ async fn serve() -> ExitCode {
             tracing::error!(error = %e, "pedidos-api failed");
             ExitCode::FAILURE
         }
-    }
+    };
+    // The spans of the last requests, within platform::otel::FLUSH_BUDGET.
+    traces.shutdown().await;
+    code
 }
 
 fn health_check() -> ExitCode {

@@ -56,4 +56,6 @@ fn describe() {
          sns:Publish)"
     );
     platform::metrics::describe_store();
+    // pedidos_trace_spans_dropped_total{reason} and pedidos_trace_spans_exported_total, at 0 with traces off.
+    platform::otel::describe_metrics();
 }

@@ -140,6 +140,20 @@ fn decode_notification(body: &str) -> Option<Inbound> {
     })
 }
 
+/// The string `MessageAttributes` of an SNS envelope, read without decoding the event (the trace context a message
+/// carries is needed before its handling starts); empty for anything else.
+pub fn envelope_attributes_only(body: &str) -> BTreeMap<String, String> {
+    #[derive(Deserialize)]
+    struct AttributesOnly {
+        #[serde(rename = "MessageAttributes", default)]
+        attributes: Option<Map<String, Value>>,
+    }
+    match serde_json::from_str::<AttributesOnly>(body) {
+        Ok(AttributesOnly { attributes: Some(attributes) }) => string_values(&attributes),
+        _ => BTreeMap::new(),
+    }
+}
+
 /// Every accepted shape, through JSON trees.
 fn decode_any(body: &str) -> Result<Inbound, DecodeError> {
     let Value::Object(outer) = parse(body)? else { return Err(DecodeError::NotAnObject) };
@@ -276,6 +290,8 @@ mod tests {
             assert_eq!(decode(body), decode_any(body), "{body}");
         }
         assert!(typed >= 2, "the usual envelope takes the typed pass");
+        assert_eq!(envelope_attributes_only(&bodies[0]), decode(&bodies[0]).map(|i| i.attributes).unwrap_or_default());
+        assert!(envelope_attributes_only(EVENT).is_empty() && envelope_attributes_only("not json").is_empty());
         let Ok(inbound) = decode(&bodies[0]) else { panic!("the usual envelope decodes") };
         assert_eq!(inbound.attributes.get("eventType").map(String::as_str), Some("PedidoCreado"));
         assert!(!inbound.attributes.contains_key("n"), "non-string attribute values are skipped, as before");

@@ -3,7 +3,8 @@
 //! # Layout
 //! - [`config`]: reading environment variables with errors that name the variable.
 //! - [`aws`]: the SDK configuration (region, `AWS_ENDPOINT_URL`, timeouts and retries).
-//! - [`telemetry`]: `tracing` subscriber, JSON or pretty.
+//! - [`telemetry`]: `tracing` subscriber, JSON or pretty; [`otel`]: OpenTelemetry traces (OTLP/HTTP, propagation), off
+//!   unless an endpoint is configured.
 //! - [`metrics`]: the Prometheus recorder behind `GET /metrics`.
 //! - [`shutdown`]: SIGTERM/SIGINT as a `CancellationToken`.
 //! - [`topology`]: the SNS topic, SQS queues, DLQs and subscriptions, created idempotently.
@@ -14,6 +15,7 @@ pub mod aws;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod otel;
 pub mod probe;
 pub mod shutdown;
 pub mod telemetry;

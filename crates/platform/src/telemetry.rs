@@ -26,14 +26,121 @@ pub fn init(format: LogFormat, default_filter: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
-        LogFormat::Json => registry.with(tfmt::layer().fmt_fields(JsonFragment).event_format(JsonLine)).try_init(),
+        LogFormat::Json => {
+            registry.with(tfmt::layer().fmt_fields(JsonFragment).event_format(JsonLine::default())).try_init()
+        }
         LogFormat::Pretty => registry.with(tfmt::layer().compact()).try_init(),
     };
 }
 
-/// One JSON object per event: `{"timestamp","level",<fields>,"target","span":{<fields>,"name"}}`.
+/// [`init`], plus OpenTelemetry traces when `traces` is set (an OTLP endpoint is configured; see [`crate::otel`]).
+/// Returns the handle that flushes the traces at shutdown: a no-op one when traces are off, or when the exporter
+/// cannot be built (said once at ERROR; the service runs on without traces). Must be called inside the tokio runtime.
+///
+/// With traces on, each layer has its own filter. Logs keep `RUST_LOG` (and never show the trace-only spans, so a
+/// log line's `span` is the one it has without traces); JSON lines inside a span carry `trace_id` and `span_id`.
+/// The trace gets every span and event at INFO and above, and the AWS SDK's operation spans (`SQS.ReceiveMessage`,
+/// `DynamoDB.UpdateItem`, ..., DEBUG) when they run inside a traced span: background calls (long polls, queue
+/// depth, stats) make no traces of their own. With traces off, the subscriber is exactly [`init`]'s.
+pub fn init_traced(
+    format: LogFormat,
+    default_filter: &str,
+    traces: Option<&crate::otel::Settings>,
+) -> crate::otel::Traces {
+    use tracing_subscriber::filter::FilterExt;
+    use tracing_subscriber::Layer as _;
+    crate::otel::describe_metrics();
+    let Some(settings) = traces else {
+        init(format, default_filter);
+        return crate::otel::Traces::default();
+    };
+    let started = match crate::otel::start(settings) {
+        Ok(started) => started,
+        Err(error) => {
+            init(format, default_filter);
+            tracing::error!(%error, "traces are off: the OTLP exporter could not be built");
+            return crate::otel::Traces::default();
+        }
+    };
+    let logs = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(default_filter))
+        .and(tracing_subscriber::filter::filter_fn(|meta| meta.target() != crate::otel::TRACE_ONLY));
+    let traced = tracing_opentelemetry::layer()
+        .with_tracer(started.tracer)
+        .with_tracked_inactivity(false)
+        .with_location(false)
+        .with_threads(false)
+        .with_level(false)
+        .with_target(false)
+        .with_filter(TraceFilter);
+    let registry = tracing_subscriber::registry().with(traced);
+    let _ = match format {
+        LogFormat::Json => registry
+            .with(tfmt::layer().fmt_fields(JsonFragment).event_format(JsonLine::with_trace_ids()).with_filter(logs))
+            .try_init(),
+        LogFormat::Pretty => registry.with(tfmt::layer().compact().with_filter(logs)).try_init(),
+    };
+    tracing::info!(
+        endpoint = %settings.endpoint,
+        service = %settings.service_name,
+        sampler = ?settings.sampler,
+        propagators = ?settings.propagators,
+        "traces on: exporting over OTLP/HTTP"
+    );
+    started.traces
+}
+
+/// What reaches the OpenTelemetry layer: everything at INFO and above but the spans targeted at
+/// [`crate::otel::UNTRACED`], and the AWS SDK's operation spans (DEBUG, one per API call, target `aws_sdk_<service>`)
+/// inside a traced span only. The SDK's finer spans (attempts, serialisation, ...) never do.
+struct TraceFilter;
+
+impl TraceFilter {
+    fn sdk_operation(meta: &tracing::Metadata<'_>) -> bool {
+        meta.is_span() && *meta.level() <= tracing::Level::DEBUG && meta.target().starts_with("aws_sdk_")
+    }
+}
+
+impl<S> tracing_subscriber::layer::Filter<S> for TraceFilter
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn enabled(&self, meta: &tracing::Metadata<'_>, cx: &tracing_subscriber::layer::Context<'_, S>) -> bool {
+        if Self::sdk_operation(meta) {
+            return cx.lookup_current().is_some();
+        }
+        *meta.level() <= tracing::Level::INFO && meta.target() != crate::otel::UNTRACED
+    }
+
+    fn callsite_enabled(&self, meta: &'static tracing::Metadata<'static>) -> tracing::subscriber::Interest {
+        if Self::sdk_operation(meta) {
+            tracing::subscriber::Interest::sometimes()
+        } else if *meta.level() <= tracing::Level::INFO && meta.target() != crate::otel::UNTRACED {
+            tracing::subscriber::Interest::always()
+        } else {
+            tracing::subscriber::Interest::never()
+        }
+    }
+
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(tracing::level_filters::LevelFilter::DEBUG)
+    }
+}
+
+/// One JSON object per event: `{"timestamp","level",<fields>,"target","span":{<fields>,"name"}}`; with
+/// [`JsonLine::with_trace_ids`], also `"trace_id"` and `"span_id"` (W3C, lowercase hex) when the event happens inside
+/// a traced span. Fields named `otel.*` (directions to the tracer, such as `otel.name`) are never written.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct JsonLine;
+pub struct JsonLine {
+    trace_ids: bool,
+}
+
+impl JsonLine {
+    /// Lines that carry the ids of the OpenTelemetry span they are logged in (traces on).
+    pub fn with_trace_ids() -> Self {
+        Self { trace_ids: true }
+    }
+}
 
 impl<S, N> FormatEvent<S, N> for JsonLine
 where
@@ -50,6 +157,9 @@ where
         let mut fields = FieldWriter { out: &mut writer, first: false, result: Ok(()) };
         event.record(&mut fields);
         fields.result?;
+        if self.trace_ids {
+            crate::otel::write_current_ids(&mut writer)?;
+        }
         writer.write_str(",\"target\":")?;
         write_json_str(&mut writer, metadata.target())?;
         if let Some(span) = ctx.lookup_current() {
@@ -100,7 +210,7 @@ struct FieldWriter<'a, W: fmt::Write> {
 
 impl<W: fmt::Write> FieldWriter<'_, W> {
     fn member(&mut self, field: &Field, value: impl FnOnce(&mut W) -> fmt::Result) {
-        if self.result.is_err() {
+        if self.result.is_err() || field.name().starts_with("otel.") {
             return;
         }
         self.result = (|| {
@@ -261,7 +371,7 @@ mod tests {
         let ours = capture(|buffer| {
             Box::new(
                 tracing_subscriber::registry()
-                    .with(tfmt::layer().fmt_fields(JsonFragment).event_format(JsonLine).with_writer(buffer)),
+                    .with(tfmt::layer().fmt_fields(JsonFragment).event_format(JsonLine::default()).with_writer(buffer)),
             )
         });
         let stock = capture(|buffer| {

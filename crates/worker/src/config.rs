@@ -39,6 +39,9 @@ pub struct Config {
     pub http_limits: HttpLimits,
     /// `ALLOWED_HOSTS`: names the live page answers to besides loopback.
     pub allowed_hosts: AllowedHosts,
+    /// OpenTelemetry traces from the standard `OTEL_*` variables; `None` (off) without an OTLP endpoint. The service
+    /// is `pedidos-worker-<role>` unless `OTEL_SERVICE_NAME` says otherwise.
+    pub traces: Option<platform::otel::Settings>,
 }
 
 impl Config {
@@ -85,6 +88,7 @@ impl Config {
             },
             http_limits: HttpLimits::from_env(env)?,
             allowed_hosts: AllowedHosts::from_env(env)?,
+            traces: platform::otel::Settings::from_env(env, &format!("pedidos-worker-{}", role.as_str()))?,
         })
     }
 }

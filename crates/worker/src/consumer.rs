@@ -196,7 +196,10 @@ impl Consumer {
             this.health.beat();
             // The messages the loop waited for have settled: their deletes need not wait for company any longer.
             batcher.flush();
+            // The receive's time span, for each message's `receive` span (traces on only).
+            let polled = platform::otel::enabled().then(SystemTime::now);
             let received = this.receive_unless_stuck(permits.len(), &shutdown).await;
+            let window = polled.map(|started| (started, SystemTime::now()));
             this.health.beat();
             match received {
                 Ok(messages) => {
@@ -212,7 +215,8 @@ impl Consumer {
                     for message in messages {
                         match permits.pop() {
                             Some(permit) if !shutdown.is_cancelled() => {
-                                let task = Arc::clone(&this).handle(message, batcher.clone(), abandon.clone(), permit);
+                                let task =
+                                    Arc::clone(&this).handle(message, window, batcher.clone(), abandon.clone(), permit);
                                 tracker.spawn(task);
                             }
                             // Received but not started (shutdown): visible again at once.
@@ -319,6 +323,7 @@ impl Consumer {
     async fn handle(
         self: Arc<Self>,
         message: Received,
+        window: Option<(SystemTime, SystemTime)>,
         batcher: Batcher,
         abandon: CancellationToken,
         permit: OwnedSemaphorePermit,
@@ -329,8 +334,11 @@ impl Consumer {
             let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
             self.metrics.age.record(now.saturating_sub(sent) as f64 / 1000.0);
         }
-        let span =
-            tracing::info_span!("message", message_id = %message.message_id, receive_count = message.receive_count);
+        let span = if platform::otel::enabled() {
+            self.traced_message_span(&message, window)
+        } else {
+            tracing::info_span!("message", message_id = %message.message_id, receive_count = message.receive_count)
+        };
         async {
             let mut facts = Facts::default();
             // A panic in one message's handling is contained here: the message is retried, the worker lives on.
@@ -349,10 +357,67 @@ impl Consumer {
                     format!("panicked: {what}"),
                 )
             });
-            self.settle(&message, decision, &facts, &batcher).await;
+            if platform::otel::enabled() {
+                record_outcome(&tracing::Span::current(), &decision, &facts);
+            }
+            let settle_span = trace_only_span(|| tracing::info_span!(target: platform::otel::TRACE_ONLY, "settle"));
+            self.settle(&message, decision, &facts, &batcher).instrument(settle_span).await;
         }
         .instrument(span)
         .await;
+    }
+
+    /// The message's span with traces on: the same fields for the logs, a consumer span named after the queue, the
+    /// child of the trace the message carries (the API's `traceparent` in the SNS envelope's attributes or, with raw
+    /// delivery, in the SQS message attributes; else SQS's `AWSTraceHeader` from an X-Ray-traced sender). Its
+    /// `receive` (from the long poll's start, or the message's sending if later, to the answer) is recorded under
+    /// the same parent.
+    fn traced_message_span(&self, message: &Received, window: Option<(SystemTime, SystemTime)>) -> tracing::Span {
+        use platform::otel::{kv, SpanExt as _};
+        let queue = self.queue_name();
+        let span = tracing::info_span!(
+            "message",
+            otel.name = %format_args!("{queue} process"),
+            otel.kind = "consumer",
+            message_id = %message.message_id,
+            receive_count = message.receive_count
+        );
+        let parent = trace_parent(message);
+        if let Some(parent) = &parent {
+            platform::otel::set_parent(&span, parent);
+        }
+        span.set_attribute("messaging.system", "aws_sqs");
+        span.set_attribute("messaging.operation.type", "process");
+        span.set_attribute("messaging.destination.name", queue.to_owned());
+        span.set_attribute("messaging.message.id", message.message_id.clone());
+        if message.receive_count > 1 {
+            span.add_event("redelivered", vec![kv("receive_count", i64::from(message.receive_count))]);
+        }
+        if let (Some((polled, answered)), Some(parent)) = (window, parent.or_else(|| platform::otel::Parent::of(&span)))
+        {
+            let sent = message.sent_at_ms.map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
+            let start = sent.map_or(polled, |sent| sent.clamp(polled, answered));
+            platform::otel::record_span(
+                &parent,
+                format!("{queue} receive"),
+                start,
+                answered,
+                vec![
+                    kv("messaging.system", "aws_sqs"),
+                    kv("messaging.operation.type", "receive"),
+                    kv("messaging.destination.name", queue.to_owned()),
+                    kv("messaging.message.id", message.message_id.clone()),
+                    kv("receive_count", i64::from(message.receive_count)),
+                ],
+            );
+        }
+        span
+    }
+
+    /// The queue's name, the last segment of its URL.
+    fn queue_name(&self) -> &str {
+        let url = self.queue.settings().url.as_str();
+        url.rsplit('/').find(|segment| !segment.is_empty()).unwrap_or(url)
     }
 
     fn retry_delay(&self, message: &Received) -> Duration {
@@ -385,7 +450,12 @@ impl Consumer {
     async fn decide(&self, message: &Received, facts: &mut Facts) -> Decision {
         // Known before decoding, so even a poison message's line carries the request id it was sent with.
         facts.request_id = message.attribute("requestId").map(str::to_owned);
-        let inbound = match decode(&message.body) {
+        let decoded = {
+            let _decode =
+                trace_only_span(|| tracing::info_span!(target: platform::otel::TRACE_ONLY, "decode")).entered();
+            decode(&message.body)
+        };
+        let inbound = match decoded {
             Ok(inbound) => inbound,
             Err(error) => return Decision::reject(error.code(), error.to_string()),
         };
@@ -418,13 +488,22 @@ impl Consumer {
                 Source::SnsEnvelope { message_id, .. } if !message_id.is_empty() => Some(message_id.clone()),
                 _ => None,
             },
-            trace_id: None,
+            trace_id: message_trace_id(message, &inbound.attributes),
             lease: self.queue.settings().visibility_timeout,
         };
         let mut backoff = RetryBackoff::default();
         loop {
             let started = Instant::now();
-            let result = self.handler.handle(&event, &ctx).await;
+            let handle_span = trace_only_span(|| {
+                tracing::info_span!(
+                    target: platform::otel::TRACE_ONLY,
+                    "handle",
+                    otel.name = %format_args!("handle {}", event.event_type.as_str()),
+                    pedido_id = %event.order.pedido_id,
+                    version = event.version,
+                )
+            });
+            let result = self.handler.handle(&event, &ctx).instrument(handle_span).await;
             self.metrics.handler_duration.record(started.elapsed().as_secs_f64());
             self.health.beat();
             let error = match result {
@@ -539,6 +618,88 @@ impl Consumer {
             message_id: message.message_id.clone(),
             receive_count: message.receive_count,
         });
+    }
+}
+
+/// A span for the trace alone (never in a log line), or none with traces off.
+fn trace_only_span(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    if platform::otel::enabled() {
+        make()
+    } else {
+        tracing::Span::none()
+    }
+}
+
+/// The trace context a message carries: a propagated one in the SNS envelope's attributes or, with raw delivery, in
+/// the SQS message attributes (`traceparent`, or `X-Amzn-Trace-Id` with the X-Ray propagator); else SQS's
+/// `AWSTraceHeader` (a sender traced by X-Ray). Traces on only.
+fn trace_parent(message: &Received) -> Option<platform::otel::Parent> {
+    let envelope = domain::inbound::envelope_attributes_only(&message.body);
+    let lookup = |name: &str| -> Option<&str> {
+        let named = |k: &String| k.eq_ignore_ascii_case(name);
+        envelope
+            .iter()
+            .find(|(k, _)| named(k))
+            .map(|(_, v)| v.as_str())
+            .or_else(|| message.attributes.iter().find(|(k, _)| named(k)).map(|(_, a)| a.value.as_str()))
+    };
+    platform::otel::parent_from(lookup)
+        .or_else(|| message.trace_header.as_deref().and_then(platform::otel::parent_from_xray))
+}
+
+/// The W3C trace id of the trace `message` travels in, as the store records it with each effect: its span's with
+/// traces on; with traces off, the one its `traceparent` (or X-Ray header, or `AWSTraceHeader`) names.
+fn message_trace_id(message: &Received, envelope: &std::collections::BTreeMap<String, String>) -> Option<String> {
+    if let Some(id) = platform::otel::trace_id(&tracing::Span::current()) {
+        return Some(id);
+    }
+    let field = |name: &str| {
+        envelope.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).or_else(|| {
+            message.attributes.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, a)| a.value.as_str())
+        })
+    };
+    field("traceparent")
+        .and_then(platform::otel::trace_id_of_traceparent)
+        .or_else(|| field("x-amzn-trace-id").and_then(platform::otel::trace_id_of_xray))
+        .or_else(|| message.trace_header.as_deref().and_then(platform::otel::trace_id_of_xray))
+}
+
+/// A message's fate on its span: the outcome and the order as attributes; a duplicate, a stale version, a release,
+/// a failure or a dead-letter as an event too (failures and dead-letters mark the span as an error).
+fn record_outcome(span: &tracing::Span, decision: &Decision, facts: &Facts) {
+    use platform::otel::{kv, SpanExt as _, Status};
+    span.set_attribute("outcome", decision.outcome.as_str());
+    span.set_attribute("action", decision.settle.as_str());
+    if let Some(pedido_id) = facts.pedido_id {
+        span.set_attribute("pedido_id", pedido_id.to_string());
+    }
+    if let Some(version) = facts.version {
+        span.set_attribute("version", i64::try_from(version).unwrap_or(i64::MAX));
+    }
+    if let Some(event_type) = facts.event_type {
+        span.set_attribute("event_type", event_type);
+    }
+    if let Some(request_id) = &facts.request_id {
+        span.set_attribute("request_id", request_id.clone());
+    }
+    let mut attributes = vec![kv("outcome", decision.outcome.as_str()), kv("note", decision.note.clone())];
+    if let Settle::DeadLetter { reason, .. } = &decision.settle {
+        span.set_attribute("reject_reason", reason.clone());
+        attributes.push(kv("reason", reason.clone()));
+    }
+    match decision.outcome {
+        Outcome::Processed | Outcome::Ignored => {}
+        Outcome::Duplicate | Outcome::Stale | Outcome::Released => {
+            span.add_event(decision.outcome.as_str(), attributes)
+        }
+        Outcome::Rejected => {
+            span.add_event("dead_lettered", attributes);
+            span.set_status(Status::error(format!("dead-lettered: {}", decision.note)));
+        }
+        Outcome::Failed => {
+            span.add_event("failed", attributes);
+            span.set_status(Status::error(decision.note.clone()));
+        }
     }
 }
 

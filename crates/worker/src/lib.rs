@@ -143,10 +143,11 @@ pub fn serve_process(
             return ExitCode::FAILURE;
         }
     };
-    platform::telemetry::init(config.common.log_format, "info");
     platform::block_on(platform::Runtime::CurrentThread, async {
+        // Inside the runtime: the trace exporter, when configured, runs on it.
+        let traces = platform::telemetry::init_traced(config.common.log_format, "info", config.traces.as_ref());
         let shutdown = platform::shutdown::on_signal();
-        match start_with(config, shutdown, handler).await {
+        let code = match start_with(config, shutdown, handler).await {
             Ok(()) => {
                 tracing::info!("pedidos-worker stopped");
                 ExitCode::SUCCESS
@@ -156,7 +157,10 @@ pub fn serve_process(
                 eprintln!("pedidos-worker: {e}");
                 ExitCode::FAILURE
             }
-        }
+        };
+        // The spans of the last messages, within platform::otel::FLUSH_BUDGET.
+        traces.shutdown().await;
+        code
     })
 }
 

@@ -99,4 +99,6 @@ fn describe() {
         "Duration of each handler attempt (the role's store write), including a failed one"
     );
     platform::metrics::describe_store();
+    // pedidos_trace_spans_dropped_total{reason} and pedidos_trace_spans_exported_total, at 0 with traces off.
+    platform::otel::describe_metrics();
 }

@@ -60,6 +60,7 @@ fn received(body: &str) -> Received {
         sent_at_ms: None,
         attributes: Default::default(),
         group_id: None,
+        trace_header: None,
     }
 }
 

@@ -333,6 +333,14 @@ async fn publish(
     event: OrderEvent,
 ) -> Result<(StatusCode, Json<Publicado>), ApiError> {
     let request_id = super::request_id(headers);
+    if platform::otel::enabled() {
+        // The order on the request's span, so a trace is found by its pedidoId.
+        use platform::otel::SpanExt as _;
+        let span = tracing::Span::current();
+        span.set_attribute("pedido_id", event.order.pedido_id.to_string());
+        span.set_attribute("version", i64::try_from(event.version).unwrap_or(i64::MAX));
+        span.set_attribute("event_type", event.event_type.as_str());
+    }
     let started = Instant::now();
     let result = state.bus.publish(&event, &request_id).await;
     metrics::histogram!("pedidos_api_publish_duration_seconds").record(started.elapsed().as_secs_f64());

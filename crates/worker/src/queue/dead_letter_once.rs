@@ -126,6 +126,7 @@ mod tests {
             sent_at_ms: None,
             attributes: Default::default(),
             group_id: None,
+            trace_header: None,
         }
     }
 

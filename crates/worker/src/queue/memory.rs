@@ -173,6 +173,7 @@ impl MemoryQueue {
                 sent_at_ms: Some(stored.sent_at_ms),
                 attributes: stored.attributes.clone(),
                 group_id: None,
+                trace_header: None,
             });
         }
         for index in redriven.into_iter().rev() {

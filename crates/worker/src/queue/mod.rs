@@ -27,6 +27,8 @@ pub struct Received {
     pub attributes: BTreeMap<String, Attribute>,
     /// FIFO queues: the message group.
     pub group_id: Option<String>,
+    /// SQS's `AWSTraceHeader` system attribute (X-Ray format), when the sender was traced by X-Ray.
+    pub trace_header: Option<String>,
 }
 
 impl Received {

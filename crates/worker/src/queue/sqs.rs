@@ -152,6 +152,8 @@ impl SqsQueue {
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+            // Present only when the sender was traced by X-Ray: the message then joins that trace.
+            .message_system_attribute_names(MessageSystemAttributeName::AwsTraceHeader)
             .message_attribute_names("All")
             .send()
             .await
@@ -320,6 +322,7 @@ fn owned(message: Message) -> Received {
         system.get(&MessageSystemAttributeName::ApproximateReceiveCount).and_then(|v| v.parse().ok()).unwrap_or(1);
     let sent_at_ms = system.get(&MessageSystemAttributeName::SentTimestamp).and_then(|v| v.parse().ok());
     let group_id = system.get(&MessageSystemAttributeName::MessageGroupId).cloned();
+    let trace_header = system.get(&MessageSystemAttributeName::AwsTraceHeader).cloned();
     let attributes = message
         .message_attributes
         .unwrap_or_default()
@@ -337,6 +340,7 @@ fn owned(message: Message) -> Received {
         sent_at_ms,
         attributes,
         group_id,
+        trace_header,
     }
 }
 
