@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -95,12 +96,59 @@ def test_dockerfile_contract(kind: str) -> None:
     assert len(healthcheck) == 1 and healthcheck[0].endswith(f'CMD ["/usr/local/bin/{binary}", "healthcheck"]')
 
 
-def test_dockerignore_keeps_context_small() -> None:
-    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
-    assert {"target", ".venv", ".git", ".env"} <= ignored
-    # The workspace members must stay in the build context.
-    for needed in ("crates", "tests", "Cargo.toml", "Cargo.lock"):
-        assert needed not in ignored
+def _context(dockerfile: Path) -> list[str]:
+    """The files BuildKit would send for `dockerfile` with the repository root as context (git-tracked files only, so
+    the answer does not depend on what a checkout has built or installed)."""
+    sys.path.insert(0, str(ROOT / "scripts" / "lib"))
+    import compose_model  # noqa: PLC0415 - scripts/lib is not a package
+
+    ignore = compose_model.DockerIgnore.read(compose_model.dockerignore_for(dockerfile, ROOT))
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout  # noqa: S607
+    return sorted(path for path in tracked.splitlines() if not ignore.excluded(path))
+
+
+def test_dockerignore_keeps_the_context_to_the_workspace() -> None:
+    """The binaries' context is the Cargo workspace's manifests and library/binary sources, nothing else: a README or
+    docs edit, bench/ (node_modules included), scripts or the test files must not rerun the final compile."""
+    context = _context(ROOT / "Dockerfile.api")
+    assert context == _context(ROOT / "Dockerfile.worker")
+    members = re.search(r"^members = \[(.*?)\]", (ROOT / "Cargo.toml").read_text(encoding="utf-8"), re.M | re.S)
+    assert members
+    for member in re.findall(r'"([^"]+)"', members.group(1)):
+        assert f"{member}/Cargo.toml" in context, member
+        assert any(path.startswith(f"{member}/src/") for path in context), member
+    assert {"Cargo.toml", "Cargo.lock"} <= set(context)
+    allowed = re.compile(r"^(Cargo\.(toml|lock)|crates/[^/]+/Cargo\.toml|crates/[^/]+/src/.+|tests/Cargo\.toml|tests/src/.+)$")
+    assert [path for path in context if not allowed.match(path)] == []
+    for outside in ("README.md", "docker-compose.yml", ".env", "bench/node-worker-ddb/node_modules/x/index.js",
+                    "docs/deploy.md", "crates/api/tests/router.rs", "tests/tests/api_e2e.rs", "target/debug/x"):
+        sys.path.insert(0, str(ROOT / "scripts" / "lib"))
+        import compose_model  # noqa: PLC0415
+
+        assert compose_model.DockerIgnore.read(ROOT / ".dockerignore").excluded(outside), outside
+
+
+def test_moto_image_context_is_its_two_files() -> None:
+    assert _context(ROOT / "deploy" / "moto" / "Dockerfile") == ["deploy/moto/requirements.txt",
+                                                                 "scripts/lib/moto_server.py"]  # fmt: skip
+
+
+def test_moto_image_runs_the_serialised_moto_at_the_tests_version() -> None:
+    """compose's moto profile, the tests and run-local run one emulator configuration: scripts/lib/moto_server.py
+    (DynamoDB's per-item lock) with the moto version requirements-dev.txt pins, on a pinned base image."""
+    text = (ROOT / "deploy" / "moto" / "Dockerfile").read_text(encoding="utf-8")
+    froms = instructions(text, "FROM")
+    assert len(froms) == 1 and re.fullmatch(r"python:3\.\d+\.\d+-slim-trixie(@sha256:[0-9a-f]{64})?", froms[0]), froms
+    assert instructions(text, "COPY") == ["deploy/moto/requirements.txt /opt/moto/requirements.txt",
+                                          "scripts/lib/moto_server.py /opt/moto/moto_server.py"]  # fmt: skip
+    assert instructions(text, "ENTRYPOINT") == ['["python", "/opt/moto/moto_server.py"]']
+    assert instructions(text, "CMD") == ['["-H", "0.0.0.0", "-p", "4566"]']
+    dev = re.search(r"^moto\[[^\]]*\]==(\S+)", (ROOT / "requirements-dev.txt").read_text(encoding="utf-8"), re.M)
+    image = re.search(r"^moto\[[^\]]*\]==(\S+)", (ROOT / "deploy/moto/requirements.txt").read_text(encoding="utf-8"), re.M)
+    assert dev and image and dev.group(1) == image.group(1) == "5.2.1"
+    pins = [line for line in (ROOT / "deploy/moto/requirements.txt").read_text(encoding="utf-8").splitlines()
+            if line and not line.startswith("#")]  # fmt: skip
+    assert all(re.fullmatch(r"[A-Za-z0-9_.\-\[\],]+==\S+", pin) for pin in pins), "every package at an exact version"
 
 
 # ---------------------------------------------------------------- docker-compose.yml
@@ -112,7 +160,8 @@ def compose() -> dict[str, Any]:
 def test_compose_emulators_are_pinned_and_exclusive(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert services["localstack"]["image"] == "localstack/localstack:${LOCALSTACK_VERSION:-4.14.0}"
-    assert re.fullmatch(r"motoserver/moto:5\.\d+\.\d+@sha256:[0-9a-f]{64}", services["moto"]["image"])
+    assert services["moto"]["image"] == "ecomexpress/moto-serialised:5.2.1"
+    assert services["moto"]["build"] == {"context": ".", "dockerfile": "deploy/moto/Dockerfile"}
     assert services["localstack"]["profiles"] == ["localstack"]
     assert services["moto"]["profiles"] == ["moto"]
     env = services["localstack"]["environment"]
@@ -121,6 +170,8 @@ def test_compose_emulators_are_pinned_and_exclusive(compose: dict[str, Any]) -> 
     for name in ("localstack", "moto"):
         assert services[name]["networks"]["default"]["aliases"] == ["emulator"]
         assert "healthcheck" in services[name]
+    # No curl in the moto image: its healthcheck is Python's, in exec form.
+    assert services["moto"]["healthcheck"]["test"][:3] == ["CMD", "python", "-c"]
     # Without a --profile flag, .env selects LocalStack.
     dotenv = (ROOT / ".env").read_text(encoding="utf-8")
     assert re.search(r"^COMPOSE_PROFILES=localstack$", dotenv, re.M)
@@ -146,7 +197,12 @@ def test_compose_dynamodb(compose: dict[str, Any]) -> None:
     localstack = services["localstack"]
     assert "dynamodb" in localstack["environment"]["SERVICES"].split(",")
     health = localstack["healthcheck"]["test"]
-    assert health[0] == "CMD-SHELL" and '"dynamodb"' in health[1], "the healthcheck must wait for DynamoDB too"
+    # Healthy only when every service compose needs is started ("running"): "available" means merely enabled, and
+    # LocalStack would start DynamoDB Local on the first request (holding it). Eager loading starts them all first.
+    assert localstack["environment"]["EAGER_SERVICE_LOADING"] == "1"
+    assert health[0] == "CMD-SHELL" and "available" not in health[1]
+    for service in localstack["environment"]["SERVICES"].split(","):
+        assert f'grep -Eq \'"{service}": *"running"\'' in health[1], f"the healthcheck must wait for {service} running"
     # moto serves every service from one process: no SERVICES list to extend.
     assert "SERVICES" not in services["moto"].get("environment", {})
     template = load_cfn(TEMPLATES / "messaging.yaml")
@@ -190,6 +246,16 @@ def test_compose_stop_grace_outlasts_the_drain(compose: dict[str, Any]) -> None:
         grace = int(env.get("SHUTDOWN_GRACE_SECONDS", WORKER_GRACE_DEFAULT))
         assert duration_seconds(services[name]["stop_grace_period"]) >= wait + grace + WORKER_STOP_EXTRA, name
     assert duration_seconds(services["api"]["stop_grace_period"]) >= API_DRAIN_SECONDS + 5
+
+
+def test_readme_states_compose_drain_time_and_readiness(compose: dict[str, Any]) -> None:
+    """The README's compose section says what the file does: the workers' grace and when LocalStack is healthy."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("<!-- compose:begin -->"):readme.index("<!-- compose:end -->")]
+    grace = duration_seconds(compose["services"]["worker-process"]["stop_grace_period"])
+    assert f"The workers get {grace} s (`stop_grace_period`)" in section
+    assert "healthy once all three answer" not in section.lower()
+    assert "`running`" in section and "EAGER_SERVICE_LOADING" in section
 
 
 # ---------------------------------------------------------------- ecs.yaml

@@ -22,6 +22,12 @@ def main():
     parser.add_argument("-H", "--host", default="127.0.0.1")
     parser.add_argument("-p", "--port", type=int, required=True)
     parser.add_argument("--root", required=True, help="directory for everything this instance writes")
+    parser.add_argument(
+        "--eager-loading",
+        choices=["0", "1"],
+        default="1",
+        help="EAGER_SERVICE_LOADING (default 1; the compose rehearsal passes the compose file's value)",
+    )
     args = parser.parse_args()
     if args.host not in LOCAL_HOSTS:
         parser.error(f"--host {args.host}: only a loopback address is allowed")
@@ -46,7 +52,7 @@ def main():
             "DNS_ADDRESS": "0",
             "SERVICES": "sqs,sns",
             # Both services loaded at start, so the first request does not pay for it.
-            "EAGER_SERVICE_LOADING": "1",
+            "EAGER_SERVICE_LOADING": args.eager_loading,
             # No download of a TLS certificate, no analytics: nothing leaves the machine.
             "SKIP_SSL_CERT_DOWNLOAD": "1",
             "DISABLE_EVENTS": "1",

@@ -146,7 +146,7 @@ impl Drop for FaultProxy {
 }
 
 /// `host:port` of an `http://host:port[/path]` URL.
-fn upstream_address(url: &str) -> Result<String, String> {
+pub(crate) fn upstream_address(url: &str) -> Result<String, String> {
     let rest = url.strip_prefix("http://").ok_or_else(|| format!("upstream {url:?} is not an http:// URL"))?;
     let authority = rest.split('/').next().unwrap_or_default();
     match authority.rsplit_once(':') {

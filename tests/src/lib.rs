@@ -18,10 +18,13 @@
 //!   so one process loses one dependency while the emulator keeps serving everyone else.
 //! - [`otlp::OtlpReceiver`]: an OTLP/HTTP trace receiver (`POST /v1/traces`, decoded with `opentelemetry-proto`), for
 //!   the binaries' traces.
+//! - [`holding::HoldingProxy`]: a TCP proxy that holds connections made during its first seconds and answers them
+//!   afterwards, like an emulator still starting a service.
 //! - [`orchestrator::Orchestrator`]: an ECS stand-in running worker tasks as services: the container health check
 //!   (the binary's `healthcheck` command) every interval, replacement after failed checks, rolling deploys.
 //!
-//! Every process started here is killed when its handle drops, also when a test panics.
+//! Every process started here is killed when its handle drops, also when a test panics. A [`Service`]'s captured output
+//! must hold no ANSI escape code (the binaries colour only a terminal): checked when it drops ([`assert_no_ansi`]).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -40,10 +43,12 @@ use aws_sdk_sqs::types::{Message, MessageSystemAttributeName, QueueAttributeName
 pub use platform::topology::{Names, QueueInfo, Topology};
 
 pub mod fault;
+pub mod holding;
 pub mod orchestrator;
 pub mod otlp;
 
 pub use fault::{FaultProxy, Mode, ProxyStats};
+pub use holding::HoldingProxy;
 pub use orchestrator::{EcsService, Orchestrator, Reason, Timing};
 
 /// Region every test uses.
@@ -910,7 +915,9 @@ impl ServiceBuilder {
         let mut service =
             Service { pid: child.id(), child: Some(child), name: self.name, port: self.port, log: stderr_path };
         let status = service.wait_exit(timeout).await;
-        Completed { status, stdout: read_lossy(&stdout_path), stderr: service.log_text() }
+        let stdout = read_lossy(&stdout_path);
+        assert_no_ansi(&format!("{} (stdout)", service.name), &stdout);
+        Completed { status, stdout, stderr: service.log_text() }
     }
 }
 
@@ -1078,6 +1085,23 @@ impl Service {
 impl Drop for Service {
     fn drop(&mut self) {
         self.kill();
+        // Not while unwinding: a second panic would abort the test binary and hide the first one's message.
+        if !std::thread::panicking() {
+            assert_no_ansi(&self.name, &self.log_text());
+        }
+    }
+}
+
+/// Panics when `text`, the captured output of `what`, holds an ANSI escape code (an ESC byte): the binaries colour
+/// their logs only on a terminal (and never with `NO_COLOR`), and a test's output is a file.
+pub fn assert_no_ansi(what: &str, text: &str) {
+    if let Some(at) = text.find('\u{1b}') {
+        let line = text[..at].matches('\n').count() + 1;
+        let shown: String = text[at..].lines().next().unwrap_or_default().chars().take(80).collect();
+        panic!(
+            "{what}: its captured output holds an ANSI escape code (line {line}: {shown:?}); logs must be plain text \
+             unless the output is a terminal"
+        );
     }
 }
 

@@ -53,16 +53,20 @@ fn health_check() -> ExitCode {
 }
 
 /// Creates the tables, topic, queues, DLQs and subscriptions (idempotent) and prints their ids as `KEY=value` lines.
+///
+/// First it waits, bounded and logged, until DynamoDB, SNS and SQS answer (`platform::startup`): an emulator still
+/// starting must not make this one-shot fail for good, since everything else in compose waits for it to succeed. Its
+/// log goes to stderr (stdout is the `KEY=value` lines); a failure is one line.
 async fn topology() -> ExitCode {
-    let common = match Common::from_env(&process_env, 0) {
-        Ok(c) => c,
+    let (common, patience) = match Common::from_env(&process_env, 0)
+        .and_then(|common| Ok((common, platform::startup::Patience::from_env(&process_env)?)))
+    {
+        Ok(config) => config,
         Err(e) => {
             eprintln!("configuration error: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let sdk =
-        platform::aws::load(&common.region, platform::aws::CallBudget::INTERACTIVE, std::time::Duration::ZERO).await;
     let mut names = platform::topology::Names::default();
     let tables = platform::config::orders_table(&process_env)
         .and_then(|orders| Ok((orders, platform::config::idempotency_table(&process_env)?)));
@@ -73,6 +77,15 @@ async fn topology() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    platform::telemetry::init_stderr(common.log_format, "info");
+    let probe_sdk =
+        platform::aws::load(&common.region, platform::aws::CallBudget::STARTUP, std::time::Duration::ZERO).await;
+    if let Err(e) = platform::startup::wait_for_endpoints(&probe_sdk, &process_env, patience).await {
+        tracing::error!("topology failed: {e}");
+        return ExitCode::FAILURE;
+    }
+    let sdk =
+        platform::aws::load(&common.region, platform::aws::CallBudget::INTERACTIVE, std::time::Duration::ZERO).await;
     let (sns, sqs, dynamodb) =
         (aws_sdk_sns::Client::new(&sdk), aws_sdk_sqs::Client::new(&sdk), aws_sdk_dynamodb::Client::new(&sdk));
     match platform::topology::ensure(&sns, &sqs, &dynamodb, &names).await {
@@ -81,7 +94,7 @@ async fn topology() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("topology failed at {e}");
+            tracing::error!("topology failed at {e}");
             ExitCode::FAILURE
         }
     }

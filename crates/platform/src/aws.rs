@@ -39,6 +39,15 @@ impl CallBudget {
         total: Duration::from_secs(40),
         max_attempts: 2,
     };
+
+    /// For waiting at start-up until an endpoint answers ([`crate::startup`]): one attempt per call, long enough for
+    /// an emulator holding a request while a service starts to answer it; the wait's own loop retries.
+    pub const STARTUP: Self = Self {
+        connect: Duration::from_secs(2),
+        attempt: crate::startup::ATTEMPT_TIMEOUT,
+        total: crate::startup::ATTEMPT_TIMEOUT,
+        max_attempts: 1,
+    };
 }
 
 /// Loads region, credentials and endpoint from the standard sources (`AWS_ENDPOINT_URL` included) and applies `budget`.

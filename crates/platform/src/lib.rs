@@ -3,11 +3,12 @@
 //! # Layout
 //! - [`config`]: reading environment variables with errors that name the variable.
 //! - [`aws`]: the SDK configuration (region, `AWS_ENDPOINT_URL`, timeouts and retries).
-//! - [`telemetry`]: `tracing` subscriber, JSON or pretty; [`otel`]: OpenTelemetry traces (OTLP/HTTP, propagation), off
-//!   unless an endpoint is configured.
+//! - [`telemetry`]: `tracing` subscriber, JSON or pretty (colour only on a terminal, never with `NO_COLOR`); [`otel`]:
+//!   OpenTelemetry traces (OTLP/HTTP, propagation), off unless an endpoint is configured.
 //! - [`metrics`]: the Prometheus recorder behind `GET /metrics`.
 //! - [`shutdown`]: SIGTERM/SIGINT as a `CancellationToken`.
 //! - [`topology`]: the SNS topic, SQS queues, DLQs and subscriptions, created idempotently.
+//! - [`startup`]: waiting, bounded and logged, for an AWS endpoint that is still starting.
 //! - [`probe`]: the `healthcheck` subcommand (distroless images have no curl).
 //! - [`http`]: serving a router with the edge limits (header, body and connection bounds) and the `Host` check.
 
@@ -18,6 +19,7 @@ pub mod metrics;
 pub mod otel;
 pub mod probe;
 pub mod shutdown;
+pub mod startup;
 pub mod telemetry;
 pub mod topology;
 

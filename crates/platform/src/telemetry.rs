@@ -8,28 +8,59 @@
 //! the CPU per message in the profiles (docs/BENCHMARKS.md).
 
 use std::fmt::{self, Write as _};
+use std::io::IsTerminal;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{fmt as tfmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter};
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. `RUST_LOG` wins; otherwise `default_filter` (e.g. `info`).
+/// Installs the global subscriber, writing to stdout. `RUST_LOG` wins; otherwise `default_filter` (e.g. `info`).
 /// Calling it twice is harmless (the second call is ignored), which keeps tests simple.
+///
+/// `pretty` lines are coloured only when stdout is a terminal and `NO_COLOR` is unset or empty ([`colour`]): `docker
+/// compose logs > file`, a log shipper or a pipe get plain text.
 pub fn init(format: LogFormat, default_filter: &str) {
+    let ansi = colour(std::io::stdout().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
+    install(format, default_filter, std::io::stdout, ansi);
+}
+
+/// [`init`] writing to stderr, for commands whose stdout is their output (`pedidos-api topology` prints `KEY=value`
+/// lines there).
+pub fn init_stderr(format: LogFormat, default_filter: &str) {
+    let ansi = colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
+    install(format, default_filter, std::io::stderr, ansi);
+}
+
+/// Whether log lines may carry ANSI colour codes: only on a terminal, and never when `NO_COLOR` is set to anything but
+/// the empty string (<https://no-color.org>).
+pub fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|value| value.is_empty())
+}
+
+fn install<W>(format: LogFormat, default_filter: &str, writer: W, ansi: bool)
+where
+    W: for<'writer> MakeWriter<'writer> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
-        LogFormat::Json => {
-            registry.with(tfmt::layer().fmt_fields(JsonFragment).event_format(JsonLine::default())).try_init()
-        }
-        LogFormat::Pretty => registry.with(tfmt::layer().compact()).try_init(),
+        LogFormat::Json => registry
+            .with(
+                tfmt::layer()
+                    .fmt_fields(JsonFragment)
+                    .event_format(JsonLine::default())
+                    .with_ansi(false)
+                    .with_writer(writer),
+            )
+            .try_init(),
+        LogFormat::Pretty => registry.with(tfmt::layer().compact().with_ansi(ansi).with_writer(writer)).try_init(),
     };
 }
 
@@ -76,9 +107,18 @@ pub fn init_traced(
     let registry = tracing_subscriber::registry().with(traced);
     let _ = match format {
         LogFormat::Json => registry
-            .with(tfmt::layer().fmt_fields(JsonFragment).event_format(JsonLine::with_trace_ids()).with_filter(logs))
+            .with(
+                tfmt::layer()
+                    .fmt_fields(JsonFragment)
+                    .event_format(JsonLine::with_trace_ids())
+                    .with_ansi(false)
+                    .with_filter(logs),
+            )
             .try_init(),
-        LogFormat::Pretty => registry.with(tfmt::layer().compact().with_filter(logs)).try_init(),
+        LogFormat::Pretty => {
+            let ansi = colour(std::io::stdout().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
+            registry.with(tfmt::layer().compact().with_ansi(ansi).with_filter(logs)).try_init()
+        }
     };
     tracing::info!(
         endpoint = %settings.endpoint,
@@ -398,6 +438,34 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(without_time(ours), without_time(stock));
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_and_never_with_no_color() {
+        use std::ffi::OsStr;
+        assert!(colour(true, None));
+        assert!(colour(true, Some(OsStr::new(""))), "an empty NO_COLOR is unset (no-color.org)");
+        assert!(!colour(true, Some(OsStr::new("1"))));
+        assert!(!colour(false, None), "a pipe, a file or `docker compose logs` get no colour codes");
+        assert!(!colour(false, Some(OsStr::new("1"))));
+    }
+
+    /// The pretty format as `init` sets it up when the output is not a terminal: plain text, no ESC byte.
+    #[test]
+    fn pretty_lines_without_a_terminal_have_no_escape_codes() {
+        let buffer = Buffer::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(tfmt::layer().compact().with_ansi(colour(false, None)).with_writer(buffer.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("message", message_id = "m-1");
+            let _entered = span.enter();
+            tracing::warn!(outcome = "processed", "applied");
+            tracing::error!(error = "boom", "failed");
+        });
+        let bytes = buffer.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.contains("WARN") && text.contains("outcome=\"processed\"") && text.contains("ERROR"), "{text}");
+        assert!(!text.contains('\u{1b}'), "escape codes in {text:?}");
     }
 
     #[test]
