@@ -806,3 +806,47 @@ async fn the_watcher_reports_depth_and_the_oldest_age_of_each_window() {
     stop.cancel();
     let _ = watcher.await;
 }
+
+/// A handler that keeps the trace id each message's context carries.
+struct TraceIds(std::sync::Mutex<Vec<Option<String>>>);
+
+impl Handler for TraceIds {
+    fn handles(&self, _: domain::EventType) -> bool {
+        true
+    }
+    fn handle<'a>(&'a self, _: &'a OrderEvent, ctx: &'a MessageContext) -> BoxFuture<'a, Result<Effect, HandlerError>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(ctx.trace_id.clone());
+        Box::pin(async { Ok(Effect::Applied) })
+    }
+}
+
+/// With traces off, the trace id the store records is still the one the message names: the `traceparent` in the SNS
+/// envelope's attributes, in the SQS attributes (raw delivery), or SQS's `AWSTraceHeader` (X-Ray, in W3C form); none
+/// when the message names none or a malformed one.
+#[tokio::test(start_paused = true)]
+async fn the_message_trace_id_is_the_one_it_carries_with_traces_off() {
+    let handler = Arc::new(TraceIds(std::sync::Mutex::new(Vec::new())));
+    let c = consumer(Arc::new(MemoryQueue::new(VISIBILITY, 5)), Arc::clone(&handler) as Arc<dyn Handler>);
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let envelope = serde_json::json!({
+        "Type": "Notification", "MessageId": "m", "TopicArn": "arn:aws:sns:us-east-1:1:t", "Message": body(1, 1),
+        "MessageAttributes": {"traceparent": {"Type": "String", "Value": traceparent}},
+    })
+    .to_string();
+    c.decision(&received(&envelope)).await;
+    let mut raw = received(&body(2, 1));
+    raw.attributes.insert("traceparent".into(), pedidos_worker::queue::Attribute::text(traceparent));
+    c.decision(&raw).await;
+    let mut xray = received(&body(3, 1));
+    xray.trace_header = Some("Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1".into());
+    c.decision(&xray).await;
+    c.decision(&received(&body(4, 1))).await;
+    let mut malformed = received(&body(5, 1));
+    malformed
+        .attributes
+        .insert("traceparent".into(), pedidos_worker::queue::Attribute::text("00-zz-00f067aa0ba902b7-01"));
+    c.decision(&malformed).await;
+    let seen = handler.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    let w3c = Some("4bf92f3577b34da6a3ce929d0e0e4736".to_owned());
+    assert_eq!(seen, [w3c.clone(), w3c, Some("5759e988bd862e3fe1be46a994272793".to_owned()), None, None]);
+}
