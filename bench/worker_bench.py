@@ -148,10 +148,10 @@ def start(command, name, stack):
     return proc, log
 
 
-def stop(proc):
+def stop(proc, timeout=15):
     proc.terminate()
     try:
-        proc.wait(timeout=15)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()

@@ -660,6 +660,22 @@ pub fn envelope(message: &Message) -> serde_json::Value {
     let body = message.body().unwrap_or_default();
     serde_json::from_str(body).unwrap_or_else(|e| panic!("SQS body is not JSON ({e}): {body}"))
 }
+/// Version `version` of order `pedido_id` as the API would publish it: one customer for every version of an order (a
+/// version that changes it is refused, `cliente_changed`), 59.98 in total, dated now.
+pub fn order_event(pedido_id: uuid::Uuid, version: u64) -> domain::OrderEvent {
+    let order = domain::OrderState {
+        pedido_id,
+        cliente_id: uuid::Uuid::from_u128(pedido_id.as_u128() ^ 1),
+        fecha: chrono::Utc::now().fixed_offset(),
+        total: rust_decimal::Decimal::new(5998, 2),
+        items: None,
+    };
+    if version == 1 {
+        domain::OrderEvent::created(order, chrono::Utc::now())
+    } else {
+        domain::OrderEvent::updated(order, version, chrono::Utc::now())
+    }
+}
 
 /// The SNS `Notification` a subscription without raw delivery puts on its queue for `event`, with the message
 /// attributes the API publishes (`eventType`, `version`, `pedidoId`, and `requestId` when given). Sending it straight

@@ -8,13 +8,12 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeNameForSends, MessageSystemAttributeValue};
 use chrono::Utc;
-use domain::{OrderEvent, OrderState};
+use domain::OrderEvent;
 use e2e::otlp::{kind, OtlpReceiver, ReceivedSpan};
 use e2e::{
-    api_builder, eventually, http, orders_store, sdk, sns_envelope, topology, unique, worker_builder, Emulator,
-    Service, ServiceBuilder, Topology,
+    api_builder, eventually, http, order_event, orders_store, sdk, sns_envelope, topology, unique, worker_builder,
+    Emulator, Service, ServiceBuilder, Topology,
 };
-use rust_decimal::Decimal;
 use store::dynamo::DynamoOrders;
 use store::{OrderReads, OrderView};
 use uuid::Uuid;
@@ -49,24 +48,6 @@ async fn wait_stored(orders: &DynamoOrders, id: Uuid, version: u64, shipment: bo
         (view.order.version >= version && (!shipment || view.envio.is_some())).then_some(view)
     })
     .await
-}
-
-fn order(pedido_id: Uuid) -> OrderState {
-    OrderState {
-        pedido_id,
-        cliente_id: Uuid::from_u128(pedido_id.as_u128() ^ 1),
-        fecha: Utc::now().fixed_offset(),
-        total: Decimal::new(5998, 2),
-        items: None,
-    }
-}
-
-fn event(pedido_id: Uuid, version: u64) -> OrderEvent {
-    if version == 1 {
-        OrderEvent::created(order(pedido_id), Utc::now())
-    } else {
-        OrderEvent::updated(order(pedido_id), version, Utc::now())
-    }
 }
 
 /// 32 random hex digits (a W3C trace id), and 16 (a span id).
@@ -231,7 +212,7 @@ async fn duplicates_stale_versions_redeliveries_and_dead_letters_carry_their_out
     let (emulator, topo, sqs, orders) = setup().await;
     let queue = topo.queues[PROCESS].url.clone();
     let id = Uuid::new_v4();
-    let v1 = event(id, 1);
+    let v1 = order_event(id, 1);
 
     // A message received once already (by someone else, and not deleted): the worker gets its second delivery.
     let (redelivered_trace, parent) = new_ids();
@@ -271,10 +252,10 @@ async fn duplicates_stale_versions_redeliveries_and_dead_letters_carry_their_out
     assert!(duplicate.message.has_event("duplicate"));
 
     let (v3_trace, parent) = new_ids();
-    send(&sqs, &queue, &traced_envelope(&topo.topic_arn, &event(id, 3), &v3_trace, &parent)).await;
+    send(&sqs, &queue, &traced_envelope(&topo.topic_arn, &order_event(id, 3), &v3_trace, &parent)).await;
     assert_eq!(outcome_of(v3_trace).await.message.attribute("outcome"), Some("processed"));
     let (stale_trace, parent) = new_ids();
-    send(&sqs, &queue, &traced_envelope(&topo.topic_arn, &event(id, 2), &stale_trace, &parent)).await;
+    send(&sqs, &queue, &traced_envelope(&topo.topic_arn, &order_event(id, 2), &stale_trace, &parent)).await;
     let stale = outcome_of(stale_trace).await;
     assert_eq!(stale.message.attribute("outcome"), Some("stale"));
     assert_eq!(stale.message.attribute("version"), Some("2"));
@@ -287,7 +268,7 @@ async fn duplicates_stale_versions_redeliveries_and_dead_letters_carry_their_out
     let other = Uuid::new_v4();
     sqs.send_message()
         .queue_url(&queue)
-        .message_body(event(other, 1).to_json().unwrap_or_default())
+        .message_body(order_event(other, 1).to_json().unwrap_or_default())
         .message_system_attributes(
             MessageSystemAttributeNameForSends::AwsTraceHeader,
             MessageSystemAttributeValue::builder()

@@ -9,11 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
-use chrono::Utc;
-use domain::{OrderEvent, OrderState};
+use domain::OrderEvent;
 use e2e::{
-    api_builder, drain, eventually, history, http, orders_store, queue_depth, sdk, sns_envelope, topology, unique,
-    worker_builder, Emulator, Endpoints, FaultProxy, Mode, Service, Topology,
+    api_builder, drain, eventually, history, http, order_event, orders_store, queue_depth, sdk, sns_envelope, topology,
+    unique, worker_builder, Emulator, Endpoints, FaultProxy, Mode, Service, Topology,
 };
 use pedidos_worker::consumer::{Consumer, Settings};
 use pedidos_worker::handler::{tracking_code, BoxFuture, Effect, Handler, HandlerError, MessageContext};
@@ -58,27 +57,8 @@ async fn wait_outcome(service: &Service, name: &str, at_least: f64) -> f64 {
     .await
 }
 
-fn order(pedido_id: Uuid) -> OrderState {
-    OrderState {
-        pedido_id,
-        // One customer for every version of an order: a version that changes it is refused (`cliente_changed`).
-        cliente_id: Uuid::from_u128(pedido_id.as_u128() ^ 1),
-        fecha: Utc::now().fixed_offset(),
-        total: Decimal::new(5998, 2),
-        items: None,
-    }
-}
-
-fn event(pedido_id: Uuid, version: u64) -> OrderEvent {
-    if version == 1 {
-        OrderEvent::created(order(pedido_id), Utc::now())
-    } else {
-        OrderEvent::updated(order(pedido_id), version, Utc::now())
-    }
-}
-
 fn event_json(pedido_id: Uuid, version: u64) -> String {
-    event(pedido_id, version).to_json().unwrap_or_else(|e| panic!("serialising a test event: {e}"))
+    order_event(pedido_id, version).to_json().unwrap_or_else(|e| panic!("serialising a test event: {e}"))
 }
 
 async fn send(sqs: &aws_sdk_sqs::Client, queue_url: &str, body: &str) {
@@ -578,11 +558,7 @@ async fn two_workers_on_one_queue_apply_every_version_once() {
     for version in [1, 2] {
         let bodies: Vec<String> = ids
             .iter()
-            .map(|id| {
-                let mut event = event(*id, version);
-                event.order.cliente_id = Uuid::from_u128(id.as_u128() ^ 1);
-                sns_envelope(&topo.topic_arn, &event, Some(&format!("req-{id}-{version}")))
-            })
+            .map(|id| sns_envelope(&topo.topic_arn, &order_event(*id, version), Some(&format!("req-{id}-{version}"))))
             .collect();
         for _ in 0..COPIES {
             for body in &bodies {

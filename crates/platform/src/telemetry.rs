@@ -343,7 +343,7 @@ impl<W: fmt::Write> fmt::Write for Escaped<'_, W> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::io;
     use std::sync::{Arc, Mutex};
 
@@ -351,8 +351,9 @@ mod tests {
 
     use super::*;
 
+    /// A log writer the test reads back.
     #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Buffer(Arc<Mutex<Vec<u8>>>);
 
     impl io::Write for Buffer {
         fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
@@ -372,10 +373,13 @@ mod tests {
     }
 
     impl Buffer {
-        fn lines(&self) -> Vec<serde_json::Value> {
-            let bytes = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-            String::from_utf8(bytes)
+        pub(crate) fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
                 .unwrap_or_default()
+        }
+
+        pub(crate) fn lines(&self) -> Vec<serde_json::Value> {
+            self.text()
                 .lines()
                 .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
                 .collect()

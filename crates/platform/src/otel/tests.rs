@@ -241,26 +241,7 @@ async fn an_unreachable_collector_never_slows_the_caller() {
 /// `otel.*` fields never appear in a line.
 #[tokio::test]
 async fn json_lines_inside_a_traced_span_carry_its_ids() {
-    use std::io;
-    use tracing_subscriber::fmt::MakeWriter;
-
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-    impl io::Write for Buffer {
-        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-    impl<'a> MakeWriter<'a> for Buffer {
-        type Writer = Self;
-        fn make_writer(&'a self) -> Self {
-            self.clone()
-        }
-    }
+    use crate::telemetry::tests::Buffer;
 
     let recording = Recording::default();
     let started = start_with(&settings(64, 64), recording.clone());
@@ -279,9 +260,7 @@ async fn json_lines_inside_a_traced_span_carry_its_ids() {
         tracing::info!("inside");
         trace_id(&span)
     });
-    let text = String::from_utf8(buffer.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
-        .unwrap_or_default();
-    let lines: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let (text, lines) = (buffer.text(), buffer.lines());
     assert_eq!(lines.len(), 2, "{text}");
     assert!(lines[0].get("trace_id").is_none(), "{text}");
     let trace = lines[1]["trace_id"].as_str().unwrap_or_default();
