@@ -232,7 +232,7 @@ async fn cut(client: TcpStream, now: Mode, mode: watch::Receiver<Mode>, counters
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -240,7 +240,7 @@ mod tests {
     use super::*;
 
     /// An echo server on a free port; it stops when the returned handle is aborted.
-    async fn echo_upstream() -> (String, tokio::task::JoinHandle<()>) {
+    pub(crate) async fn echo_upstream() -> (String, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("addr: {e}"));
         let task = tokio::spawn(async move {

@@ -88,22 +88,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
-
-    /// An echo server on a free port; it stops when the returned handle is aborted.
-    async fn echo_upstream() -> (String, tokio::task::JoinHandle<()>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
-        let addr = listener.local_addr().unwrap_or_else(|e| panic!("addr: {e}"));
-        let task = tokio::spawn(async move {
-            let mut connections = JoinSet::new();
-            while let Ok((mut socket, _)) = listener.accept().await {
-                connections.spawn(async move {
-                    let (mut read, mut write) = socket.split();
-                    let _ = tokio::io::copy(&mut read, &mut write).await;
-                });
-            }
-        });
-        (format!("http://{addr}"), task)
-    }
+    use crate::fault::tests::echo_upstream;
 
     async fn round_trip(proxy: &HoldingProxy) -> Vec<u8> {
         let addr = proxy.endpoint().trim_start_matches("http://").to_owned();

@@ -677,6 +677,16 @@ pub fn order_event(pedido_id: uuid::Uuid, version: u64) -> domain::OrderEvent {
     }
 }
 
+/// Sends `body` to `queue_url` as it is (a duplicate or hand-made delivery); panics naming the queue if SQS refuses.
+pub async fn send(sqs: &aws_sdk_sqs::Client, queue_url: &str, body: &str) {
+    sqs.send_message()
+        .queue_url(queue_url)
+        .message_body(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("send to {queue_url}: {}", aws_sdk_sqs::error::DisplayErrorContext(e)));
+}
+
 /// The SNS `Notification` a subscription without raw delivery puts on its queue for `event`, with the message
 /// attributes the API publishes (`eventType`, `version`, `pedidoId`, and `requestId` when given). Sending it straight
 /// to a queue is a duplicate (or a reordered) delivery the worker cannot tell from SNS's own.

@@ -11,8 +11,8 @@ use chrono::Utc;
 use domain::OrderEvent;
 use e2e::otlp::{kind, OtlpReceiver, ReceivedSpan};
 use e2e::{
-    api_builder, eventually, http, order_event, orders_store, sdk, sns_envelope, topology, unique, worker_builder,
-    Emulator, Service, ServiceBuilder, Topology,
+    api_builder, eventually, http, order_event, orders_store, sdk, send, sns_envelope, topology, unique,
+    worker_builder, Emulator, Service, ServiceBuilder, Topology,
 };
 use store::dynamo::DynamoOrders;
 use store::{OrderReads, OrderView};
@@ -63,15 +63,6 @@ fn traced_envelope(topic_arn: &str, event: &OrderEvent, trace_id: &str, parent: 
     envelope["MessageAttributes"]["traceparent"] =
         serde_json::json!({"Type": "String", "Value": format!("00-{trace_id}-{parent}-01")});
     envelope.to_string()
-}
-
-async fn send(sqs: &aws_sdk_sqs::Client, queue_url: &str, body: &str) {
-    sqs.send_message()
-        .queue_url(queue_url)
-        .message_body(body)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("send: {}", aws_sdk_sqs::error::DisplayErrorContext(e)));
 }
 
 /// The one span of `spans` matching, panicking with the candidates otherwise.

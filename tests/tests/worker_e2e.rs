@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use domain::OrderEvent;
 use e2e::{
-    api_builder, drain, eventually, history, http, order_event, orders_store, queue_depth, sdk, sns_envelope, topology,
-    unique, worker_builder, Emulator, Endpoints, FaultProxy, Mode, Service, Topology,
+    api_builder, drain, eventually, history, http, order_event, orders_store, queue_depth, sdk, send, sns_envelope,
+    topology, unique, worker_builder, Emulator, Endpoints, FaultProxy, Mode, Service, Topology,
 };
 use pedidos_worker::consumer::{Consumer, Settings};
 use pedidos_worker::handler::{tracking_code, BoxFuture, Effect, Handler, HandlerError, MessageContext};
@@ -59,15 +59,6 @@ async fn wait_outcome(service: &Service, name: &str, at_least: f64) -> f64 {
 
 fn event_json(pedido_id: Uuid, version: u64) -> String {
     order_event(pedido_id, version).to_json().unwrap_or_else(|e| panic!("serialising a test event: {e}"))
-}
-
-async fn send(sqs: &aws_sdk_sqs::Client, queue_url: &str, body: &str) {
-    sqs.send_message()
-        .queue_url(queue_url)
-        .message_body(body)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("send to {queue_url}: {}", aws_sdk_sqs::error::DisplayErrorContext(e)));
 }
 
 async fn wait_empty(sqs: &aws_sdk_sqs::Client, queue_url: &str, within: Duration) {
