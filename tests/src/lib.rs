@@ -660,6 +660,7 @@ pub fn envelope(message: &Message) -> serde_json::Value {
     let body = message.body().unwrap_or_default();
     serde_json::from_str(body).unwrap_or_else(|e| panic!("SQS body is not JSON ({e}): {body}"))
 }
+
 /// Version `version` of order `pedido_id` as the API would publish it: one customer for every version of an order (a
 /// version that changes it is refused, `cliente_changed`), 59.98 in total, dated now.
 pub fn order_event(pedido_id: uuid::Uuid, version: u64) -> domain::OrderEvent {
