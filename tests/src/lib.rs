@@ -723,6 +723,16 @@ pub async fn orders_store(endpoints: &Endpoints, table: &str) -> store::dynamo::
     store::dynamo::DynamoOrders::new(dynamodb(endpoints).await, table)
 }
 
+/// A fresh emulator with its own topology (names suffixed with `tag` and a unique id), an SQS client and the orders
+/// store on it: what a test of the pipeline's wiring starts from.
+pub async fn pipeline(tag: &str) -> (Emulator, Topology, aws_sdk_sqs::Client, store::dynamo::DynamoOrders) {
+    let emulator = Emulator::start().await;
+    let topo = topology(&emulator, &format!("-{}", unique(tag))).await;
+    let (_, sqs) = sdk(&emulator.endpoints()).await;
+    let orders = orders_store(&emulator.endpoints(), &topo.orders_table).await;
+    (emulator, topo, sqs, orders)
+}
+
 /// The versions in an order's history (`versiones`), in the order they were applied.
 pub fn history(order: &store::OrderRecord) -> Vec<u64> {
     order.versiones.iter().map(|v| v.version).collect()

@@ -11,8 +11,7 @@ use chrono::Utc;
 use domain::OrderEvent;
 use e2e::otlp::{kind, OtlpReceiver, ReceivedSpan};
 use e2e::{
-    api_builder, eventually, http, order_event, orders_store, sdk, send, sns_envelope, topology, unique,
-    worker_builder, Emulator, Service, ServiceBuilder, Topology,
+    api_builder, eventually, http, order_event, pipeline, send, sns_envelope, worker_builder, Service, ServiceBuilder,
 };
 use store::dynamo::DynamoOrders;
 use store::{OrderReads, OrderView};
@@ -32,14 +31,6 @@ async fn healthy(builder: ServiceBuilder) -> Service {
     let mut service = builder.spawn();
     service.wait_healthy(START).await;
     service
-}
-
-async fn setup() -> (Emulator, Topology, aws_sdk_sqs::Client, DynamoOrders) {
-    let emulator = Emulator::start().await;
-    let topo = topology(&emulator, &format!("-{}", unique("t"))).await;
-    let (_, sqs) = sdk(&emulator.endpoints()).await;
-    let orders = orders_store(&emulator.endpoints(), &topo.orders_table).await;
-    (emulator, topo, sqs, orders)
 }
 
 async fn wait_stored(orders: &DynamoOrders, id: Uuid, version: u64, shipment: bool) -> OrderView {
@@ -107,7 +98,7 @@ fn message_spans(trace: &[ReceivedSpan], service: &str) -> Option<MessageSpans> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_post_is_one_trace_across_the_api_and_both_workers() {
     let receiver = OtlpReceiver::start().await;
-    let (emulator, topo, _sqs, orders) = setup().await;
+    let (emulator, topo, _sqs, orders) = pipeline("t").await;
     let endpoints = emulator.endpoints();
     let api = healthy(traced(api_builder(&endpoints, &topo), &receiver)).await;
     let process = healthy(traced(worker_builder(&endpoints, &topo, PROCESS), &receiver)).await;
@@ -200,7 +191,7 @@ async fn one_post_is_one_trace_across_the_api_and_both_workers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_stale_versions_redeliveries_and_dead_letters_carry_their_outcome() {
     let receiver = OtlpReceiver::start().await;
-    let (emulator, topo, sqs, orders) = setup().await;
+    let (emulator, topo, sqs, orders) = pipeline("t").await;
     let queue = topo.queues[PROCESS].url.clone();
     let id = Uuid::new_v4();
     let v1 = order_event(id, 1);
@@ -317,7 +308,7 @@ async fn duplicates_stale_versions_redeliveries_and_dead_letters_carry_their_out
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_endpoint_nothing_is_exported_and_no_exporter_runs() {
     let receiver = OtlpReceiver::start().await;
-    let (emulator, topo, _sqs, orders) = setup().await;
+    let (emulator, topo, _sqs, orders) = pipeline("t").await;
     let endpoints = emulator.endpoints();
     let untraced = |builder: ServiceBuilder| {
         builder
@@ -366,7 +357,7 @@ async fn without_an_endpoint_nothing_is_exported_and_no_exporter_runs() {
 async fn an_unreachable_collector_never_slows_a_request_or_a_message() {
     const REQUEST_BOUND: Duration = Duration::from_secs(1);
     const MESSAGE_BOUND: Duration = Duration::from_secs(10);
-    let (emulator, topo, _sqs, orders) = setup().await;
+    let (emulator, topo, _sqs, orders) = pipeline("t").await;
     let endpoints = emulator.endpoints();
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
     let silent_port = silent.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("{e}"));

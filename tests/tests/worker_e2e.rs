@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use domain::OrderEvent;
 use e2e::{
-    api_builder, drain, eventually, history, http, order_event, orders_store, queue_depth, sdk, send, sns_envelope,
-    topology, unique, worker_builder, Emulator, Endpoints, FaultProxy, Mode, Service, Topology,
+    api_builder, drain, eventually, history, http, order_event, pipeline, queue_depth, sdk, send, sns_envelope,
+    worker_builder, Emulator, Endpoints, FaultProxy, Mode, Service, Topology,
 };
 use pedidos_worker::consumer::{Consumer, Settings};
 use pedidos_worker::handler::{tracking_code, BoxFuture, Effect, Handler, HandlerError, MessageContext};
@@ -110,19 +110,11 @@ async fn wait_stored(orders: &DynamoOrders, id: Uuid, version: u64, shipment: bo
     .await
 }
 
-async fn setup() -> (Emulator, Topology, aws_sdk_sqs::Client, DynamoOrders) {
-    let emulator = Emulator::start().await;
-    let topo = topology(&emulator, &format!("-{}", unique("w"))).await;
-    let (_, sqs) = sdk(&emulator.endpoints()).await;
-    let orders = orders_store(&emulator.endpoints(), &topo.orders_table).await;
-    (emulator, topo, sqs, orders)
-}
-
 /// Orders posted through the API are applied once by each role: state and shipment in the store, each version once,
 /// correlated with the API's request id. An update reaches only the process queue (subscription filter policy).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_fan_out_to_both_workers_once() {
-    let (emulator, topo, sqs, orders) = setup().await;
+    let (emulator, topo, sqs, orders) = pipeline("w").await;
     let mut api = api_builder(&emulator.endpoints(), &topo).spawn();
     api.wait_healthy(START).await;
     let process = start_worker(&emulator, &topo, PROCESS, &[]).await;
@@ -205,7 +197,7 @@ async fn orders_fan_out_to_both_workers_once() {
 /// v1, v1 again, v3, then the late v2: the store holds [1, 3]; the worker says processed, duplicate, processed, stale.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_and_stale_versions_are_recognised() {
-    let (emulator, topo, sqs, orders) = setup().await;
+    let (emulator, topo, sqs, orders) = pipeline("w").await;
     let url = topo.queues[PROCESS].url.clone();
     let worker = start_worker(&emulator, &topo, PROCESS, &[]).await;
     // Every outcome's counter exists from start-up at 0.
@@ -233,7 +225,7 @@ async fn duplicates_and_stale_versions_are_recognised() {
 /// Poison goes to the DLQ after one receive with its reason attached; a good neighbour is applied normally.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_goes_to_the_dlq_after_one_receive() {
-    let (emulator, topo, sqs, orders) = setup().await;
+    let (emulator, topo, sqs, orders) = pipeline("w").await;
     let queue = topo.queues[PROCESS].clone();
     let good = event_json(Uuid::new_v4(), 1);
     let invalid = good.replace("\"total\":59.98", "\"total\":-1");
@@ -274,7 +266,7 @@ async fn poison_goes_to_the_dlq_after_one_receive() {
 /// policy keeps it off the queue altogether.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_event_types_are_dead_lettered() {
-    let (emulator, topo, sqs, orders) = setup().await;
+    let (emulator, topo, sqs, orders) = pipeline("w").await;
     let (sns, _) = sdk(&emulator.endpoints()).await;
     let queue = topo.queues[PROCESS].clone();
     let id = Uuid::new_v4();
@@ -333,7 +325,7 @@ async fn unknown_event_types_are_dead_lettered() {
 /// Raw message delivery and the seed's legacy PascalCase payload are both applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_delivery_and_legacy_events_are_processed() {
-    let (emulator, topo, sqs, orders) = setup().await;
+    let (emulator, topo, sqs, orders) = pipeline("w").await;
     let (sns, _) = sdk(&emulator.endpoints()).await;
     let queue = topo.queues[PROCESS].clone();
     sns.set_subscription_attributes()
@@ -384,7 +376,7 @@ async fn raw_delivery_and_legacy_events_are_processed() {
 /// nothing is seen twice, and the store holds every order once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_strands_nothing() {
-    let (emulator, topo, sqs, orders) = setup().await;
+    let (emulator, topo, sqs, orders) = pipeline("w").await;
     let url = topo.queues[PROCESS].url.clone();
     let ids: Vec<Uuid> = (0..30).map(|_| Uuid::new_v4()).collect();
     for id in &ids {
@@ -416,7 +408,7 @@ async fn sigterm_drains_and_strands_nothing() {
 /// had applied but not deleted comes back as a duplicate and is not applied again (store history).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loses_nothing_and_reapplies_nothing() {
-    let (emulator, topo, sqs, orders) = setup().await;
+    let (emulator, topo, sqs, orders) = pipeline("w").await;
     let url = topo.queues[PROCESS].url.clone();
     set_visibility_timeout(&sqs, &url, 3).await;
     let ids: Vec<Uuid> = (0..20).map(|_| Uuid::new_v4()).collect();
@@ -445,7 +437,7 @@ async fn sigkill_loses_nothing_and_reapplies_nothing() {
 /// and applies new events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovers_from_an_emulator_outage() {
-    let (emulator, topo, sqs, orders) = setup().await;
+    let (emulator, topo, sqs, orders) = pipeline("w").await;
     let url = topo.queues[PROCESS].url.clone();
     let worker = start_worker(&emulator, &topo, PROCESS, &[("HEALTH_FAILURE_SECONDS", "2")]).await;
     emulator.pause();
@@ -486,7 +478,7 @@ async fn recovers_from_an_emulator_outage() {
 /// SQS); once SQS answers the worker finds its queue and runs, without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn started_during_an_sqs_outage_it_is_live_and_starting_until_sqs_answers() {
-    let (emulator, topo, sqs, orders) = setup().await;
+    let (emulator, topo, sqs, orders) = pipeline("w").await;
     let proxy = FaultProxy::start(&emulator.endpoints().messaging);
     proxy.set(Mode::Refuse);
     let endpoints = Endpoints { messaging: proxy.endpoint(), dynamodb: emulator.endpoints().dynamodb };
@@ -539,7 +531,7 @@ async fn start_up_errors_are_clear() {
 /// and the store's history holds it once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_on_one_queue_apply_every_version_once() {
-    let (emulator, topo, sqs, orders) = setup().await;
+    let (emulator, topo, sqs, orders) = pipeline("w").await;
     let url = topo.queues[PROCESS].url.clone();
     let workers =
         [start_worker(&emulator, &topo, PROCESS, &[]).await, start_worker(&emulator, &topo, PROCESS, &[]).await];
@@ -655,7 +647,7 @@ fn settings(grace: Duration) -> Settings {
 /// A failing handler is retried with growing visibility delays, then the redrive policy moves it to the DLQ.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_handler_backs_off_then_dead_letters() {
-    let (emulator, topo, sqs, _) = setup().await;
+    let (emulator, topo, sqs, _) = pipeline("w").await;
     let queue = topo.queues[PROCESS].clone();
     send(&sqs, &queue.url, &event_json(Uuid::new_v4(), 1)).await;
     let calls = Arc::new(Mutex::new(Vec::new()));
@@ -686,7 +678,7 @@ async fn failing_handler_backs_off_then_dead_letters() {
 /// When the grace period ends, handlers still running are abandoned and their messages released at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grace_expiry_releases_in_flight_messages() {
-    let (emulator, topo, sqs, _) = setup().await;
+    let (emulator, topo, sqs, _) = pipeline("w").await;
     let url = topo.queues[PROCESS].url.clone();
     let ids: Vec<Uuid> = (0..8).map(|_| Uuid::new_v4()).collect();
     for id in &ids {
@@ -772,7 +764,7 @@ impl Handler for Watched {
 /// A handler running past half the visibility timeout keeps its message invisible: nobody else receives it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeat_keeps_long_handlers_invisible() {
-    let (emulator, topo, sqs, _) = setup().await;
+    let (emulator, topo, sqs, _) = pipeline("w").await;
     let url = topo.queues[PROCESS].url.clone();
     set_visibility_timeout(&sqs, &url, 2).await;
     let id = Uuid::new_v4();
@@ -799,7 +791,7 @@ async fn heartbeat_keeps_long_handlers_invisible() {
 /// When extending visibility fails (SQS unreachable), the handler is cancelled rather than racing a redelivery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_heartbeat_cancels_the_handler() {
-    let (emulator, topo, sqs, _) = setup().await;
+    let (emulator, topo, sqs, _) = pipeline("w").await;
     let url = topo.queues[PROCESS].url.clone();
     set_visibility_timeout(&sqs, &url, 2).await;
     send(&sqs, &url, &event_json(Uuid::new_v4(), 1)).await;

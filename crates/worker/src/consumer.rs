@@ -635,16 +635,22 @@ fn trace_only_span(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
 /// `AWSTraceHeader` (a sender traced by X-Ray). Traces on only.
 fn trace_parent(message: &Received) -> Option<platform::otel::Parent> {
     let envelope = domain::inbound::envelope_attributes_only(&message.body);
-    let lookup = |name: &str| -> Option<&str> {
-        let named = |k: &String| k.eq_ignore_ascii_case(name);
-        envelope
-            .iter()
-            .find(|(k, _)| named(k))
-            .map(|(_, v)| v.as_str())
-            .or_else(|| message.attributes.iter().find(|(k, _)| named(k)).map(|(_, a)| a.value.as_str()))
-    };
-    platform::otel::parent_from(lookup)
+    platform::otel::parent_from(|name| carried(message, &envelope, name))
         .or_else(|| message.trace_header.as_deref().and_then(platform::otel::parent_from_xray))
+}
+
+/// The attribute `name` (any case) a message carries: in its SNS envelope's attributes, else in its SQS attributes.
+fn carried<'a>(
+    message: &'a Received,
+    envelope: &'a std::collections::BTreeMap<String, String>,
+    name: &str,
+) -> Option<&'a str> {
+    let named = |k: &String| k.eq_ignore_ascii_case(name);
+    envelope
+        .iter()
+        .find(|(k, _)| named(k))
+        .map(|(_, v)| v.as_str())
+        .or_else(|| message.attributes.iter().find(|(k, _)| named(k)).map(|(_, a)| a.value.as_str()))
 }
 
 /// The W3C trace id of the trace `message` travels in, as the store records it with each effect: its span's with
@@ -653,14 +659,9 @@ fn message_trace_id(message: &Received, envelope: &std::collections::BTreeMap<St
     if let Some(id) = platform::otel::trace_id(&tracing::Span::current()) {
         return Some(id);
     }
-    let field = |name: &str| {
-        envelope.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).or_else(|| {
-            message.attributes.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, a)| a.value.as_str())
-        })
-    };
-    field("traceparent")
+    carried(message, envelope, "traceparent")
         .and_then(platform::otel::trace_id_of_traceparent)
-        .or_else(|| field("x-amzn-trace-id").and_then(platform::otel::trace_id_of_xray))
+        .or_else(|| carried(message, envelope, "x-amzn-trace-id").and_then(platform::otel::trace_id_of_xray))
         .or_else(|| message.trace_header.as_deref().and_then(platform::otel::trace_id_of_xray))
 }
 
