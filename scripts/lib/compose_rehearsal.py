@@ -53,6 +53,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compose_model as cm  # noqa: E402
+from no_ansi import first_escape_line  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 # The emulators' network alias in docker-compose.yml.
@@ -725,9 +726,8 @@ class Rehearsal:
 
     def check_logs(self) -> None:
         for log in sorted(self.log_dir.glob("*.log")):
-            data = log.read_bytes()
-            if b"\x1b" in data:
-                line = data[: data.index(b"\x1b")].count(b"\n") + 1
+            line = first_escape_line(log)
+            if line is not None:
                 raise RehearsalError(f"{log.stem}: its log holds an ANSI escape code (line {line}): logs must be plain "
                                      "text unless the output is a terminal")  # fmt: skip
         say(f"    no ANSI escape code in any log ({self.log_dir})")

@@ -12,6 +12,13 @@ import sys
 from pathlib import Path
 
 
+def first_escape_line(path: Path) -> int | None:
+    """The line number of the first ANSI escape (an ESC byte) in the file at `path`, or None."""
+    data = path.read_bytes()
+    at = data.find(b"\x1b")
+    return None if at < 0 else data[:at].count(b"\n") + 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--newer-than", type=Path, help="only files modified after this file")
@@ -26,9 +33,8 @@ def main() -> int:
             if path.stat().st_mtime < since:
                 continue
             checked += 1
-            data = path.read_bytes()
-            if b"\x1b" in data:
-                line = data[: data.index(b"\x1b")].count(b"\n") + 1
+            line = first_escape_line(path)
+            if line is not None:
                 bad.append(f"{path}:{line}")
     if bad:
         print(f"ANSI escape codes in {len(bad)} captured log(s): " + ", ".join(bad), file=sys.stderr)

@@ -13,8 +13,9 @@
 //! is queued gets [`FLUSH_BUDGET`] to leave; the rest is counted as `shutdown`.
 //!
 //! Context crosses process boundaries through the globally installed propagator (`OTEL_PROPAGATORS`: `tracecontext`,
-//! `baggage`, `xray`, `none`; default `tracecontext,baggage`): [`parent_from`] and [`set_parent`] on the way in, [`inject`] on the way
-//! out. `xray` also makes new trace ids X-Ray-compatible (their first 32 bits are the start time).
+//! `baggage`, `xray`, `none`; default `tracecontext,baggage`): [`parent_from`] and [`set_parent`] on the way in,
+//! [`inject`] on the way out. `xray` also makes new trace ids X-Ray-compatible (their first 32 bits are the start
+//! time).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

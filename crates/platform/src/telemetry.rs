@@ -27,15 +27,13 @@ use crate::config::LogFormat;
 /// `pretty` lines are coloured only when stdout is a terminal and `NO_COLOR` is unset or empty ([`colour`]): `docker
 /// compose logs > file`, a log shipper or a pipe get plain text.
 pub fn init(format: LogFormat, default_filter: &str) {
-    let ansi = colour(std::io::stdout().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
-    install(format, default_filter, std::io::stdout, ansi);
+    install(format, default_filter, std::io::stdout, colour_on(&std::io::stdout()));
 }
 
 /// [`init`] writing to stderr, for commands whose stdout is their output (`pedidos-api topology` prints `KEY=value`
 /// lines there).
 pub fn init_stderr(format: LogFormat, default_filter: &str) {
-    let ansi = colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
-    install(format, default_filter, std::io::stderr, ansi);
+    install(format, default_filter, std::io::stderr, colour_on(&std::io::stderr()));
 }
 
 /// Whether log lines may carry ANSI colour codes: only on a terminal, and never when `NO_COLOR` is set to anything but
@@ -44,12 +42,21 @@ pub fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
     terminal && no_color.is_none_or(|value| value.is_empty())
 }
 
+/// [`colour`] for `stream` and this process's `NO_COLOR`.
+fn colour_on(stream: &impl IsTerminal) -> bool {
+    colour(stream.is_terminal(), std::env::var_os("NO_COLOR").as_deref())
+}
+
+/// `RUST_LOG`, or `default_filter` without it.
+fn log_filter(default_filter: &str) -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter))
+}
+
 fn install<W>(format: LogFormat, default_filter: &str, writer: W, ansi: bool)
 where
     W: for<'writer> MakeWriter<'writer> + Send + Sync + 'static,
 {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let registry = tracing_subscriber::registry().with(filter);
+    let registry = tracing_subscriber::registry().with(log_filter(default_filter));
     let _ = match format {
         LogFormat::Json => registry
             .with(
@@ -93,8 +100,7 @@ pub fn init_traced(
             return crate::otel::Traces::default();
         }
     };
-    let logs = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(default_filter))
+    let logs = log_filter(default_filter)
         .and(tracing_subscriber::filter::filter_fn(|meta| meta.target() != crate::otel::TRACE_ONLY));
     let traced = tracing_opentelemetry::layer()
         .with_tracer(started.tracer)
@@ -116,8 +122,7 @@ pub fn init_traced(
             )
             .try_init(),
         LogFormat::Pretty => {
-            let ansi = colour(std::io::stdout().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
-            registry.with(tfmt::layer().compact().with_ansi(ansi).with_filter(logs)).try_init()
+            registry.with(tfmt::layer().compact().with_ansi(colour_on(&std::io::stdout())).with_filter(logs)).try_init()
         }
     };
     tracing::info!(
