@@ -689,15 +689,18 @@ class Rehearsal:
     # ----------------------------------------------------------------------------------------------- stopping
     def stop_all(self, order: list[str]) -> None:
         """As `docker compose down`: the services that depend on others first (all of them at once), then the
-        emulator; each gets its stop_signal, then SIGKILL when its stop_grace_period ends. Each must exit 0."""
+        emulator; each gets its stop_signal, then SIGKILL when its stop_grace_period ends. Each of the project's
+        services must exit 0 within its grace (it drains what it holds). An emulator killed at the end of its grace
+        is only reported: its state is thrown away by `docker compose down` anyway, and LocalStack's own shutdown
+        has been seen to take longer than 10 s on a loaded machine."""
         apps = [p for p in self.running if p.long_running and p.name in order and p.name != self.emulator_service]
         emulators = [p for p in self.running if p not in apps and p.exited() is None]
-        failures = self.stop_group(apps, check_exit=True)
-        failures += self.stop_group(emulators, check_exit=False)
+        failures = self.stop_group(apps, drains=True)
+        failures += self.stop_group(emulators, drains=False)
         if failures:
             raise RehearsalError("; ".join(failures))
 
-    def stop_group(self, group: list[Process], check_exit: bool) -> list[str]:
+    def stop_group(self, group: list[Process], drains: bool) -> list[str]:
         started = time.monotonic()
         plans = []
         for process in group:
@@ -713,11 +716,15 @@ class Rehearsal:
             except subprocess.TimeoutExpired:
                 process.popen.kill()
                 process.popen.wait()
-                failures.append(f"{process.name} did not stop within its stop_grace_period ({grace:.0f} s) after "
-                                f"{signame}: compose would SIGKILL it mid-drain")  # fmt: skip
+                if drains:
+                    failures.append(f"{process.name} did not stop within its stop_grace_period ({grace:.0f} s) "
+                                    f"after {signame}: compose would SIGKILL it mid-drain")  # fmt: skip
+                else:
+                    say(f"    {process.name}: no exit within its stop_grace_period ({grace:.0f} s) after {signame}: "
+                        "SIGKILL, as compose does (an emulator: nothing to drain)")  # fmt: skip
                 continue
             took = time.monotonic() - started
-            if check_exit and code != 0:
+            if drains and code != 0:
                 failures.append(f"{process.name} exited with status {code} after {signame}; its log ends:\n"
                                 f"{tail(process.log)}")  # fmt: skip
             else:
