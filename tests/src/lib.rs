@@ -1145,13 +1145,31 @@ pub fn assert_no_ansi(what: &str, text: &str) {
 // ---------------------------------------------------------------------------------------------------------------
 // Metrics of code running in the test process itself
 
-/// The sum of every sample in this process's Prometheus registry whose line starts with `prefix` (e.g.
-/// `pedidos_store_calls_total{operation="apply"`). The first call installs the recorder.
-pub fn metric_sum(prefix: &str) -> f64 {
-    platform::metrics::handle()
-        .render()
-        .lines()
-        .filter(|line| line.starts_with(prefix))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+/// A Prometheus recorder for one test alone. Installed on the test's thread ([`ThreadMetrics::install`]) under a
+/// current-thread runtime, it receives the metrics of everything the test runs, and none of the tests running at the
+/// same time on other threads (the process-wide registry counts theirs too).
+pub struct ThreadMetrics(metrics_exporter_prometheus::PrometheusRecorder);
+
+impl Default for ThreadMetrics {
+    fn default() -> Self {
+        Self(metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder())
+    }
+}
+
+impl ThreadMetrics {
+    /// Makes this the calling thread's recorder until the guard drops.
+    pub fn install(&self) -> metrics::LocalRecorderGuard<'_> {
+        metrics::set_default_local_recorder(&self.0)
+    }
+
+    /// The sum of every sample whose line starts with `prefix` (e.g. `pedidos_store_calls_total{operation="apply"`).
+    pub fn sum(&self, prefix: &str) -> f64 {
+        self.0
+            .handle()
+            .render()
+            .lines()
+            .filter(|line| line.starts_with(prefix))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
 }
